@@ -1,0 +1,300 @@
+"""Tests for data/: the embedded world's files and the dataset converters. ~5 s on one CPU core.
+
+    python -m pytest -q tests/test_data.py
+
+The world's files are checked against independent recomputation: observations against a fresh
+BM25Search over corpus.jsonl, every stated fact and every gold answer against world.json's facts,
+trajectories against env.reward.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import env
+from data.build import build
+from data.convert import convert
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ["corpus.jsonl", "base.jsonl", "stage1.jsonl", "stage2.jsonl", "rl.jsonl", "dev.jsonl",
+         "test.jsonl", "world.json", "meta.json"]
+T = env.TAGS
+NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # every world name is two capitalised invented words
+FACT_RE = re.compile(rf"\b[Tt]he ([a-z]+(?: [a-z]+)?) of ({NAME}) is ({NAME}|\d+)\.")  # relations: 1-2 words
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world0")
+    build(str(out), seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(world_dir):
+    out = {f[:-6]: read_jsonl(world_dir / f) for f in FILES if f.endswith(".jsonl")}
+    out["world"] = json.loads((world_dir / "world.json").read_text())
+    out["meta"] = json.loads((world_dir / "meta.json").read_text())
+    out["by_name"] = {e["name"]: e for e in out["world"]["entities"]}
+    return out
+
+
+def assert_true_facts(text, by_name):
+    """Every 'the <relation> of <Name> is <value>.' stated in text is a fact of the world."""
+    found = FACT_RE.findall(text)
+    for rel, subject, value in found:
+        assert str(by_name[subject]["facts"][rel]) == value, (rel, subject, value)
+    return len(found)
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_same_seed_is_byte_identical_across_processes(world_dir, tmp_path):
+    # a second process with another hash seed: set/dict-order accidents would show up here
+    subprocess.run([sys.executable, "-m", "data.build", "--out", str(tmp_path), "--seed", "0"], cwd=ROOT,
+                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    for f in FILES:
+        assert (world_dir / f).read_bytes() == (tmp_path / f).read_bytes(), f
+
+
+def test_different_seed_differs(world_dir, tmp_path):
+    build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20)
+    for f in ("corpus.jsonl", "test.jsonl", "world.json"):
+        assert (world_dir / f).read_bytes() != (tmp_path / f).read_bytes(), f
+
+
+def test_cli_help():
+    for module in ("data.build", "data.convert"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "--out" in r.stdout, module
+
+
+# --------------------------------------------------------------------------- splits and questions
+
+def test_heldout_questions_never_trained_on(files):
+    held = {r["question"] for r in files["dev"] + files["test"]}
+    assert len(held) == len(files["dev"]) + len(files["test"])  # no question in both dev and test
+    assert not {r["id"] for r in files["dev"]} & {r["id"] for r in files["test"]}
+    training = "\n".join([r["question"] for r in files["rl"] + files["stage2"] + files["stage1"]]
+                         + [r["prefix"] for r in files["stage1"]] + [r["text"] for r in files["base"]])
+    for q in held:
+        assert q not in training, q
+    assert "What is the" in training  # the check above is looking at real question text
+
+
+def test_question_rows_and_hops(files):
+    for split in ("rl", "dev", "test"):
+        rows = files[split]
+        assert rows and all(set(r) == {"id", "question", "answers", "hops", "type"} for r in rows)
+        assert {r["hops"] for r in rows} == {1, 2, 3, 4}, split
+        assert {r["type"] for r in rows} == {"composition", "comparison"}
+        by_stratum = {}
+        for r in rows:  # stratified: every (type, hops) stratum gets the same share
+            by_stratum[(r["type"], r["hops"])] = by_stratum.get((r["type"], r["hops"]), 0) + 1
+        assert len(set(by_stratum.values())) == 1, (split, by_stratum)
+    assert {r["hops"] for r in files["stage2"]} == {1, 2, 3, 4}
+    assert {r["hops"] for r in files["stage1"]} == {1, 2, 3, 4}
+
+
+def test_gold_answers_follow_from_the_facts(files):
+    """Resolve every rl/dev/test question from world.json's facts, independently of the generator."""
+    by_name, lookups = files["by_name"], files["world"]["question_lookups"]
+    for r in files["rl"] + files["dev"] + files["test"]:
+        steps = lookups[r["id"]]
+        assert len(steps) == (r["hops"] if r["type"] == "composition" else 2)
+        if r["type"] == "composition":
+            name = steps[0][0]
+            for subject, rel in steps:
+                assert subject == name
+                name = str(by_name[name]["facts"][rel])
+            assert r["answers"] == [name]
+            assert r["question"] == "What is " + "".join(f"the {rel} of " for _, rel in reversed(steps)) + steps[0][0] + "?"
+        else:
+            (a, rel), (b, _) = steps
+            ya, yb = by_name[a]["facts"][rel], by_name[b]["facts"][rel]
+            assert ya != yb
+            earlier = a if ya < yb else b
+            later = b if earlier == a else a
+            assert r["answers"] == [earlier if "earlier" in r["question"] else later]
+            assert f"{a} or {b}?" in r["question"]
+        for subject, _ in steps:
+            assert not by_name[subject]["distractor"]
+
+
+# --------------------------------------------------------------------------- stage 2
+
+def test_stage2_observations_are_the_real_tool_output(files):
+    search = env.BM25Search(files["corpus"])  # a fresh index over the written corpus
+    topk = files["meta"]["topk"]
+    n_checked = 0
+    for r in files["stage2"]:
+        segs = r["segments"]
+        assert not segs[0]["tool"] and not segs[-1]["tool"]
+        for prev, seg in zip(segs, segs[1:]):
+            assert prev["tool"] != seg["tool"]  # model and tool segments alternate
+            if seg["tool"]:
+                assert prev["text"].endswith(T.search_close)
+                query = env.extract_query(prev["text"])
+                assert seg["text"] == env.format_observation(search.search([query], topk=topk)[0])
+                n_checked += 1
+        assert sum(s["tool"] for s in segs) == "".join(s["text"] for s in segs).count(T.search_open)
+    assert n_checked == files["meta"]["retrieval"]["stage2_searches"] > 1000
+
+
+def test_stage2_tags_answers_and_facts(files):
+    by_name = files["by_name"]
+    kinds, n_facts = {"tool": 0, "cot": 0}, 0
+    for r in files["stage2"]:
+        kinds[r["kind"]] += 1
+        text = "".join(s["text"] for s in r["segments"])
+        for s in r["segments"]:
+            if not s["tool"]:
+                assert T.result_open not in s["text"] and T.result_close not in s["text"]
+                n_facts += assert_true_facts(s["text"], by_name)
+        assert text.count(T.think_close) == 1 and T.think_open not in text
+        assert text.endswith("}") and env.extract_answer(text) in r["answers"]
+        assert env.reward(text, r["answers"]) == 1.0
+        searched = re.findall(f"{re.escape(T.search_open)} (.+?) {re.escape(T.search_close)}", text)
+        recalled = re.findall(rf"I remember that the ([a-z ]+?) of ({NAME}) is", text)
+        # when to act: search exactly the unknown entities' facts, recall exactly the known ones'
+        for query in searched:
+            assert not by_name[" ".join(query.split()[:2])]["known"], query
+        for _, subject in recalled:
+            assert by_name[subject]["known"], subject
+        if r["kind"] == "cot":
+            assert not searched and len(r["segments"]) == 1
+        else:
+            assert searched
+    assert kinds["tool"] == 5 * kinds["cot"] > 0  # the paper's 5k : 1k mix
+    assert n_facts > 2 * len(files["stage2"])  # the fact regex does see the reasoning
+
+
+# --------------------------------------------------------------------------- stage 1 and base
+
+def test_stage1_pairs(files):
+    by_name = files["by_name"]
+    directions = set()
+    for r in files["stage1"]:
+        directions.add(r["direction"])
+        rel, subject = re.search(rf"I need the ([a-z ]+?) of ({NAME})\.$", r["prefix"]).groups()
+        search, recall = (r["chosen"], r["rejected"]) if r["direction"] == "search" else (r["rejected"], r["chosen"])
+        assert by_name[subject]["known"] == (r["direction"] == "answer")
+        assert search.endswith(f"{T.search_open} {subject} {rel} {T.search_close}")
+        stated = FACT_RE.findall(recall)
+        assert len(stated) == 1 and stated[0][:2] == (rel, subject)
+        truth = str(by_name[subject]["facts"][rel])
+        assert (stated[0][2] == truth) == (r["direction"] == "answer")  # rejected recall is wrong
+        assert T.result_open not in r["chosen"] + r["rejected"]
+        assert r["prefix"].count(T.result_open) == r["prefix"].count(T.search_open)
+    assert directions == {"search", "answer"}
+
+
+def test_base_holds_known_facts_only(files):
+    text = "\n".join(r["text"] for r in files["base"])
+    for e in files["world"]["entities"]:
+        page = f'"{e["name"]}"\n'
+        if e["known"]:
+            assert page in text
+        else:
+            assert page not in text and f"of {e['name']} is" not in text, e["name"]
+    assert T.search_open not in text and T.result_open not in text
+    traces = [r for r in files["base"] if r["kind"] == "trace"]
+    assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
+    assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
+
+
+def test_meta_counts_and_retrieval(files):
+    meta = files["meta"]
+    for name in ("corpus", "base", "stage1", "stage2", "rl", "dev", "test"):
+        assert meta["counts"][name] == len(files[name])
+    assert meta["retrieval"]["top1"] >= 0.95 and meta["retrieval"]["top3"] >= meta["retrieval"]["top1"]
+    world = files["world"]
+    assert 0.4 < sum(e["known"] for e in world["entities"] if not e["distractor"]) / 230 < 0.6
+    assert len(files["corpus"]) == len(world["entities"])
+
+
+# --------------------------------------------------------------------------- converters
+
+def write(path, data, jsonl=False):
+    with open(path, "w", encoding="utf-8") as f:
+        if jsonl:
+            f.writelines(json.dumps(r) + "\n" for r in data)
+        else:
+            json.dump(data, f)
+    return str(path)
+
+
+HOTPOT = [
+    {"_id": "h1", "question": "Which magazine started first, Arthur's or First for Women?", "answer": "Arthur's",
+     "type": "comparison", "level": "medium", "supporting_facts": [["Arthur's Magazine", 0]],
+     "context": [["Arthur's Magazine", ["Arthur's Magazine was a magazine.", " It started in 1844."]],
+                 ["First for Women", ["First for Women is a magazine."]]]},
+    {"_id": "h2", "question": "Who founded the magazine that started in 1844?", "answer": "T. S. Arthur",
+     "type": "bridge", "level": "hard", "supporting_facts": [],
+     "context": [["Arthur's Magazine", ["Arthur's Magazine was a magazine.", " It started in 1844."]]]},
+]
+
+
+def test_convert_hotpotqa(tmp_path):
+    n_rows, n_docs = convert("hotpotqa", write(tmp_path / "h.json", HOTPOT), str(tmp_path / "out"))
+    rows, corpus = read_jsonl(tmp_path / "out/test.jsonl"), read_jsonl(tmp_path / "out/corpus.jsonl")
+    assert (n_rows, n_docs) == (2, 2)
+    assert rows[0] == {"id": "h1", "question": HOTPOT[0]["question"], "answers": ["Arthur's"], "hops": 2,
+                       "type": "comparison"}
+    assert rows[1]["type"] == "bridge"
+    assert corpus[0] == {"id": "hotpotqa-0",
+                         "contents": "\"Arthur's Magazine\"\nArthur's Magazine was a magazine. It started in 1844."}
+    assert env.BM25Search(corpus).search(["first for women"], topk=1)[0][0]["id"] == "hotpotqa-1"
+
+
+def test_convert_2wiki(tmp_path):
+    ctx = [["Film A", ["Film A is a film.", "It was directed by Bo."]], ["Bo", ["Bo was born in 1950."]]]
+    data = [{"_id": f"w{i}", "type": t, "question": f"q{i}?", "answer": "Bo", "context": ctx,
+             "supporting_facts": [], "evidences": [["Film A", "director", "Bo"]] * n}
+            for i, (t, n) in enumerate([("compositional", 2), ("comparison", 2), ("inference", 2),
+                                        ("bridge_comparison", 4), ("new_type", 3)])]
+    convert("2wiki", write(tmp_path / "w.json", data), str(tmp_path / "out"), split="dev")
+    rows = read_jsonl(tmp_path / "out/dev.jsonl")
+    assert [r["hops"] for r in rows] == [2, 2, 2, 4, 3]  # the last from len(evidences)
+    assert len(read_jsonl(tmp_path / "out/corpus.jsonl")) == 2  # the shared context deduplicated
+
+
+def test_convert_musique(tmp_path):
+    paragraphs = [{"idx": 0, "title": "Bo", "paragraph_text": "Bo was born in Oslo.", "is_supporting": True},
+                  {"idx": 1, "title": "Oslo", "paragraph_text": "Oslo is in Norway.", "is_supporting": True}]
+    decomp = [{"id": 1, "question": "birthplace of Bo", "answer": "Oslo", "paragraph_support_idx": 0},
+              {"id": 2, "question": "#1 country", "answer": "Norway", "paragraph_support_idx": 1}]
+    data = [{"id": "2hop__1_2", "question": "Which country was Bo born in?", "answer": "Norway",
+             "answer_aliases": ["Kingdom of Norway", "Norway"], "answerable": True, "paragraphs": paragraphs,
+             "question_decomposition": decomp},
+            {"id": "3hop1__1_2_3", "question": "Unanswerable?", "answer": "", "answer_aliases": [],
+             "answerable": False, "paragraphs": paragraphs, "question_decomposition": decomp * 2}]
+    n_rows, n_docs = convert("musique", write(tmp_path / "m.jsonl", data, jsonl=True), str(tmp_path / "out"))
+    rows = read_jsonl(tmp_path / "out/test.jsonl")
+    assert (n_rows, n_docs) == (1, 2)
+    assert rows == [{"id": "2hop__1_2", "question": "Which country was Bo born in?",
+                     "answers": ["Norway", "Kingdom of Norway"], "hops": 2, "type": "2hop"}]
+
+
+def test_convert_malformed_names_file_and_record(tmp_path):
+    bad = [HOTPOT[0], {k: v for k, v in HOTPOT[1].items() if k != "question"}]
+    path = write(tmp_path / "bad.json", bad)
+    with pytest.raises(ValueError, match=r"bad\.json: record 1: missing field 'question'"):
+        convert("hotpotqa", path, str(tmp_path / "out"))
+    bad_ctx = [dict(HOTPOT[0], context=[["title only"]])]
+    with pytest.raises(ValueError, match=r"record 0: context\[0\]"):
+        convert("2wiki", write(tmp_path / "bad2.json", [dict(bad_ctx[0], evidences=[])]), str(tmp_path / "o"))
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2 \(record 1\): not valid JSON"):
+        convert("musique", str(path), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"bad\.json.*expected a JSON list"):
+        convert("hotpotqa", write(tmp_path / "bad.json", {"data": []}), str(tmp_path / "out"))
