@@ -212,8 +212,13 @@ class Qwen2(nn.Module):
     def lm_head_weight(self):
         return self.lm_head.weight  # (V, C); the embedding itself when tied
 
-    def forward(self, input_ids, cache=None, n_new=None, return_hidden=False):
-        """input_ids (B, T) -> logits (B, T, V), or the final-normed hidden states (B, T, C).
+    def forward(self, input_ids, cache=None, n_new=None, return_hidden=False, targets=None, loss_mask=None):
+        """input_ids (B, T) -> logits (B, T, V), or the final-normed hidden states (B, T, C), or, given
+        targets and loss_mask (B, T), fp32 log p(targets) (B, T) that is 0 where loss_mask is false.
+
+        The log-probs go through kernels.masked_logprobs (no full-vocabulary fp32 logits, no matmul for
+        masked-out rows) and are computed here, inside forward, because under FSDP the lm_head weight
+        is only gathered while this module runs.
 
         Without a cache, positions are 0..T-1 (rows right-padded). With a cache, row b's tokens go at
         positions cache.lengths[b] + 0..T-1 and only its first n_new[b] tokens are kept (default: all T),
@@ -236,6 +241,10 @@ class Qwen2(nn.Module):
         x = self.model.norm(x)
         if cache is not None:
             cache.end()
+        if targets is not None:
+            lp = kernels.masked_logprobs(x.reshape(B * T, -1), self.lm_head.weight,
+                                         targets.reshape(B * T), loss_mask.reshape(B * T))
+            return lp.view(B, T)
         return x if return_hidden else self.lm_head(x)
 
     # ---- checkpoint I/O (below) ----

@@ -1,0 +1,374 @@
+"""What every training stage needs, written once: device and dtype, distributed set-up (torchrun + FSDP2),
+model and tokenizer loading, padding and log-prob helpers, the lr schedule, a JSONL metrics log, and
+checkpoints that are written atomically and resume exactly.
+
+Checkpoint layout (`--out DIR`):
+    DIR/step_000100/          Hugging Face layout (config.json, model.safetensors, tokenizer.json)
+                              + trainer_state.pt (optimizer, step, RNG) + args.json
+    DIR/latest                the name of the newest complete step directory, replaced atomically
+    DIR/metrics.jsonl         one JSON object per logged step
+A step directory is written under a temporary name and renamed when complete, and `latest` is only
+switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable.
+"""
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from model import Qwen2, num_params, replace_dir
+import env
+from tokenizer import Tokenizer, chat_prompt
+
+
+# -----------------------------------------------------------------------------
+# arguments shared by the stage scripts
+
+def add_common_args(ap, out, lr, steps, batch_size):
+    ap.add_argument("--init", default=None, help="HF-layout checkpoint to start from (model + tokenizer.json)")
+    ap.add_argument("--data", default="runs/world", help="world directory written by `python -m data.build`")
+    ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
+    ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    ap.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (sequences or prompts)")
+    ap.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    ap.add_argument("--warmup", type=int, default=10, help="linear warm-up steps before cosine decay")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0 = off)")
+    ap.add_argument("--max-len", type=int, default=1024, help="truncate training sequences to this many tokens")
+    ap.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--log-every", type=int, default=1, help="print and log metrics every N steps")
+    ap.add_argument("--seed", type=int, default=0, help="seed for data order, init and sampling")
+    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="parameter/compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+
+
+# -----------------------------------------------------------------------------
+# device, dtype, distributed
+
+class Run:
+    """Everything decided once at start: device, dtype, rank/world, and the print for rank 0."""
+
+    def __init__(self, args):
+        self.distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cuda = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
+        if self.distributed:
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+            if cuda:
+                torch.cuda.set_device(self.device)
+        else:
+            self.rank, self.world = 0, 1
+            self.device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+        self.dtype = getattr(torch, args.dtype) if args.dtype else (
+            torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.master = self.rank == 0
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        self.print(f"[run] device {self.device}  dtype {self.dtype}  world size {self.world}")
+        self.print("[run] args " + json.dumps(vars(args)))
+
+    def print(self, *a, **k):
+        if self.master:
+            print(*a, **k, flush=True)
+
+    def all_sum(self, x):
+        """Sum a float over ranks (a no-op on one process)."""
+        if not self.distributed:
+            return float(x)
+        t = torch.tensor(float(x), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item()
+
+    def shard(self, items):
+        """This rank's contiguous share of a global batch (every rank gets the same count)."""
+        n = len(items) // self.world
+        return items[self.rank * n:(self.rank + 1) * n]
+
+    def close(self):
+        if self.distributed:
+            dist.destroy_process_group()
+
+
+def load_model(path, run, grad_checkpointing=False):
+    """Model + tokenizer from an HF-layout directory, on run.device in run.dtype, FSDP2-sharded under torchrun."""
+    model = Qwen2.from_pretrained(path, device=run.device, dtype=run.dtype)
+    tok = Tokenizer.from_pretrained(path)
+    model.gradient_checkpointing = grad_checkpointing
+    if run.distributed:
+        from torch.distributed.fsdp import fully_shard
+        for block in model.model.layers:
+            fully_shard(block)
+        fully_shard(model)
+    run.print(f"[model] {path}: {num_params(model) / 1e6:.2f}M parameters, vocab {tok.vocab_size}")
+    return model, tok
+
+
+# -----------------------------------------------------------------------------
+# batches and log-probs
+
+def pad(seqs, value=0):
+    """Right-pad lists of ints to a (B, T) long tensor."""
+    T = max(len(s) for s in seqs)
+    return torch.tensor([list(s) + [value] * (T - len(s)) for s in seqs], dtype=torch.long)
+
+
+def sequence_logprobs(model, ids, mask, device):
+    """Per-token log p(ids[t] | ids[<t]) for a right-padded batch (B, T) of ids with a (B, T) 0/1 mask of the
+    tokens to score. Returns (lp, m): (B, T-1) fp32 log-probs of the targets ids[:, 1:] (0 where
+    unscored), and the (B, T-1) bool mask aligned with them."""
+    ids, mask = ids.to(device), mask.to(device)
+    m = mask[:, 1:].bool()
+    lp = model(ids[:, :-1], targets=ids[:, 1:], loss_mask=m)
+    return lp, m
+
+
+def encode_prompt(tok, question):
+    """The generation prompt every stage (and the sampler) conditions on: R1 chat format + instruction."""
+    return tok.encode(chat_prompt(question, env.INSTRUCTION))
+
+
+def encode_trajectory(tok, row, mask_obs, max_len):
+    """A stage-2/3 trajectory as (ids, loss_mask). Each segment is tokenized on its own, exactly as the
+    sampler builds a rollout (the tool's text arrives as its own token run). Prompt: no loss. Tool
+    segments: no loss when mask_obs (stage 2), loss when not (stage 3: the model learns to predict
+    what the tool returns, its internal world model). The closing end-of-sentence token is trained."""
+    ids = encode_prompt(tok, row["question"])
+    mask = [0] * len(ids)
+    for seg in row["segments"]:
+        t = tok.encode(seg["text"])
+        ids += t
+        mask += [0 if (seg["tool"] and mask_obs) else 1] * len(t)
+    ids.append(tok.eos_id)
+    mask.append(1)
+    return ids[:max_len], mask[:max_len]
+
+
+# -----------------------------------------------------------------------------
+# optimizer and schedule
+
+def make_optimizer(model, args):
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
+                             eps=1e-8)
+
+
+def lr_at(step, args):
+    """Linear warm-up then cosine decay to 10% of the peak (the upstream stages use cosine)."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def clip_and_step(model, opt, step, args):
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, args)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def check_finite(value, step, out):
+    """A NaN or Inf loss stops the run; the last good checkpoint in `out` is left untouched."""
+    if not math.isfinite(value):
+        last = latest_checkpoint(out)
+        raise FloatingPointError(f"non-finite loss {value} at step {step}; stopping. Last good checkpoint: "
+                                 f"{last or 'none'} (resume with --resume after fixing the cause)")
+
+
+# -----------------------------------------------------------------------------
+# metrics and checkpoints
+
+class Metrics:
+    """Append-only JSONL log (rank 0 only) plus a progress bar."""
+
+    def __init__(self, run, out, total, start, desc):
+        self.run = run
+        self.path = os.path.join(out, "metrics.jsonl")
+        self.t0 = time.time()
+        self.bar = None
+        if run.master:
+            os.makedirs(out, exist_ok=True)
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stdout,
+                            disable=None)
+
+    def log(self, step, **values):
+        if not self.run.master:
+            return
+        row = {"step": step, "time": round(time.time() - self.t0, 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in values.items()},
+                                 refresh=False)
+
+    def tick(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def latest_checkpoint(out):
+    """Path of the newest complete checkpoint in `out`, or None."""
+    ptr = os.path.join(out, "latest")
+    if not os.path.isfile(ptr):
+        return None
+    with open(ptr) as f:
+        name = f.read().strip()
+    path = os.path.join(out, name)
+    return path if os.path.isdir(path) else None
+
+
+def full_state(model):
+    """A full (unsharded) CPU state dict on every rank; under FSDP this gathers the shards."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def optimizer_state(model, opt):
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return opt.state_dict()
+
+
+def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
+    """Write out/step_{step}: HF layout + trainer_state.pt + args.json, atomically; then point `latest` at it."""
+    state, ostate = full_state(model), optimizer_state(model, opt)  # collective under FSDP: all ranks
+    if run.master:
+        name = f"step_{step:06d}"
+        tmp = os.path.join(out, f".tmp-{name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_state_dict_pretrained(model.config, state, tmp)
+        tok.save(os.path.join(tmp, "tokenizer.json"))
+        torch.save({"step": step, "optimizer": ostate, "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(), "extra": extra or {}}, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+        replace_dir(tmp, os.path.join(out, name))
+        ptr_tmp = os.path.join(out, ".latest.tmp")
+        with open(ptr_tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(ptr_tmp, os.path.join(out, "latest"))  # the atomic switch
+        old = sorted(d for d in os.listdir(out) if d.startswith("step_") and d != name)
+        for d in old[:max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    if run.distributed:
+        dist.barrier()
+
+
+def save_state_dict_pretrained(config, state, path):
+    """HF-layout save of a plain state dict (no module needed), via a meta-device model's save_pretrained."""
+    with torch.device("meta"):
+        shell = Qwen2(config)
+    shell.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        shell.lm_head.weight = shell.model.embed_tokens.weight
+    shell.save_pretrained(path)
+
+
+# The default pipeline on the embedded world: each default output, and the command that makes it.
+# A stage whose default input is missing runs these first, so any stage runs on a fresh machine.
+PIPELINE = {
+    "runs/world": ["-m", "data.build", "--out", "runs/world"],
+    "runs/base": ["pretrain.py"],
+    "runs/sft1": ["sft_contrastive.py"],
+    "runs/sft2": ["sft_coa.py", "--mask-obs"],
+    "runs/sft3": ["sft_coa.py"],
+}
+
+
+def resolve_checkpoint(path):
+    """A checkpoint directory itself (has config.json), or a stage's --out (its `latest`), or None."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    return latest_checkpoint(path)
+
+
+def ensure(path, run):
+    """Make a default input (world or stage checkpoint) if it is missing, by running its stage with defaults."""
+    have = os.path.isfile(os.path.join(path, "meta.json")) if path == "runs/world" else resolve_checkpoint(path)
+    if have or path not in PIPELINE:
+        return
+    if run.distributed:
+        raise FileNotFoundError(f"{path} is missing: run `python {' '.join(PIPELINE[path])}` first")
+    import subprocess
+    cmd = [sys.executable] + PIPELINE[path]
+    run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd)}")
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def resume_or_init(run, args, default_init):
+    """Pick where the weights come from: --resume (latest checkpoint of --out), --init, or the default
+    (made by its stage if missing). Returns (checkpoint path, trainer_state or None)."""
+    if args.resume:
+        path = latest_checkpoint(args.out)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {args.out} (no 'latest' pointer)")
+        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        run.print(f"[resume] {path} at step {state['step']}")
+        return path, state
+    if args.init is None:
+        ensure(default_init, run)
+    path = resolve_checkpoint(args.init or default_init)
+    if path is None:
+        raise FileNotFoundError(f"--init {args.init or default_init}: no checkpoint there (config.json or 'latest')")
+    return path, None
+
+
+def restore(model, opt, state):
+    """Load optimizer and RNG state from a trainer_state (the weights were loaded with the model)."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return state["step"]
+
+
+def read_jsonl(path):
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: invalid JSON ({e})") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def epoch_order(n, step, batch_size, seed):
+    """Indices of the global batch for `step`: a fresh seeded permutation per epoch, so the data order is
+    a pure function of (seed, step) and a resumed run sees exactly the batches it would have seen."""
+    out = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, i = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        take = min(batch_size - len(out), n - i)
+        out += perm[i:i + take]
+        pos += take
+    return out
