@@ -170,19 +170,22 @@ def lr_at(step, args):
 
 
 def clip_and_step(model, opt, step, args):
+    """Set this step's lr, clip, and step; a non-finite gradient stops the run before it reaches the weights."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, args)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    check_finite(norm, step, args.out, what="gradient norm")
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return norm
 
 
-def check_finite(value, step, out):
-    """A NaN or Inf loss stops the run; the last good checkpoint in `out` is left untouched."""
+def check_finite(value, step, out, what="loss"):
+    """A NaN or Inf loss (or gradient) stops the run; the last good checkpoint in `out` is left untouched."""
     if not math.isfinite(value):
         last = latest_checkpoint(out)
-        raise FloatingPointError(f"non-finite loss {value} at step {step}; stopping. Last good checkpoint: "
+        raise FloatingPointError(f"non-finite {what} {value} at step {step}; stopping. Last good checkpoint: "
                                  f"{last or 'none'} (resume with --resume after fixing the cause)")
 
 

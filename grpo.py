@@ -25,7 +25,6 @@ Simplified: no entropy bonus (upstream 0.001), because the fused log-prob kernel
 target's log-prob; one policy update per batch of rollouts by default (--ppo-epochs for more).
 """
 import argparse
-import copy
 import os
 
 import torch
@@ -35,50 +34,7 @@ import env
 from sample import sample
 
 # -----------------------------------------------------------------------------
-# arguments
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-common.add_common_args(ap, out="runs/rl", lr=2e-5, steps=24, batch_size=16)
-ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
-ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
-ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
-ap.add_argument("--clip", type=float, default=0.2, help="PPO clip range epsilon")
-ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
-ap.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward (gradient accumulation)")
-ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (upstream 0.6)")
-ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")
-ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
-ap.add_argument("--topk", type=int, default=3, help="documents per search")
-ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
-                                               "(default: the world's corpus.jsonl)")
-ap.set_defaults(warmup=0, save_every=8, batch_size=16)
-args = ap.parse_args()
-if args.group_size < 2:
-    ap.error("--group-size must be >= 2 (advantages are normalised within a group)")
-n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated, the rest real
-
-# -----------------------------------------------------------------------------
-# device, dtype, distributed
-run = common.Run(args)
-run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
-
-# -----------------------------------------------------------------------------
-# model + tokenizer, and the frozen reference (the policy at its initialisation)
-path, state = common.resume_or_init(run, args, default_init="runs/sft3")
-model, tok = common.load_model(path, run, args.grad_checkpointing)
-ref_path = state["extra"]["reference"] if state else path
-ref, _ = common.load_model(ref_path, run)
-ref.eval().requires_grad_(False)
-
-# -----------------------------------------------------------------------------
-# data and the search tool
-common.ensure(args.data, run)
-prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"))
-tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
-run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
-
-# -----------------------------------------------------------------------------
-# loss
-
+# loss (pure, so tests can check it by hand)
 
 def group_advantages(rewards, G):
     """(P*G,) rewards -> (P*G,) advantages normalised within each group of G; all-equal groups give 0."""
@@ -86,76 +42,126 @@ def group_advantages(rewards, G):
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
 
 
-def policy_loss(lp, old_lp, ref_lp, adv, m, n_tok):
-    """Sum over this micro-batch's policy tokens of the clipped surrogate + beta * k3 KL, / n_tok."""
+def policy_loss(lp, old_lp, ref_lp, adv, m, n_tok, clip, kl_coef):
+    """Sum over this micro-batch's policy tokens (m) of the clipped surrogate + kl_coef * k3 KL, divided by
+    n_tok, the policy-token count of the whole global batch (token-mean, as verl does). Returns the loss
+    and the summed KL and surrogate for logging."""
     ratio = torch.exp(lp - old_lp)
     a = adv[:, None]
-    pg = -torch.minimum(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a)
+    pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1  # k3: unbiased, always >= 0
     m = m.float()
-    return ((pg + args.kl_coef * kl) * m).sum() / n_tok, (kl * m).sum().item(), (pg * m).sum().item()
+    return ((pg + kl_coef * kl) * m).sum() / n_tok, (kl * m).sum().item(), (pg * m).sum().item()
 
 
-# -----------------------------------------------------------------------------
-# optimizer + schedule
-opt = common.make_optimizer(model, args)
-start = common.restore(model, opt, state) if state else 0
-real_calls = state["extra"]["real_search_calls"] if state else 0
-
-# -----------------------------------------------------------------------------
-# loop
-metrics = common.Metrics(run, args.out, args.steps, start, "grpo")
-for step in range(start, args.steps):
-    mode = "sim" if step < n_sim else "real"
-    # ---- rollouts: this rank's share of the step's prompts, G samples each
-    batch = [prompts[i] for i in run.shard(common.epoch_order(len(prompts), step, args.batch_size, args.seed))]
-    prompt_ids = [common.encode_prompt(tok, p["question"]) for p in batch for _ in range(args.group_size)]
-    model.eval()
-    with torch.no_grad():
-        rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
-                       max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
-                       seed=args.seed * 1_000_003 + step * 1009 + run.rank)
-    model.train()
-    golds = [p["answers"] for p in batch for _ in range(args.group_size)]
-    rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
-    adv = group_advantages(rewards, args.group_size)
-    real_calls += int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
-
-    # ---- sequences: prompt + completion; only policy-written tokens are scored
-    seqs = [(r.prompt + r.completion, [0] * len(r.prompt) + r.policy_mask) for r in rolls]
-    n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
-    micro = [list(range(i, min(i + args.micro_batch, len(seqs)))) for i in range(0, len(seqs), args.micro_batch)]
-    with torch.no_grad():  # reference log-probs, once per batch
-        ref_lps = [common.sequence_logprobs(ref, common.pad([seqs[i][0] for i in mb]),
-                                            common.pad([seqs[i][1] for i in mb]), run.device)[0] for mb in micro]
-    old_lps = [None] * len(micro)
-    # ---- update
-    for epoch in range(args.ppo_epochs):
-        kl_sum = pg_sum = 0.0
-        for j, mb in enumerate(micro):
-            lp, m = common.sequence_logprobs(model, common.pad([seqs[i][0] for i in mb]),
-                                             common.pad([seqs[i][1] for i in mb]), run.device)
-            if epoch == 0:
-                old_lps[j] = lp.detach()  # on-policy: the sampling policy is the current one
-            loss, kl, pg = policy_loss(lp, old_lps[j], ref_lps[j], adv[mb].to(run.device), m, max(n_tok, 1))
-            (loss * run.world).backward()
-            kl_sum, pg_sum = kl_sum + kl, pg_sum + pg
-        gnorm = common.clip_and_step(model, opt, step, args)
-    kl_mean, pg_mean = run.all_sum(kl_sum) / max(n_tok, 1), run.all_sum(pg_sum) / max(n_tok, 1)
-    common.check_finite(pg_mean + kl_mean, step, args.out)
-
-    metrics.tick()
-    n = run.all_sum(len(rolls))
-    metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
-                actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
-                length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
-                real_search_calls=real_calls, kl=kl_mean, pg=pg_mean, grad_norm=gnorm,
-                lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
+def main():
     # -------------------------------------------------------------------------
-    # save
-    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-        common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args,
-                               extra={"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)})
-metrics.close()
-run.print(f"[done] {common.latest_checkpoint(args.out)}; real search calls: {real_calls}")
-run.close()
+    # arguments
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(ap, out="runs/rl", lr=2e-5, steps=24, batch_size=16)
+    ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
+    ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
+    ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
+    ap.add_argument("--clip", type=float, default=0.2, help="PPO clip range epsilon")
+    ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
+    ap.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward (gradient accumulation)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (upstream 0.6)")
+    ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")
+    ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
+    ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
+                                                   "(default: the world's corpus.jsonl)")
+    ap.set_defaults(warmup=0, save_every=8, batch_size=16)
+    args = ap.parse_args()
+    if args.group_size < 2:
+        ap.error("--group-size must be >= 2 (advantages are normalised within a group)")
+    n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated, the rest real
+
+    # -------------------------------------------------------------------------
+    # device, dtype, distributed
+    run = common.Run(args)
+    run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
+
+    # -------------------------------------------------------------------------
+    # model + tokenizer, and the frozen reference (the policy at its initialisation)
+    path, state = common.resume_or_init(run, args, default_init="runs/sft3")
+    model, tok = common.load_model(path, run, args.grad_checkpointing)
+    ref_path = state["extra"]["reference"] if state else path
+    ref, _ = common.load_model(ref_path, run)
+    ref.eval().requires_grad_(False)
+
+    # -------------------------------------------------------------------------
+    # data and the search tool
+    common.ensure(args.data, run)
+    prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"))
+    tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
+    run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
+
+    # -------------------------------------------------------------------------
+    # optimizer + schedule
+    opt = common.make_optimizer(model, args)
+    start = common.restore(model, opt, state) if state else 0
+    real_calls = state["extra"]["real_search_calls"] if state else 0
+
+    # -------------------------------------------------------------------------
+    # loop
+    metrics = common.Metrics(run, args.out, args.steps, start, "grpo")
+    for step in range(start, args.steps):
+        mode = "sim" if step < n_sim else "real"
+        # ---- rollouts: this rank's share of the step's prompts, G samples each
+        batch = [prompts[i] for i in run.shard(common.epoch_order(len(prompts), step, args.batch_size, args.seed))]
+        prompt_ids = [common.encode_prompt(tok, p["question"]) for p in batch for _ in range(args.group_size)]
+        model.eval()
+        with torch.no_grad():
+            rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
+                           max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
+                           seed=args.seed * 1_000_003 + step * 1009 + run.rank)
+        model.train()
+        golds = [p["answers"] for p in batch for _ in range(args.group_size)]
+        rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
+        adv = group_advantages(rewards, args.group_size)
+        real_calls += int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+
+        # ---- sequences: prompt + completion; only policy-written tokens are scored
+        seqs = [(r.prompt + r.completion, [0] * len(r.prompt) + r.policy_mask) for r in rolls]
+        n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
+        micro = [list(range(i, min(i + args.micro_batch, len(seqs)))) for i in range(0, len(seqs), args.micro_batch)]
+        with torch.no_grad():  # reference log-probs, once per batch
+            ref_lps = [common.sequence_logprobs(ref, common.pad([seqs[i][0] for i in mb]),
+                                                common.pad([seqs[i][1] for i in mb]), run.device)[0] for mb in micro]
+        old_lps = [None] * len(micro)
+        # ---- update
+        for epoch in range(args.ppo_epochs):
+            kl_sum = pg_sum = 0.0
+            for j, mb in enumerate(micro):
+                lp, m = common.sequence_logprobs(model, common.pad([seqs[i][0] for i in mb]),
+                                                 common.pad([seqs[i][1] for i in mb]), run.device)
+                if epoch == 0:
+                    old_lps[j] = lp.detach()  # on-policy: the sampling policy is the current one
+                loss, kl, pg = policy_loss(lp, old_lps[j], ref_lps[j], adv[mb].to(run.device), m, max(n_tok, 1),
+                                              args.clip, args.kl_coef)
+                (loss * run.world).backward()
+                kl_sum, pg_sum = kl_sum + kl, pg_sum + pg
+            gnorm = common.clip_and_step(model, opt, step, args)
+        kl_mean, pg_mean = run.all_sum(kl_sum) / max(n_tok, 1), run.all_sum(pg_sum) / max(n_tok, 1)
+        common.check_finite(pg_mean + kl_mean, step, args.out)
+
+        metrics.tick()
+        n = run.all_sum(len(rolls))
+        metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
+                    actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
+                    length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
+                    real_search_calls=real_calls, kl=kl_mean, pg=pg_mean, grad_norm=gnorm,
+                    lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
+        # ---------------------------------------------------------------------
+        # save
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args,
+                                   extra={"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)})
+    metrics.close()
+    run.print(f"[done] {common.latest_checkpoint(args.out)}; real search calls: {real_calls}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()

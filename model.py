@@ -14,7 +14,6 @@ Attention goes through kernels.attention / kernels.cached_attention (Triton on C
 Benchmark against transformers: `python bench/bench_model.py`.
 """
 import json
-import math
 import os
 import shutil
 import tempfile

@@ -25,39 +25,17 @@ from model import Qwen2, Qwen2Config
 from tokenizer import ASSISTANT, BOS, END_THINK, EOS, THINK, USER, Tokenizer, chat_prompt
 
 # -----------------------------------------------------------------------------
-# arguments
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-common.add_common_args(ap, out="runs/base", lr=3e-3, steps=600, batch_size=16)
-ap.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (before added tokens)")
-ap.add_argument("--hidden", type=int, default=256, help="hidden size")
-ap.add_argument("--layers", type=int, default=4, help="decoder layers")
-ap.add_argument("--heads", type=int, default=4, help="query heads")
-ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
-ap.add_argument("--intermediate", type=int, default=768, help="MLP hidden size")
-ap.add_argument("--seq-len", type=int, default=512, help="tokens per packed training sequence")
-ap.set_defaults(max_len=512, warmup=30, weight_decay=0.1, save_every=200)
-args = ap.parse_args()
-
-# -----------------------------------------------------------------------------
-# device, dtype, distributed
-run = common.Run(args)
-
-# -----------------------------------------------------------------------------
-# data: base text, rendered as documents and as chat-format reasoning traces
-common.ensure(args.data, run)
-rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"))
-texts = [r["text"] if r.get("kind") != "trace"
-         else chat_prompt(r["question"], env.INSTRUCTION) + r["response"] for r in rows]
+# the world's tokenizer
 
 
-def train_tokenizer():
+def train_tokenizer(data, texts, vocab_size):
     """Byte-level BPE on the world's own text (corpus pages + base text), so every name is cheap to spell."""
-    corpus = [r["contents"] for r in common.read_jsonl(os.path.join(args.data, "corpus.jsonl"))]
+    corpus = [r["contents"] for r in common.read_jsonl(os.path.join(data, "corpus.jsonl"))]
     tk = HFTokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     specials = [EOS, BOS, USER, ASSISTANT]
-    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=specials, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(corpus + texts, trainer)
     tags = env.TAGS
@@ -66,65 +44,96 @@ def train_tokenizer():
     return Tokenizer(tk)
 
 
-# -----------------------------------------------------------------------------
-# model + tokenizer
-state = None
-if args.resume or args.init:  # continue a run, or keep pretraining a given checkpoint
-    path, state = common.resume_or_init(run, args, default_init=None)
-    model, tok = common.load_model(path, run, args.grad_checkpointing)
-else:
-    tok = train_tokenizer()
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                      rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096,
-                      bos_token_id=tok.token_id(BOS), eos_token_id=tok.eos_id)
-    os.makedirs(args.out, exist_ok=True)
-    init_dir = os.path.join(args.out, "init")  # saved once so every rank (and FSDP) loads the same weights
-    if run.master:
-        Qwen2(cfg).init_weights(seed=args.seed).save_pretrained(init_dir)
-        tok.save(os.path.join(init_dir, "tokenizer.json"))
-    if run.distributed:
-        torch.distributed.barrier()
-    model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
-model.train()
-
-# pack every text, each ending with end-of-sentence, into one stream cut into seq_len + 1 windows
-stream = [t for ids in tok.encode_batch(texts) for t in ids + [tok.eos_id]]
-L = args.seq_len + 1
-windows = torch.tensor(stream[:len(stream) // L * L]).view(-1, L)  # (n_windows, seq_len + 1)
-run.print(f"[data] {len(texts)} texts, {len(stream) / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len}")
-
-# -----------------------------------------------------------------------------
-# loss: next-token NLL over every token
-
-
-def loss_fn(batch):
-    lp, m = common.sequence_logprobs(model, batch, torch.ones_like(batch), run.device)
-    n_tok = run.all_sum(m.sum().item())
-    return -lp.sum() / n_tok * run.world, -run.all_sum(lp.sum().item()) / n_tok  # (grad, logged) loss
-
-
-# -----------------------------------------------------------------------------
-# optimizer + schedule
-opt = common.make_optimizer(model, args)
-start = common.restore(model, opt, state) if state else 0
-
-# -----------------------------------------------------------------------------
-# loop
-metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
-for step in range(start, args.steps):
-    idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
-    loss, logged = loss_fn(windows[idx])
-    common.check_finite(logged, step, args.out)
-    loss.backward()
-    gnorm = common.clip_and_step(model, opt, step, args)
-    metrics.tick()
-    if step % args.log_every == 0 or step == args.steps - 1:
-        metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
+def main():
     # -------------------------------------------------------------------------
-    # save
-    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-        common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
-metrics.close()
-run.print(f"[done] {common.latest_checkpoint(args.out)}")
-run.close()
+    # arguments
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=600, batch_size=16)
+    ap.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (before added tokens)")
+    ap.add_argument("--hidden", type=int, default=256, help="hidden size")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="query heads")
+    ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
+    ap.add_argument("--intermediate", type=int, default=768, help="MLP hidden size")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per packed training sequence")
+    ap.set_defaults(max_len=512, warmup=30, weight_decay=0.1, save_every=200)
+    args = ap.parse_args()
+
+    # -------------------------------------------------------------------------
+    # device, dtype, distributed
+    run = common.Run(args)
+
+    # -------------------------------------------------------------------------
+    # data: base text, rendered as documents and as chat-format reasoning traces
+    common.ensure(args.data, run)
+    rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"))
+    texts = [r["text"] if r.get("kind") != "trace"
+             else chat_prompt(r["question"], env.INSTRUCTION) + r["response"] for r in rows]
+
+
+    # -------------------------------------------------------------------------
+    # model + tokenizer
+    state = None
+    if args.resume or args.init:  # continue a run, or keep pretraining a given checkpoint
+        path, state = common.resume_or_init(run, args, default_init=None)
+        model, tok = common.load_model(path, run, args.grad_checkpointing)
+    else:
+        tok = train_tokenizer(args.data, texts, args.vocab_size)
+        cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                          num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                          rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096,
+                          bos_token_id=tok.token_id(BOS), eos_token_id=tok.eos_id)
+        os.makedirs(args.out, exist_ok=True)
+        init_dir = os.path.join(args.out, "init")  # saved once so every rank (and FSDP) loads the same weights
+        if run.master:
+            Qwen2(cfg).init_weights(seed=args.seed).save_pretrained(init_dir)
+            tok.save(os.path.join(init_dir, "tokenizer.json"))
+        if run.distributed:
+            torch.distributed.barrier()
+        model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
+    model.train()
+
+    # pack every text, each ending with end-of-sentence, into one stream cut into seq_len + 1 windows
+    stream = [t for ids in tok.encode_batch(texts) for t in ids + [tok.eos_id]]
+    L = args.seq_len + 1
+    windows = torch.tensor(stream[:len(stream) // L * L]).view(-1, L)  # (n_windows, seq_len + 1)
+    run.print(f"[data] {len(texts)} texts, {len(stream) / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len}")
+
+    # -------------------------------------------------------------------------
+    # loss: next-token NLL over every token
+
+
+    def loss_fn(batch):
+        lp, m = common.sequence_logprobs(model, batch, torch.ones_like(batch), run.device)
+        n_tok = run.all_sum(m.sum().item())
+        return -lp.sum() / n_tok * run.world, -run.all_sum(lp.sum().item()) / n_tok  # (grad, logged) loss
+
+
+    # -------------------------------------------------------------------------
+    # optimizer + schedule
+    opt = common.make_optimizer(model, args)
+    start = common.restore(model, opt, state) if state else 0
+
+    # -------------------------------------------------------------------------
+    # loop
+    metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
+    for step in range(start, args.steps):
+        idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
+        loss, logged = loss_fn(windows[idx])
+        common.check_finite(logged, step, args.out)
+        loss.backward()
+        gnorm = common.clip_and_step(model, opt, step, args)
+        metrics.tick()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
+        # ---------------------------------------------------------------------
+        # save
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+    metrics.close()
+    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()

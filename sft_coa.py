@@ -19,68 +19,82 @@ import os
 
 import common
 
-# -----------------------------------------------------------------------------
-# arguments
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-common.add_common_args(ap, out=None, lr=1e-3, steps=150, batch_size=16)
-ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
-args = ap.parse_args()
-stage = 2 if args.mask_obs else 3
-if args.out is None:
-    args.out = f"runs/sft{stage}"
 
 # -----------------------------------------------------------------------------
-# device, dtype, distributed
-run = common.Run(args)
+# loss (pure, so tests can check it by hand)
 
-# -----------------------------------------------------------------------------
-# model + tokenizer
-path, state = common.resume_or_init(run, args, default_init="runs/sft1" if stage == 2 else "runs/sft2")
-model, tok = common.load_model(path, run, args.grad_checkpointing)
-model.train()
-
-# -----------------------------------------------------------------------------
-# data
-common.ensure(args.data, run)
-rows = common.read_jsonl(os.path.join(args.data, "stage2.jsonl"))
-encoded = [common.encode_trajectory(tok, r, args.mask_obs, args.max_len) for r in rows]
-n_tool = sum(r["kind"] == "tool" for r in rows)
-n_scored = sum(sum(m) for _, m in encoded)
-run.print(f"[data] stage {stage}: {n_tool} tool + {len(rows) - n_tool} CoT trajectories, "
-          f"{sum(len(i) for i, _ in encoded)} tokens, {n_scored} scored (mask-obs={args.mask_obs})")
-
-# -----------------------------------------------------------------------------
-# loss: masked NLL, mean over the scored tokens of the global batch
+def masked_nll(lp, m):
+    """Sum of -log p over the scored tokens only: prompt tokens, and in stage 2 the tool-written ones,
+    contribute nothing (common.encode_trajectory builds the mask). Divide by the global token count."""
+    return -(lp * m).sum()
 
 
-def loss_fn(batch):
-    ids, mask = common.pad([b[0] for b in batch]), common.pad([b[1] for b in batch])
-    lp, m = common.sequence_logprobs(model, ids, mask, run.device)
-    n_tok = run.all_sum(m.sum().item())
-    return -lp.sum() / n_tok * run.world, -run.all_sum(lp.sum().item()) / n_tok
-
-
-# -----------------------------------------------------------------------------
-# optimizer + schedule
-opt = common.make_optimizer(model, args)
-start = common.restore(model, opt, state) if state else 0
-
-# -----------------------------------------------------------------------------
-# loop
-metrics = common.Metrics(run, args.out, args.steps, start, f"sft-{stage}")
-for step in range(start, args.steps):
-    batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
-    loss, logged = loss_fn(batch)
-    common.check_finite(logged, step, args.out)
-    loss.backward()
-    gnorm = common.clip_and_step(model, opt, step, args)
-    metrics.tick()
-    if step % args.log_every == 0 or step == args.steps - 1:
-        metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
+def main():
     # -------------------------------------------------------------------------
-    # save
-    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-        common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
-metrics.close()
-run.print(f"[done] {common.latest_checkpoint(args.out)}")
-run.close()
+    # arguments
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(ap, out=None, lr=1e-3, steps=150, batch_size=16)
+    ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
+    args = ap.parse_args()
+    stage = 2 if args.mask_obs else 3
+    if args.out is None:
+        args.out = f"runs/sft{stage}"
+
+    # -------------------------------------------------------------------------
+    # device, dtype, distributed
+    run = common.Run(args)
+
+    # -------------------------------------------------------------------------
+    # model + tokenizer
+    path, state = common.resume_or_init(run, args, default_init="runs/sft1" if stage == 2 else "runs/sft2")
+    model, tok = common.load_model(path, run, args.grad_checkpointing)
+    model.train()
+
+    # -------------------------------------------------------------------------
+    # data
+    common.ensure(args.data, run)
+    rows = common.read_jsonl(os.path.join(args.data, "stage2.jsonl"))
+    encoded = [common.encode_trajectory(tok, r, args.mask_obs, args.max_len) for r in rows]
+    n_tool = sum(r["kind"] == "tool" for r in rows)
+    run.print(f"[data] stage {stage}: {n_tool} tool + {len(rows) - n_tool} CoT trajectories, "
+              f"{sum(len(i) for i, _ in encoded)} tokens, {sum(sum(m) for _, m in encoded)} scored "
+              f"(mask-obs={args.mask_obs})")
+
+    # -------------------------------------------------------------------------
+    # loss: masked NLL, mean over the scored tokens of the global batch
+
+    def loss_fn(batch):
+        lp, m = common.sequence_logprobs(model, common.pad([b[0] for b in batch]), common.pad([b[1] for b in batch]),
+                                         run.device)
+        n_tok = run.all_sum(m.sum().item())
+        nll = masked_nll(lp, m)
+        return nll / n_tok * run.world, run.all_sum(nll.item()) / n_tok
+
+    # -------------------------------------------------------------------------
+    # optimizer + schedule
+    opt = common.make_optimizer(model, args)
+    start = common.restore(model, opt, state) if state else 0
+
+    # -------------------------------------------------------------------------
+    # loop
+    metrics = common.Metrics(run, args.out, args.steps, start, f"sft-{stage}")
+    for step in range(start, args.steps):
+        batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
+        loss, logged = loss_fn(batch)
+        common.check_finite(logged, step, args.out)
+        loss.backward()
+        gnorm = common.clip_and_step(model, opt, step, args)
+        metrics.tick()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
+        # ---------------------------------------------------------------------
+        # save
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+    metrics.close()
+    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,85 +17,95 @@ The second term keeps the chosen continuation likely; without it both log-probs 
 import argparse
 import os
 
-import torch
 import torch.nn.functional as F
 
 import common
 
-# -----------------------------------------------------------------------------
-# arguments
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-common.add_common_args(ap, out="runs/sft1", lr=3e-4, steps=80, batch_size=16)
-ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (upstream 0.2)")
-args = ap.parse_args()
 
 # -----------------------------------------------------------------------------
-# device, dtype, distributed
-run = common.Run(args)
+# loss (pure, so tests can check it by hand)
 
-# -----------------------------------------------------------------------------
-# model + tokenizer
-path, state = common.resume_or_init(run, args, default_init="runs/base")
-model, tok = common.load_model(path, run, args.grad_checkpointing)
-model.train()
-
-# -----------------------------------------------------------------------------
-# data: (prompt + prefix, continuation) token runs; the continuation alone is scored
-common.ensure(args.data, run)
-pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"))
+def contrastive_loss(p_chosen, p_rejected, lam):
+    """Per pair: -log sigmoid(P_c - P_r) + lam * (-P_c), P = mean continuation log-prob (upstream stage 1)."""
+    return -F.logsigmoid(p_chosen - p_rejected) + lam * (-p_chosen)
 
 
-def encode(row, continuation):
-    context = common.encode_prompt(tok, row["question"]) + tok.encode(row["prefix"])
-    cont = tok.encode(continuation)
-    ids = (context + cont)[:args.max_len]
-    return ids, ([0] * len(context) + [1] * len(cont))[:args.max_len]
+def mean_logprob(lp, m):
+    """(B, T) token log-probs and mask -> (B,) mean over each row's scored tokens: P(x)."""
+    return lp.sum(1) / m.sum(1).clamp(min=1)
 
 
-encoded = [(encode(r, r["chosen"]), encode(r, r["rejected"])) for r in pairs]
-run.print(f"[data] {len(pairs)} pairs: " + ", ".join(
-    f"{d} {sum(r['direction'] == d for r in pairs)}" for d in ("search", "answer")))
-
-# -----------------------------------------------------------------------------
-# loss
-
-
-def loss_fn(batch):
-    """batch: list of ((chosen ids, mask), (rejected ids, mask)). Returns (loss for backward, logged stats)."""
-    seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen rows first, then rejected
-    ids = common.pad([s[0] for s in seqs])
-    mask = common.pad([s[1] for s in seqs])
-    lp, m = common.sequence_logprobs(model, ids, mask, run.device)
-    mean_lp = lp.sum(1) / m.sum(1).clamp(min=1)  # P(x): mean over continuation tokens, (2B,)
-    p_c, p_r = mean_lp.chunk(2)
-    per_pair = -F.logsigmoid(p_c - p_r) + args.lam * (-p_c)  # eq.: L_contrast + lambda * L_nll(chosen)
-    n = run.all_sum(len(batch))
-    stats = {k: run.all_sum(v.sum().item()) / n for k, v in
-             (("loss", per_pair), ("logp_chosen", p_c), ("logp_rejected", p_r), ("acc", (p_c > p_r).float()))}
-    return per_pair.sum() / n * run.world, stats
-
-
-# -----------------------------------------------------------------------------
-# optimizer + schedule
-opt = common.make_optimizer(model, args)
-start = common.restore(model, opt, state) if state else 0
-
-# -----------------------------------------------------------------------------
-# loop
-metrics = common.Metrics(run, args.out, args.steps, start, "sft-1")
-for step in range(start, args.steps):
-    batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
-    loss, stats = loss_fn(batch)
-    common.check_finite(stats["loss"], step, args.out)
-    loss.backward()
-    gnorm = common.clip_and_step(model, opt, step, args)
-    metrics.tick()
-    if step % args.log_every == 0 or step == args.steps - 1:
-        metrics.log(step, **stats, lr=common.lr_at(step, args), grad_norm=gnorm)
+def main():
     # -------------------------------------------------------------------------
-    # save
-    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-        common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
-metrics.close()
-run.print(f"[done] {common.latest_checkpoint(args.out)}")
-run.close()
+    # arguments
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(ap, out="runs/sft1", lr=3e-4, steps=80, batch_size=16)
+    ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (upstream 0.2)")
+    args = ap.parse_args()
+
+    # -------------------------------------------------------------------------
+    # device, dtype, distributed
+    run = common.Run(args)
+
+    # -------------------------------------------------------------------------
+    # model + tokenizer
+    path, state = common.resume_or_init(run, args, default_init="runs/base")
+    model, tok = common.load_model(path, run, args.grad_checkpointing)
+    model.train()
+
+    # -------------------------------------------------------------------------
+    # data: (prompt + prefix, continuation) token runs; the continuation alone is scored
+    common.ensure(args.data, run)
+    pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"))
+
+    def encode(row, continuation):
+        context = common.encode_prompt(tok, row["question"]) + tok.encode(row["prefix"])
+        cont = tok.encode(continuation)
+        return (context + cont)[:args.max_len], ([0] * len(context) + [1] * len(cont))[:args.max_len]
+
+    encoded = [(encode(r, r["chosen"]), encode(r, r["rejected"])) for r in pairs]
+    run.print(f"[data] {len(pairs)} pairs: " + ", ".join(
+        f"{d} {sum(r['direction'] == d for r in pairs)}" for d in ("search", "answer")))
+
+    # -------------------------------------------------------------------------
+    # loss on a batch of pairs: chosen and rejected rows go through one forward
+
+    def loss_fn(batch):
+        seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen rows first, then rejected
+        lp, m = common.sequence_logprobs(model, common.pad([s[0] for s in seqs]), common.pad([s[1] for s in seqs]),
+                                         run.device)
+        p_c, p_r = mean_logprob(lp, m).chunk(2)
+        per_pair = contrastive_loss(p_c, p_r, args.lam)
+        n = run.all_sum(len(batch))
+        stats = {k: run.all_sum(v.sum().item()) / n for k, v in
+                 (("loss", per_pair), ("logp_chosen", p_c), ("logp_rejected", p_r), ("acc", (p_c > p_r).float()))}
+        return per_pair.sum() / n * run.world, stats
+
+    # -------------------------------------------------------------------------
+    # optimizer + schedule
+    opt = common.make_optimizer(model, args)
+    start = common.restore(model, opt, state) if state else 0
+
+    # -------------------------------------------------------------------------
+    # loop
+    metrics = common.Metrics(run, args.out, args.steps, start, "sft-1")
+    for step in range(start, args.steps):
+        batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
+        loss, stats = loss_fn(batch)
+        common.check_finite(stats["loss"], step, args.out)
+        loss.backward()
+        gnorm = common.clip_and_step(model, opt, step, args)
+        metrics.tick()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            metrics.log(step, **stats, lr=common.lr_at(step, args), grad_norm=gnorm)
+        # ---------------------------------------------------------------------
+        # save
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+    metrics.close()
+    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()
