@@ -5,7 +5,8 @@
 One seed -> one world -> byte-identical files:
     corpus.jsonl  the search tool's corpus: every entity's page, known or not, plus distractors
     base.jsonl    pretraining text for the tiny base model (stands in for R1-Distill): pages of the
-                  KNOWN entities and pure reasoning traces over them, answered from memory
+                  KNOWN entities, pure reasoning traces over them answered from memory, and
+                  reading traces from a parallel world (copying facts out of injected results)
     stage1.jsonl  contrastive pairs at a decision point ("when to act", paper §3.1, SFT stage 1)
     stage2.jsonl  SFT trajectories, tool and pure-CoT at 5:1 as in the paper (SFT stages 2 and 3)
     rl.jsonl, dev.jsonl, test.jsonl   questions with gold answers (RL prompts and evaluation)
@@ -28,7 +29,7 @@ import random
 
 import env
 from data.world import DEFAULT_SIZES, RELATIONS, TYPES, document, make_questions, make_world, unknown_lookups
-from data.trajectories import contrastive_pair, query_for, trajectory
+from data.trajectories import contrastive_pair, query_for, reading_trace, trajectory
 
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
@@ -57,7 +58,7 @@ def write_jsonl(path, rows):
 
 
 def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, topk=3, n_test=400,
-          n_dev=200, n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600):
+          n_dev=200, n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict."""
     # -------------------------------------------------------------------- world and splits
     world = make_world(seed, sizes, known_fraction, n_distractors)
@@ -139,6 +140,19 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
                      "question": q.question, "response": response})
+    # Reading traces from a parallel world (another seed, its own corpus): after a decision sentence
+    # an external controller has put a result block, and the trace copies the fact out of it. The base
+    # model thus learns to READ retrieved text, as R1-Distill can, but never to ACT (no action tags
+    # appear), and learns nothing about this world. This is what makes the workflow baselines of
+    # eval.py (RAG, a controller that searches at every step) competent rather than strawmen.
+    other = make_world(seed + 1_000_003, sizes, 1.0, n_distractors)
+    other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
+    other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs
+                  if not any(n in world.by_name for n, _ in q.lookups)]
+    for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
+        response = reading_trace(other, q, lambda query: env.format_observation(other_search.search([query], topk)[0]))
+        base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
+                     "question": q.question, "response": response})
     rng.shuffle(base)
 
     # -------------------------------------------------------------------- write
@@ -186,11 +200,13 @@ def main():
     ap.add_argument("--n-cot", type=int, default=300, help="stage-2 pure-CoT trajectories (paper 5:1)")
     ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (half each way)")
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
+    ap.add_argument("--n-reading", type=int, default=400, help="parallel-world reading traces in base.jsonl")
     args = ap.parse_args()
     print(vars(args))
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  args.known_fraction, args.distractors, args.topk, args.n_test, args.n_dev, args.n_rl,
-                 args.n_tool, args.n_cot, args.n_pairs, args.n_traces)
+                 args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
+                 args.n_reading)
     print(json.dumps(meta, indent=1))
 
 

@@ -94,3 +94,13 @@ def contrastive_pair(world, q, k, observe, wrong_value):
     if known:
         return prefix, recall(name, rel, value), act(name, rel), "answer"
     return prefix, act(name, rel), recall(name, rel, wrong_value), "search"
+
+
+def reading_trace(world, q, observe_text):
+    """A base-model reading trace: every decision sentence is followed by a result block that an
+    external controller retrieved with that sentence as the query (no action tags: the model never
+    acts), then the fact is read out of it. observe_text(query) -> observation text."""
+    text = ""
+    for name, rel, value, _ in steps(world, q):
+        text += need(name, rel) + observe_text(need(name, rel)) + read(name, rel, value)
+    return text + conclusion(world, q)

@@ -205,7 +205,14 @@ def test_base_holds_known_facts_only(files):
             assert page in text
         else:
             assert page not in text and f"of {e['name']} is" not in text, e["name"]
-    assert T.search_open not in text and T.result_open not in text
+    assert T.search_open not in text and T.search_close not in text  # the base model never sees an action
+    reading = [r for r in files["base"] if r["kind"] == "reading"]
+    own = "\n".join(r["text"] for r in files["base"] if r["kind"] != "reading")
+    assert T.result_open not in own  # result blocks only in the parallel world's reading traces
+    assert reading and all(r["response"].count(T.result_open) == r["response"].count("I need the ") for r in reading)
+    reading_text = "\n".join(r["text"] for r in reading)
+    for e in files["world"]["entities"]:  # the parallel world teaches reading, nothing about this world
+        assert f"{e['name']} is" not in reading_text and f"{e['name']}." not in reading_text, e["name"]
     traces = [r for r in files["base"] if r["kind"] == "trace"]
     assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
     assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
