@@ -67,7 +67,7 @@ def main():
     # data: base text, rendered as documents and as chat-format reasoning traces
     common.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"))
-    texts = [r["text"] if r.get("kind") != "trace"
+    texts = [r["text"] if r.get("kind") == "doc"
              else chat_prompt(r["question"], env.INSTRUCTION) + r["response"] for r in rows]
 
 
