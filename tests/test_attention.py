@@ -1,0 +1,199 @@
+"""Attention kernels against torch SDPA (the independent oracle) and against the torch references.
+
+The oracle runs in fp64 with the kv heads expanded by repeat_interleave and its own bottom-right
+causal mask, so it shares no code with either implementation. The Triton kernels run under
+TRITON_INTERPRET=1 on CPU tensors, in fp32 and fp16 only (the interpreter mishandles bf16).
+The interpreter uses small blocks (32 x 16 forward), so T, S in {1, 7, 65, 130} exercise
+ragged last blocks, several blocks per program and both the masked and unmasked loops.
+Run: python -m pytest -q tests/test_attention.py
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels.attention import (  # noqa: E402
+    attention_reference, cached_attention_reference, decode_attention, flash_attention)
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3}  # norm-wise relative error vs the fp64 oracle
+
+
+def rel_err(a, b):
+    """Norm-wise relative error; the floor (an RMS of 0.01) covers exact zeros such as dq when S = 1."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / max(b.norm().item(), 1e-2 * b.numel() ** 0.5)).item()
+
+
+def sdpa_oracle(q, k, v, causal, sm_scale=None):
+    """fp64 SDPA with expanded kv heads; causal aligned bottom-right (query i sees j <= i + S - T)."""
+    G = q.shape[1] // k.shape[1]
+    T, S = q.shape[2], k.shape[2]
+    mask = None
+    if causal:
+        mask = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)  # (T, S)
+    return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(G, 1),
+                                          v.double().repeat_interleave(G, 1), attn_mask=mask, scale=sm_scale)
+
+
+def make_qkv(B, Hq, Hkv, T, S, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
+    do = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    return q, k, v, do
+
+
+def out_and_grads(fn, q, k, v, do, **kw):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    o = fn(q, k, v, **kw)
+    return (o, *torch.autograd.grad(o, (q, k, v), do.to(o.dtype)))
+
+
+# (T, S, D, group, causal, dtype): every value of each axis appears, not the full cross product.
+# group = Hq / Hkv; Hkv = 2 except for group 7 (Hkv = 1) to keep the interpreter quick.
+CASES = [
+    (1, 1, 32, 1, True, torch.float32),
+    (7, 7, 64, 2, True, torch.float32),
+    (65, 65, 128, 7, True, torch.float16),
+    (130, 130, 32, 2, True, torch.float32),
+    (130, 130, 64, 1, True, torch.float16),
+    (1, 130, 64, 7, True, torch.float16),      # one new token over a long prefix
+    (7, 65, 128, 1, True, torch.float32),
+    (65, 130, 32, 2, True, torch.float32),     # T < S: the diagonal is offset by S - T
+    (65, 130, 64, 2, True, torch.float16),
+    (130, 7, 32, 7, False, torch.float32),     # T > S is fine without a causal mask
+    (65, 1, 64, 1, False, torch.float16),
+    (7, 130, 128, 2, False, torch.float32),
+    (130, 65, 64, 2, False, torch.float16),
+    (1, 7, 32, 2, False, torch.float16),
+]
+
+
+@pytest.mark.parametrize("T,S,D,group,causal,dtype", CASES)
+def test_flash_attention_matches_sdpa_and_reference(T, S, D, group, causal, dtype):
+    Hkv = 1 if group == 7 else 2
+    q, k, v, do = make_qkv(1, Hkv * group, Hkv, T, S, D, dtype, seed=T * 1000 + S)
+    ours = out_and_grads(flash_attention, q, k, v, do, causal=causal)
+    oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=causal)
+    ref = out_and_grads(attention_reference, q, k, v, do, causal=causal)
+    assert ours[0].dtype == dtype and ours[0].shape == q.shape
+    for name, a, b, r in zip(("o", "dq", "dk", "dv"), ours, oracle, ref):
+        assert a.shape == b.shape, name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < TOL[dtype], (name, rel_err(a, b))
+        assert rel_err(a, r) < 2 * TOL[dtype], (name, rel_err(a, r))
+
+
+def test_flash_attention_batch_strides_and_scale():
+    """B > 1, inputs as (B, T, H, D).transpose(1, 2) views (the model's layout), custom scale."""
+    B, Hq, Hkv, T, S, D = 2, 4, 2, 33, 40, 32
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(B, T, Hq, D, generator=g).transpose(1, 2)
+    k = torch.randn(B, S, Hkv, D, generator=g).transpose(1, 2)
+    v = torch.randn(B, S, Hkv, D, generator=g).transpose(1, 2)
+    do = torch.randn(B, Hq, T, D, generator=g)
+    assert not q.is_contiguous()
+    ours = out_and_grads(flash_attention, q, k, v, do, causal=True, sm_scale=0.3)
+    oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=True, sm_scale=0.3)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), ours, oracle):
+        assert rel_err(a, b) < TOL[torch.float32], (name, rel_err(a, b))
+    # rows of different batch entries must not mix: perturbing batch 1 leaves batch 0 unchanged
+    k2 = k.clone()
+    k2[1] += 1.0
+    assert torch.equal(flash_attention(q, k, v)[0], flash_attention(q, k2, v)[0])
+
+
+def test_causal_needs_t_le_s():
+    q, k, v, _ = make_qkv(1, 2, 2, 8, 4, 32, torch.float32)
+    with pytest.raises(AssertionError):
+        flash_attention(q, k, v, causal=True)
+    with pytest.raises(AssertionError):
+        attention_reference(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_reference_gradcheck(causal):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: attention_reference(a, b, c, causal=causal), (q, k, v))
+
+
+@pytest.mark.parametrize("T,S,group,causal", [(7, 7, 2, True), (5, 9, 7, True), (9, 4, 1, False)])
+def test_reference_matches_oracle(T, S, group, causal):
+    q, k, v, _ = make_qkv(2, 2 * group, 2, T, S, 16, torch.float64)
+    assert rel_err(attention_reference(q, k, v, causal=causal), sdpa_oracle(q, k, v, causal)) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding against a KV cache with per-row lengths
+# ---------------------------------------------------------------------------------------------
+
+def make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=0):
+    """A cache whose slots past each row's last new key hold nan: whatever reads them fails."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
+    for b, s in enumerate(start.tolist()):
+        k[b, :, s + T:] = float("nan")
+        v[b, :, s + T:] = float("nan")
+    return q, k, v
+
+
+@pytest.mark.parametrize("T,group,D,dtype", [(1, 7, 128, torch.float32), (3, 2, 64, torch.float16),
+                                             (3, 7, 32, torch.float32), (1, 1, 64, torch.float16)])
+def test_decode_matches_reference_and_per_row_sdpa(T, group, D, dtype):
+    B, Hkv, S_max = 3, 2, 130
+    start = torch.tensor([0, 37, S_max - T])  # empty prefix, mid-cache, cache exactly full
+    Hq = Hkv * group
+    q, k, v = make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=T)
+    ours = decode_attention(q, k, v, start)
+    ref = cached_attention_reference(q, k, v, start)
+    assert ours.shape == q.shape and ours.dtype == dtype
+    assert torch.isfinite(ours).all() and torch.isfinite(ref).all()
+    assert rel_err(ours, ref) < 2 * TOL[dtype]
+    for b, s in enumerate(start.tolist()):  # oracle: each row alone over its valid prefix
+        L = s + T
+        row = sdpa_oracle(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], causal=True)
+        assert rel_err(ours[b:b + 1], row) < TOL[dtype], (b, rel_err(ours[b:b + 1], row))
+        assert rel_err(ref[b:b + 1], row) < TOL[dtype], (b, rel_err(ref[b:b + 1], row))
+
+
+def test_decode_long_t_and_strided_cache():
+    """T = 20 with group 7 is 140 rows: more than one row block. The cache is a strided view."""
+    B, Hq, Hkv, T, S_max, D = 2, 7, 1, 20, 70, 32
+    start = torch.tensor([50, 3])
+    q, k, v = make_cache(B, Hq, Hkv, T, S_max, D, start, torch.float32, seed=5)
+    k, v = (torch.cat([x, torch.zeros_like(x)], dim=3)[..., :D] for x in (k, v))  # row stride 2 * D
+    assert not k.is_contiguous()
+    ours = decode_attention(q, k, v, start)
+    for b, s in enumerate(start.tolist()):
+        row = sdpa_oracle(q[b:b + 1], k[b:b + 1, :, :s + T], v[b:b + 1, :, :s + T], causal=True)
+        assert rel_err(ours[b:b + 1], row) < TOL[torch.float32]
+
+
+def test_decode_agrees_with_flash_attention_when_rows_are_full():
+    """Same lengths everywhere: decoding the last T tokens equals the prefill kernel's last T rows."""
+    B, Hq, Hkv, S, T, D = 2, 4, 2, 45, 3, 32
+    q, k, v, _ = make_qkv(B, Hq, Hkv, S, S, D, torch.float32, seed=9)
+    full = flash_attention(q, k, v, causal=True)[:, :, -T:]
+    dec = decode_attention(q[:, :, -T:], k, v, torch.full((B,), S - T))
+    assert rel_err(dec, full) < TOL[torch.float32]
+
+
+def test_flash_attention_every_diagonal_offset():
+    """Causal T < S for every S - T modulo the block sizes (16 and 32 under the interpreter): the
+    split between masked and unmasked blocks moves with the offset, in forward and backward."""
+    T, D = 40, 16
+    for diag in range(0, 33):
+        q, k, v, do = make_qkv(1, 1, 1, T, T + diag, D, torch.float32, seed=diag)
+        ours = out_and_grads(flash_attention, q, k, v, do, causal=True)
+        oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=True)
+        for name, a, b in zip(("o", "dq", "dk", "dv"), ours, oracle):
+            assert rel_err(a, b) < TOL[torch.float32], (diag, name, rel_err(a, b))
