@@ -1,0 +1,436 @@
+"""The multi-turn sampler: the model reasons, acts, reads what the tool returns and goes on, in one KV cache.
+
+A sequence writes until its closing action tag; its query goes to the search tool (one batched call for
+every sequence that acted at that step); the observation text is appended to that sequence's cache only,
+and decoding resumes. Nothing already in the cache is computed again. The peers (Search-R1, verl, TRL)
+re-prefill every trajectory from scratch after each tool call; `reprefill=True` does exactly that, for
+the tests (same greedy trajectories) and for bench/bench_sampler.py (the speed difference).
+
+One idea carries the whole loop: every sequence keeps the tokens of its text that are not in the
+cache yet (`pending`). One step = one ragged forward of everyone's pending tokens (model.KVCache lets
+each row append its own number), then one sampled token per sequence. The prompts are the first
+pending tokens (so step 1 is the prefill), a sampled token is pending until the next step, and an
+observation is simply more pending tokens for one row. A step runs two forwards at most: the rows
+with several pending tokens (prompts, observations) together, through a view of just their cache
+rows, then every other row's one token, so that no decoding row is padded to an observation's length.
+
+Three modes: "real" calls the tool (RL stage 2, eval); "sim" lets the model write its own observation
+after the injected opening "\\n\\n<search_result>" (RL stage 1: the model is its own world model);
+"none" treats tags as plain text (baselines). Every observation token gets policy_mask 0, the
+simulated ones included, so GRPO never trains on observations (REFERENCE: "Observation tokens get
+zero advantage in both RL stages").
+
+Text and tokens: an observation is tokenized on its own and appended after the model's own tokens,
+as the SFT data builder tokenizes a trajectory segment by segment; what the model sampled is never
+re-tokenized, so the policy's log-probs are of the tokens it really wrote.
+
+Simplified: no speculative decoding, no CUDA graphs, no paged cache; the cache is allocated once per
+call (longest prompt + max_new_tokens deep) and finished rows are dropped from it once half are done.
+
+    python sample.py --ckpt out/sft2 --corpus data/generated/corpus.jsonl --prompt "Who directed Inception?"
+    python sample.py --ckpt out/sft3 --mode sim --temperature 0.6 --seed 1 --prompt "..."
+    python -m pytest -q tests/test_sample.py
+    python bench/bench_sampler.py
+"""
+import argparse
+import functools
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from env import TAGS, extract_query, format_observation
+from model import KVCache
+
+MODES = ("real", "sim", "none")
+
+
+@dataclass
+class Rollout:
+    """One sampled trajectory. The lists are filled while sampling; a logits processor sees them live."""
+    index: int                       # position in the `prompts` argument
+    prompt: list[int]
+    completion: list[int] = field(default_factory=list)    # every token after the prompt
+    policy_mask: list[int] = field(default_factory=list)   # 1 = the policy sampled it, 0 = observation
+    sim_obs_mask: list[int] = field(default_factory=list)  # 1 = observation the model wrote itself (sim)
+    queries: list[str] = field(default_factory=list)       # one per action ("" when it had no open tag)
+    n_actions: int = 0               # closed actions, refused ones past max_actions included
+    n_tool_calls: int = 0            # queries actually sent to the tool
+    finish: str | None = None        # "eos" | "length" (max_new_tokens reached); None while sampling
+    phase: str = "policy"            # "policy" | "observation" (writing a simulated one) | "done"
+    text: str = ""                   # the decoded completion
+
+
+@dataclass
+class SampleStats:
+    prefill_s: float = 0.0   # forwards over whole sequences: the first one, and every re-prefill
+    extend_s: float = 0.0    # steps that also take in observations (their rows in a forward of their own)
+    decode_s: float = 0.0    # plain decode steps: one token per sequence
+    tool_s: float = 0.0      # inside tool.search
+    total_s: float = 0.0
+    steps: int = 0
+    tool_calls: int = 0      # batched tool.search calls
+    tokens_generated: int = 0  # sampled tokens (policy and simulated observations)
+    tokens_injected: int = 0   # observation tokens appended by the sampler
+    tokens_forwarded: int = 0  # tokens pushed through the model: what re-prefilling inflates
+    tokens_computed: int = 0   # rows x T summed over forwards: the above plus padding and finished rows
+
+    @property
+    def tokens_per_s(self):
+        return self.tokens_generated / max(self.total_s, 1e-9)
+
+
+class Rollouts(list):
+    """A list of Rollout, in prompt order, with the SampleStats of the call as `.stats`."""
+
+    def __init__(self, rollouts, stats):
+        super().__init__(rollouts)
+        self.stats = stats
+
+
+@dataclass
+class _Seq:
+    r: Rollout
+    pending: list[int]   # tokens of prompt + completion that are not in the KV cache yet
+    scan_from: int = 0   # completion index where the model's current run of text starts (after the
+                         # last injected text): closing tags are looked for from here on, never earlier
+
+
+def sample_token(logits, temperature=1.0, top_p=1.0, generator=None):
+    """logits (N, V) fp32 -> token ids (N,). temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (N, V)
+    if top_p < 1.0:  # nucleus: the smallest set of top tokens whose mass reaches top_p
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # the mass before this token already suffices
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(outside, 0.0))
+    # argmax(p / E) with E ~ Exp(1) is an exact draw from p (the exponential race), and unlike
+    # torch.multinomial it never syncs with the host.
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(-1)
+
+
+def tag_completed(decode, ids, start, tag, piece):
+    """If the last token of ids[start:] completes `tag`, the text after the tag in that token (usually
+    ""), else None. A tag may span several tokens; each holds >= 1 of its characters, so the last
+    len(tag) tokens hold any tag the last token completes. piece(id) is one token's text (cached)."""
+    if tag[-1] not in piece(ids[-1]):
+        return None  # the fast path: a token that lacks the tag's last character cannot complete it
+    window = ids[max(start, len(ids) - len(tag)):]
+    text = decode(window)
+    at = text.rfind(tag)
+    if at < 0 or tag in decode(window[:-1]):
+        return None
+    return text[at + len(tag):]
+
+
+class RowView:
+    """Some rows of a model.KVCache, seen by Qwen2.forward as a cache of their own (it calls begin, write,
+    k[layer], v[layer], start and end, as KVCache defines them): one forward can take in a few rows'
+    observations while the other rows are neither computed nor padded. Writes scatter straight into the
+    full cache; reads gather the rows' first S slots (S covers every key this forward can see)."""
+
+    def __init__(self, cache, rows, S):
+        self.full, self.S = cache, S
+        self.idx = torch.tensor(rows, device=cache.lengths.device)  # (n,) rows of the full cache
+        self.lengths = cache.lengths[self.idx]  # (n,)
+        self.k = _Gathered(cache.k, self.idx, S)
+        self.v = _Gathered(cache.v, self.idx, S)
+
+    def begin(self, T, n_new):
+        ar = torch.arange(T, device=self.idx.device)
+        self.n_new, self.start = n_new.long(), self.lengths.clone()
+        positions = self.start[:, None] + ar  # (n, T)
+        self.slots = torch.where(ar < self.n_new[:, None], positions, self.full.max_len)  # padding -> trash slot
+        return positions
+
+    def write(self, layer, k, v):
+        """k, v (n, Hkv, T, hd) into the full cache at (row, head, slot)."""
+        n, H, T, hd = k.shape
+        where = (self.idx[:, None, None], torch.arange(H, device=k.device)[None, :, None], self.slots[:, None, :])
+        self.full.k[layer].index_put_(where, k.to(self.full.k.dtype))
+        self.full.v[layer].index_put_(where, v.to(self.full.v.dtype))
+
+    def end(self):
+        self.full.lengths[self.idx] = self.lengths + self.n_new
+
+
+class _Gathered:
+    def __init__(self, kv, idx, S):
+        self.kv, self.idx, self.S = kv, idx, S
+
+    def __getitem__(self, layer):  # (n, Hkv, S, hd): a copy of these rows' keys, new ones included
+        return self.kv[layer][:, :, :self.S].index_select(0, self.idx)
+
+
+def _forward_last(model, cache, feed, ready, device):
+    """One ragged forward of each cache row's `feed` tokens (n_new 0 for an empty one); returns fp32
+    logits (len(ready), V) at the last fed token of the `ready` rows only (lm_head on n rows, not B*T)."""
+    T = max(len(f) for f in feed)
+    # Every host -> device copy before the forward: a copy issued after it would wait for it to finish.
+    ids = torch.tensor([f + [0] * (T - len(f)) for f in feed], device=device)  # (B, T) right-padded
+    n_new = torch.tensor([len(f) for f in feed], device=device)  # (B,)
+    rows = torch.tensor(ready, device=device)  # (n,)
+    last_pos = torch.tensor([len(feed[b]) - 1 for b in ready], device=device)  # (n,)
+    hidden = model(ids, cache=cache, n_new=n_new, return_hidden=True)  # (B, T, C)
+    return F.linear(hidden[rows, last_pos], model.lm_head_weight).float()  # (n, C) -> (n, V)
+
+
+def _keep_rows(cache, rows):
+    """Drop finished rows from the cache (a copy of the kept rows: worth it once half are finished)."""
+    idx = torch.tensor(rows, device=cache.lengths.device)
+    cache.k, cache.v, cache.lengths = cache.k[:, idx], cache.v[:, idx], cache.lengths[idx]
+
+
+@torch.inference_mode()
+def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=1024, max_actions=10,
+           temperature=0.6, top_p=1.0, greedy=False, seed=0, topk=3, obs_max_tokens=512,
+           reprefill=False, logits_processor=None, eos_id=None, tags=TAGS):
+    """Sample one trajectory per prompt (lists of token ids, already chat-formatted) -> Rollouts.
+
+    max_new_tokens  budget per sequence for everything after the prompt, observations included; an
+                    observation that does not fit is cut and the sequence ends ("length").
+    max_actions     actions past this many get "Reach the limit of search times." and no search.
+    greedy          argmax decoding (also when temperature == 0); otherwise temperature + top_p,
+                    drawn from a torch.Generator seeded with `seed`, so runs repeat exactly.
+    topk            documents per query. obs_max_tokens: an observation longer than this (real) is
+                    cut and closed; a simulated one not closed by then is closed for the model.
+    reprefill       the peers' way: rebuild every live row's cache from scratch after each
+                    injection (same trajectories under greedy decoding, much slower).
+    logits_processor  fn(logits (n, V) fp32, rollouts) -> logits, called before sampling every step
+                    on the sequences due a token (rollouts[i] is row i, in progress: completion,
+                    masks, n_actions, phase...). Use it to ban or force tokens.
+    eos_id          ends a sequence when sampled (default tokenizer.eos_id; an injected one never does).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "real" and tool is None:
+        raise ValueError('mode "real" needs a search tool (or use mode "sim" / "none")')
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    param = model.lm_head_weight
+    device, dtype = param.device, param.dtype
+    eos = tokenizer.eos_id if eos_id is None else eos_id
+    temperature = 0 if greedy else temperature
+    generator = torch.Generator(device=device).manual_seed(seed)
+    decode, encode = tokenizer.decode, tokenizer.encode
+    piece = functools.lru_cache(maxsize=None)(lambda i: decode([i]))
+    close_ids = encode(f" {tags.result_close}\n\n")  # how a cut or unclosed observation is closed
+    if obs_max_tokens <= len(close_ids):
+        raise ValueError(f"obs_max_tokens must exceed {len(close_ids)} (the closing tag alone)")
+
+    stats = SampleStats()
+    t_start = time.perf_counter()
+    seqs = [_Seq(Rollout(i, list(p)), pending=list(p)) for i, p in enumerate(prompts)]
+    rows = list(seqs)  # rows[b] lives in cache row b
+    cache = KVCache(model.config, len(rows), max(map(len, prompts)) + max_new_tokens, device, dtype)
+
+    def finish(s, why):
+        s.r.finish, s.r.phase, s.pending = why, "done", []
+
+    def encode_after(text, tail):
+        """Token ids of injected text. `tail` is what the model's last token already wrote after its tag
+        (e.g. the "\\n\\n" of a ">\\n\\n" token): skipped, so the text reads exactly once."""
+        return encode(text[len(tail):] if tail and text.startswith(tail) else text)
+
+    def inject(s, ids):
+        """Append injected tokens to s (both masks 0); cut at the budget, which ends the sequence."""
+        r, room = s.r, max_new_tokens - len(s.r.completion)
+        kept = ids[:room]
+        r.completion += kept
+        r.policy_mask += [0] * len(kept)
+        r.sim_obs_mask += [0] * len(kept)
+        s.pending += kept
+        s.scan_from = len(r.completion)
+        stats.tokens_injected += len(kept)
+        if len(ids) >= room:
+            finish(s, "length")
+
+    def observe(s, obs, tail):
+        ids = encode_after(obs, tail)
+        if len(ids) > obs_max_tokens:  # cut the documents, keep the closing tag
+            ids = ids[:obs_max_tokens - len(close_ids)] + close_ids
+        inject(s, ids)
+
+    rebuild = True  # the next forward covers whole sequences (the prefill)
+    while any(s.r.finish is None for s in rows):
+        # ---- forwards: rows with several pending tokens on their own, then the others' one token each
+        t0 = time.perf_counter()
+        many = [b for b, s in enumerate(rows) if len(s.pending) > 1]
+        one = [b for b, s in enumerate(rows) if len(s.pending) == 1]
+        stats.tokens_forwarded += sum(len(rows[b].pending) for b in many + one)
+        logits = []
+        if many:  # prompts, observations, re-prefills: padded only to each other
+            feed = [rows[b].pending for b in many]
+            view = cache if len(many) == len(rows) else RowView(
+                cache, many, S=max(len(rows[b].r.prompt) + len(rows[b].r.completion) for b in many))
+            logits.append(_forward_last(model, view, feed, range(len(many)), device))
+            stats.tokens_computed += len(feed) * max(map(len, feed))
+        if one:  # the decode step: one token per row (none for the rows above and for finished rows)
+            feed = [s.pending if len(s.pending) == 1 else [] for s in rows]
+            logits.append(_forward_last(model, cache, feed, one, device))
+            stats.tokens_computed += len(feed)
+        ready = many + one
+        logits = torch.cat(logits)  # (n, V), rows in the order of `ready`
+        if logits_processor is not None:
+            logits = logits_processor(logits, [rows[b].r for b in ready])
+        next_ids = sample_token(logits, temperature, top_p, generator).tolist()  # the one host sync
+        dt = time.perf_counter() - t0
+        if rebuild:
+            stats.prefill_s += dt
+        elif many:
+            stats.extend_s += dt
+        else:
+            stats.decode_s += dt
+        stats.steps += 1
+        stats.tokens_generated += len(ready)
+
+        # ---- append, then look for eos, the budget and closing tags in what the model just wrote
+        injected_before = stats.tokens_injected
+        acted = []  # (seq, text after its closing tag)
+        for b, tok in zip(ready, next_ids):
+            s = rows[b]
+            r = s.r
+            writing_obs = r.phase == "observation"
+            r.completion.append(tok)
+            r.policy_mask.append(0 if writing_obs else 1)
+            r.sim_obs_mask.append(1 if writing_obs else 0)
+            s.pending = [tok]  # in the cache at the next step
+            if tok == eos:
+                finish(s, "eos")
+            elif len(r.completion) >= max_new_tokens:
+                finish(s, "length")
+            elif writing_obs:  # sim mode: the model writes " result 1: ... </search_result>"
+                tail = tag_completed(decode, r.completion, s.scan_from, tags.result_close, piece)
+                if tail is not None:  # close it the way format_observation does
+                    r.phase = "policy"
+                    inject(s, encode_after("\n\n", tail))
+                elif len(r.completion) - s.scan_from >= obs_max_tokens:  # close it for the model
+                    r.phase = "policy"
+                    inject(s, close_ids)
+            elif mode != "none":
+                tail = tag_completed(decode, r.completion, s.scan_from, tags.search_close, piece)
+                if tail is not None:
+                    acted.append((s, tail))
+
+        # ---- actions: refuse past the limit, simulate, or ONE batched tool call for this step
+        searches = []  # (seq, query, tail)
+        for s, tail in acted:
+            r = s.r
+            r.n_actions += 1
+            query = extract_query(decode(r.completion[s.scan_from:]), tags)
+            r.queries.append(query or "")
+            if r.n_actions > max_actions:
+                observe(s, format_observation(None, limit_reached=True, tags=tags), tail)
+            elif query is None:  # a closing tag with no opening one: nothing to search for
+                observe(s, format_observation(None, tags=tags), tail)
+            elif mode == "sim":  # inject the opening; the model writes the rest itself
+                r.phase = "observation"
+                inject(s, encode_after(f"\n\n{tags.result_open}", tail))
+            else:
+                searches.append((s, query, tail))
+        if searches:
+            t0 = time.perf_counter()
+            results = tool.search([q for _, q, _ in searches], topk)
+            stats.tool_s += time.perf_counter() - t0
+            stats.tool_calls += 1
+            if len(results) != len(searches):
+                raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
+            for (s, _, tail), docs in zip(searches, results):
+                s.r.n_tool_calls += 1
+                observe(s, format_observation(docs, tags=tags), tail)
+
+        # ---- cache housekeeping
+        keep = [b for b, s in enumerate(rows) if s.r.finish is None]
+        if reprefill and stats.tokens_injected > injected_before:
+            # the peers: forget the cache, prefill every live sequence again
+            rows = [rows[b] for b in keep]
+            cache.k, cache.v = cache.k[:, :len(rows)], cache.v[:, :len(rows)]  # views: contents are rewritten
+            cache.lengths = torch.zeros(len(rows), dtype=torch.long, device=device)
+            for s in rows:
+                s.pending = s.r.prompt + s.r.completion
+            rebuild = True
+            continue
+        rebuild = False
+        if keep and len(keep) <= len(rows) // 2:
+            _keep_rows(cache, keep)
+            rows = [rows[b] for b in keep]
+
+    for s in seqs:
+        s.r.text = decode(s.r.completion)
+    stats.total_s = time.perf_counter() - t_start
+    return Rollouts([s.r for s in seqs], stats)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def render(r, decode, color):
+    """The completion with injected text and self-written observations visibly marked."""
+    marks = {(1, 0): ("", ""), (0, 0): ("\x1b[36m", "\x1b[0m") if color else ("[[tool:", "]]"),
+             (0, 1): ("\x1b[33m", "\x1b[0m") if color else ("[[model-written:", "]]")}
+    out, start = [], 0
+    kinds = list(zip(r.policy_mask, r.sim_obs_mask))
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[start]:
+            left, right = marks[kinds[start]]
+            out.append(left + decode(r.completion[start:i]) + right)
+            start = i
+    return "".join(out)
+
+
+def main(argv=None):
+    import env
+    from model import Qwen2
+    from tokenizer import Tokenizer, chat_prompt
+
+    ap = argparse.ArgumentParser(description="Sample AutoCoA trajectories (KV cache kept across tool calls).")
+    ap.add_argument("--ckpt", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    ap.add_argument("--prompt", action="append", required=True, help="a question; repeat the flag for a batch")
+    ap.add_argument("--corpus", help="JSONL corpus to search with in-process BM25")
+    ap.add_argument("--search-url", help="URL of a Search-R1-compatible /retrieve server")
+    ap.add_argument("--mode", choices=MODES, help="real (default with a tool), sim, none (default without)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--max-new-tokens", type=int, default=1024, help="budget after the prompt, observations included")
+    ap.add_argument("--max-actions", type=int, default=10, help="searches allowed per sequence")
+    ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    ap.add_argument("--obs-max-tokens", type=int, default=512, help="longest observation (cut and closed beyond)")
+    ap.add_argument("--reprefill", action="store_true", help="re-prefill after every observation (the peers' way)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    a = ap.parse_args(argv)
+    if a.corpus and a.search_url:
+        ap.error("give --corpus or --search-url, not both")
+    spec = a.corpus or a.search_url
+    mode = a.mode or ("real" if spec else "none")
+    if mode == "real" and not spec:
+        ap.error("--mode real needs --corpus or --search-url")
+    dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
+    print(f"device {a.device}, dtype {dtype}, mode {mode}", file=sys.stderr)
+
+    model = Qwen2.from_pretrained(a.ckpt, device=a.device, dtype=dtype).eval()
+    tok = Tokenizer.from_pretrained(a.ckpt)
+    tool = env.make_search_tool(spec) if spec and mode == "real" else None
+    prompts = [tok.encode(chat_prompt(q, env.INSTRUCTION)) for q in a.prompt]
+    out = sample(model, tok, prompts, tool=tool, mode=mode, max_new_tokens=a.max_new_tokens,
+                 max_actions=a.max_actions, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+                 topk=a.topk, obs_max_tokens=a.obs_max_tokens, reprefill=a.reprefill)
+    color = sys.stdout.isatty()
+    for q, r in zip(a.prompt, out):
+        print(f"=== {q}\n{render(r, tok.decode, color)}")
+        print(f"--- finish {r.finish}, {len(r.completion)} tokens, {r.n_actions} actions, "
+              f"{r.n_tool_calls} searches, queries {r.queries}, answer {env.extract_answer(r.text)!r}")
+    s = out.stats
+    print(f"prefill {s.prefill_s:.2f}s  extend {s.extend_s:.2f}s  decode {s.decode_s:.2f}s  tool {s.tool_s:.2f}s  "
+          f"total {s.total_s:.2f}s  {s.tokens_generated} tokens generated ({s.tokens_per_s:.1f}/s)")
+
+
+if __name__ == "__main__":
+    main()
