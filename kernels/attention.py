@@ -90,26 +90,23 @@ def cached_attention_reference(q, k_cache, v_cache, start, sm_scale=None):
 
     q (B, Hq, T, D); k_cache/v_cache (B, Hkv, S_max, D) already holding the new keys at
     start[b] .. start[b]+T-1; start (B,) int. Query i of row b sees keys j <= start[b] + i.
-    Bytes moved: the cache up to the longest row (K and V) read twice (the torch.where that zeroes
-    unwritten slots makes a copy, then SDPA reads it), plus q and o; the (B, T, S) mask is tiny.
+    Slots past a row's last new key are masked out but must hold finite values (model.KVCache
+    zero-initialises its buffers): a nan there would survive the mask as nan * 0 inside SDPA's
+    matmuls. Guarding against that with a torch.where copied the whole cache in every layer at every
+    decode step, most of the CPU decode time; the Triton kernel masks its loads and needs no such rule.
+    Bytes moved: the cache up to the longest row (K and V) read once, plus q and o; the mask is tiny.
     """
     _check(q, k_cache, v_cache)
     B, Hq, T, D = q.shape
-    S_max = k_cache.shape[2]
-    S = min(S_max, int(start.max()) + T)  # only read up to the longest row (.max() syncs on a GPU)
+    S = min(k_cache.shape[2], int(start.max()) + T)  # only read up to the longest row (.max() syncs on a GPU)
     start = start.to(q.device)
     pos = torch.arange(S, device=q.device)
-    # Slots past a row's last new key may hold anything (torch.empty bits, even nan); nan * 0 is
-    # still nan inside the matmuls, so zero them instead of relying on the mask alone.
-    written = (pos.view(1, 1, S, 1) < (start + T).view(B, 1, 1, 1))  # (B, 1, S, 1)
-    k = torch.where(written, k_cache[:, :, :S], 0)  # (B, Hkv, S, D)
-    v = torch.where(written, v_cache[:, :, :S], 0)
     last = start.view(B, 1, 1) + torch.arange(T, device=q.device).view(1, T, 1)  # (B, T, 1)
     mask = pos.view(1, 1, S) <= last  # (B, T, S): query i of row b sees keys j <= start[b] + i
     dt = torch.promote_types(q.dtype, torch.float32)
     out = F.scaled_dot_product_attention(
-        q.to(dt), k.to(dt), v.to(dt), attn_mask=mask[:, None], scale=sm_scale,
-        enable_gqa=Hq != k.shape[1])  # mask (B, 1, T, S) broadcasts over heads
+        q.to(dt), k_cache[:, :, :S].to(dt), v_cache[:, :, :S].to(dt), attn_mask=mask[:, None], scale=sm_scale,
+        enable_gqa=Hq != k_cache.shape[1])  # mask (B, 1, T, S) broadcasts over heads
     return out.to(q.dtype)
 
 

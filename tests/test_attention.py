@@ -134,15 +134,17 @@ def test_reference_matches_oracle(T, S, group, causal):
 # Decoding against a KV cache with per-row lengths
 # ---------------------------------------------------------------------------------------------
 
-def make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=0):
-    """A cache whose slots past each row's last new key hold nan: whatever reads them fails."""
+def make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=0, fill=float("nan")):
+    """A cache whose slots past each row's last new key hold `fill`: nan for the Triton kernel (it must
+    never read them), large finite garbage for the reference (it masks them; its contract is that they
+    are finite, which model.KVCache guarantees)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
     k = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
     v = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
     for b, s in enumerate(start.tolist()):
-        k[b, :, s + T:] = float("nan")
-        v[b, :, s + T:] = float("nan")
+        k[b, :, s + T:] = fill
+        v[b, :, s + T:] = fill
     return q, k, v
 
 
@@ -153,8 +155,9 @@ def test_decode_matches_reference_and_per_row_sdpa(T, group, D, dtype):
     start = torch.tensor([0, 37, S_max - T])  # empty prefix, mid-cache, cache exactly full
     Hq = Hkv * group
     q, k, v = make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=T)
+    _, kf, vf = make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=T, fill=1e4)
     ours = decode_attention(q, k, v, start)
-    ref = cached_attention_reference(q, k, v, start)
+    ref = cached_attention_reference(q, kf, vf, start)
     assert ours.shape == q.shape and ours.dtype == dtype
     assert torch.isfinite(ours).all() and torch.isfinite(ref).all()
     assert rel_err(ours, ref) < 2 * TOL[dtype]
