@@ -8,8 +8,10 @@ Checkpoint layout (`--out DIR`):
     DIR/latest                the name of the newest complete step directory, replaced atomically
     DIR/metrics.jsonl         one JSON object per logged step
 A step directory is written under a temporary name and renamed when complete, and `latest` is only
-switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable.
+switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable
+(the next save removes what a killed one left half-written).
 """
+import contextlib
 import json
 import math
 import os
@@ -111,6 +113,31 @@ def load_model(path, run, grad_checkpointing=False):
         fully_shard(model)
     run.print(f"[model] {path}: {num_params(model) / 1e6:.2f}M parameters, vocab {tok.vocab_size}")
     return model, tok
+
+
+@contextlib.contextmanager
+def unsharded(model):
+    """Under FSDP2, the whole model gathered on every rank for the duration (GRPO's sampling); a no-op on
+    one process. Sharded, every forward all-gathers, a collective: ranks whose rollouts end after a
+    different number of decode steps would wait on each other forever. Gathered once here, the forwards
+    issue no collectives. Gathering here, outside the sampler's inference mode, also matters: FSDP keeps
+    the buffers of its first all-gather, and ones born in inference mode cannot be written by a later
+    training forward ("Inplace update to inference tensor outside InferenceMode")."""
+    from torch.distributed.fsdp import FSDPModule
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not mods:
+        yield model
+        return
+    model.set_reshard_after_forward(False)
+    for m in mods:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.reshard()
+        model.set_reshard_after_forward(True)
+        model.set_reshard_after_forward(False, recurse=False)  # the root's setting, as fully_shard left it
 
 
 # -----------------------------------------------------------------------------
@@ -257,7 +284,9 @@ def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
     if run.master:
         name = f"step_{step:06d}"
         tmp = os.path.join(out, f".tmp-{name}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        for d in os.listdir(out):  # left by a save killed half-way (never pointed to; a model's size each)
+            if d.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
         save_state_dict_pretrained(model.config, state, tmp)
         tok.save(os.path.join(tmp, "tokenizer.json"))
         torch.save({"step": step, "optimizer": ostate, "torch_rng": torch.get_rng_state(),

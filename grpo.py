@@ -112,7 +112,7 @@ def main():
         batch = [prompts[i] for i in run.shard(common.epoch_order(len(prompts), step, args.batch_size, args.seed))]
         prompt_ids = [common.encode_prompt(tok, p["question"]) for p in batch for _ in range(args.group_size)]
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), common.unsharded(model):  # FSDP2: no collectives inside the sampler
             rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
                            max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
                            seed=args.seed * 1_000_003 + step * 1009 + run.rank)

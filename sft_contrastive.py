@@ -31,8 +31,9 @@ def contrastive_loss(p_chosen, p_rejected, lam):
 
 
 def mean_logprob(lp, m):
-    """(B, T) token log-probs and mask -> (B,) mean over each row's scored tokens: P(x)."""
-    return lp.sum(1) / m.sum(1).clamp(min=1)
+    """(B, T) token log-probs and mask -> (B,) mean over each row's scored tokens: P(x). Masked, not just
+    summed: the mean must not depend on the caller having zeroed the unscored entries."""
+    return (lp * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def main():
