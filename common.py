@@ -50,6 +50,9 @@ def add_common_args(ap, out, lr, steps, batch_size):
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="parameter/compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's choice; 1 is far faster when other "
+                         "processes share the cores, since idle OpenMP threads spin)")
 
 
 # -----------------------------------------------------------------------------
@@ -74,6 +77,8 @@ class Run:
         self.dtype = getattr(torch, args.dtype) if args.dtype else (
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.master = self.rank == 0
+        if args.threads:
+            torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         self.print(f"[run] device {self.device}  dtype {self.dtype}  world size {self.world}")

@@ -58,7 +58,7 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/rl", lr=2e-5, steps=24, batch_size=16)
+    common.add_common_args(ap, out="runs/rl", lr=1e-4, steps=24, batch_size=16)
     ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
     ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
     ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
@@ -155,9 +155,11 @@ def main():
                     lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
         # ---------------------------------------------------------------------
         # save
+        extra = {"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args,
-                                   extra={"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)})
+            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)
+        if step + 1 == n_sim < args.steps:  # the end of RL stage 1 (simulated only): the paper's "RL-1" model
+            common.save_checkpoint(run, os.path.join(args.out, "rl1"), step + 1, model, tok, opt, args, extra=extra)
     metrics.close()
     run.print(f"[done] {common.latest_checkpoint(args.out)}; real search calls: {real_calls}")
     run.close()

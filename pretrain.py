@@ -5,7 +5,7 @@ tool. Our stand-in learns the same two things from the world's base text (data/b
 the pages of the KNOWN entities (its parametric knowledge; unknown entities it never sees), and pure
 reasoning traces that answer questions about known entities from memory, in the R1 chat format.
 
-    python pretrain.py                              # defaults: ~4M parameters, a few minutes on a CPU
+    python pretrain.py                              # defaults: 1.3M parameters, ~6 min on one CPU core
     python pretrain.py --resume                     # continue from runs/base/latest
     torchrun --nproc_per_node 2 pretrain.py         # FSDP2 data parallel (gloo on CPU)
 
@@ -48,15 +48,15 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=600, batch_size=16)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=500, batch_size=16)
     ap.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (before added tokens)")
-    ap.add_argument("--hidden", type=int, default=256, help="hidden size")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers")
     ap.add_argument("--heads", type=int, default=4, help="query heads")
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
-    ap.add_argument("--intermediate", type=int, default=768, help="MLP hidden size")
-    ap.add_argument("--seq-len", type=int, default=512, help="tokens per packed training sequence")
-    ap.set_defaults(max_len=512, warmup=30, weight_decay=0.1, save_every=200)
+    ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed training sequence")
+    ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
     # -------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out=None, lr=1e-3, steps=150, batch_size=16)
+    common.add_common_args(ap, out=None, lr=1e-3, steps=200, batch_size=16)
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
     args = ap.parse_args()
     stage = 2 if args.mask_obs else 3
