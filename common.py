@@ -288,6 +288,7 @@ def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
     state, ostate = full_state(model), optimizer_state(model, opt)  # collective under FSDP: all ranks
     if run.master:
         name = f"step_{step:06d}"
+        os.makedirs(out, exist_ok=True)
         tmp = os.path.join(out, f".tmp-{name}")
         for d in os.listdir(out):  # left by a save killed half-way (never pointed to; a model's size each)
             if d.startswith(".tmp-"):

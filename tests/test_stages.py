@@ -731,7 +731,7 @@ sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 import torch
 import common
-run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0))
+run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0, threads=None))
 model, tok = common.load_model({ckpt!r}, run)
 ids = torch.tensor([tok.encode("Reget Nadit is a person.")])
 with torch.no_grad(), common.unsharded(model), torch.inference_mode():
