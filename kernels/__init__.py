@@ -1,4 +1,5 @@
-"""Custom kernels for the two hot spots of AutoCoA training: attention and the masked token log-prob.
+"""Custom kernels for the hot spots of AutoCoA: attention (training/prefill and KV-cache decode) and the
+masked token log-prob.
 
 Each op lives in its own file, in Triton-tutorial order: a PyTorch reference (also the CPU fallback),
 the @triton.jit kernel(s), the launcher, the autograd Function, and a benchmark under __main__.
@@ -18,8 +19,8 @@ if BACKEND not in ("torch", "triton"):
     raise ValueError(f"AUTOCOA_KERNELS must be 'torch' or 'triton', got {BACKEND!r}")
 print(f"[kernels] backend: {BACKEND}")
 
-from kernels.attention import (  # noqa: E402
-    attention_reference, cached_attention_reference, flash_attention, decode_attention)
+from kernels.attention import attention_reference, flash_attention  # noqa: E402
+from kernels.decode import cached_attention_reference, decode_attention  # noqa: E402
 from kernels.logprobs import masked_logprobs_reference, masked_logprobs_triton  # noqa: E402
 
 

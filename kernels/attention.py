@@ -1,19 +1,16 @@
-"""Attention for training/prefill (FlashAttention-2 style) and for KV-cached decoding (flash-decoding).
+"""Attention for training/prefill (FlashAttention-2 style): forward and backward.
 
-Two ops, each with a plain PyTorch reference that is also the CPU fallback:
+The KV-cache decode path (flash-decoding, decode_attention and its reference) lives in
+kernels/decode.py, which reuses this file's _check, _check_head_dim and benchmark helpers.
 
   flash_attention(q, k, v, causal)          q (B, Hq, T, D), k/v (B, Hkv, S, D) -> (B, Hq, T, D)
       Forward: one program per (query block, batch x query head) streams the key blocks with an
       online softmax in fp32 (exp2 domain) and saves only the row log-sum-exp; no T x S matrix
       ever exists. Backward: dO.O row sums (delta), then one kernel for dQ (loop over keys) and
       one for dK/dV (loop over queries), both recomputing P from the saved log-sum-exp.
-  decode_attention(q, k_cache, v_cache, start)
-      A few new tokens per sequence against a cache whose rows have different lengths.
-      The key axis is split into chunks handled by separate programs (so batch 1 with a 32k cache
-      still fills the GPU), each writing a partial output plus its log-sum-exp; a small second
-      kernel merges the chunks.
+      attention_reference (torch SDPA) has the same contract and is also the CPU fallback.
 
-Conventions shared by both:
+Conventions:
   - Grouped-query attention (Qwen2: 28 query heads over 4 kv heads): query head h reads kv head
     h // (Hq // Hkv) straight from k/v, no repeat_interleave copy.
   - Causal masks align bottom-right: with T queries over S keys, query i sees keys j <= S - T + i
@@ -30,9 +27,6 @@ Simplified on purpose (vs FlashAttention-2/3 and the Triton tutorial):
     more by the sum (~2% of the backward at T=16k). Without GQA the kernel writes dK/dV directly.
   - The output is allocated (B, T, Hq, D) in memory and returned as a (B, Hq, T, D) view, so the
     caller's o.transpose(1, 2).reshape(B, T, C) costs nothing.
-  - Decode splits the key axis by the cache capacity S_max, not each row's length (that would need
-    a host sync); rows shorter than a chunk's start exit at once. Pass a cache view trimmed to the
-    longest row for best speed.
   - Block sizes are autotuned on CUDA over a few configs (keyed on head dim, causal and the length
     rounded to a power of two, so variable lengths do not retune every step); under the CPU
     interpreter a single small config is used so tests stay fast and exercise many blocks.
@@ -82,31 +76,6 @@ def attention_reference(q, k, v, causal=True, sm_scale=None):
     out = F.scaled_dot_product_attention(
         q.to(dt), k.to(dt), v.to(dt), attn_mask=mask, is_causal=causal and T == S,
         scale=sm_scale, enable_gqa=q.shape[1] != k.shape[1])
-    return out.to(q.dtype)
-
-
-def cached_attention_reference(q, k_cache, v_cache, start, sm_scale=None):
-    """Attention of T new tokens per row over a KV cache whose rows have different lengths.
-
-    q (B, Hq, T, D); k_cache/v_cache (B, Hkv, S_max, D) already holding the new keys at
-    start[b] .. start[b]+T-1; start (B,) int. Query i of row b sees keys j <= start[b] + i.
-    Slots past a row's last new key are masked out but must hold finite values (model.KVCache
-    zero-initialises its buffers): a nan there would survive the mask as nan * 0 inside SDPA's
-    matmuls. Guarding against that with a torch.where copied the whole cache in every layer at every
-    decode step, most of the CPU decode time; the Triton kernel masks its loads and needs no such rule.
-    Bytes moved: the cache up to the longest row (K and V) read once, plus q and o; the mask is tiny.
-    """
-    _check(q, k_cache, v_cache)
-    B, Hq, T, D = q.shape
-    S = min(k_cache.shape[2], int(start.max()) + T)  # only read up to the longest row (.max() syncs on a GPU)
-    start = start.to(q.device)
-    pos = torch.arange(S, device=q.device)
-    last = start.view(B, 1, 1) + torch.arange(T, device=q.device).view(1, T, 1)  # (B, T, 1)
-    mask = pos.view(1, 1, S) <= last  # (B, T, S): query i of row b sees keys j <= start[b] + i
-    dt = torch.promote_types(q.dtype, torch.float32)
-    out = F.scaled_dot_product_attention(
-        q.to(dt), k_cache[:, :, :S].to(dt), v_cache[:, :, :S].to(dt), attn_mask=mask[:, None], scale=sm_scale,
-        enable_gqa=Hq != k_cache.shape[1])  # mask (B, 1, T, S) broadcasts over heads
     return out.to(q.dtype)
 
 
@@ -387,87 +356,6 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA,
 
 
 # ----------------------------------------------------------------------------------------------
-# Triton kernels: decoding against a KV cache (flash-decoding)
-# ----------------------------------------------------------------------------------------------
-
-@triton.jit
-def _decode_split(Q, K, V, START, O_PART, LSE_PART,
-                  stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                  stride_vb, stride_vh, stride_vn, stride_vd,
-                  Hkv, T, S_MAX, CHUNK, SPLITS, qk_scale,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    # step 1: program = (key chunk, block of rows, batch x kv head). Its rows are every
-    # (query head of the group, new token) pair, head-major, so the chunk of cache is read once
-    # for all GROUP * T queries that need it.
-    split = tl.program_id(0)
-    offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    bg = tl.program_id(2)
-    b = (bg // Hkv).to(tl.int64)
-    g = (bg % Hkv).to(tl.int64)
-    row_ok = offs_r < GROUP * T
-    h = g * GROUP + offs_r // T  # (BLOCK_R,) query head of each row
-    t = offs_r % T  # (BLOCK_R,) new-token index of each row
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + t[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)  # (BLOCK_R, D)
-    # step 2: this chunk's key range, cut at the row's last new key and at the cache end
-    start = tl.load(START + b).to(tl.int32)  # int32 like lo, so the loop bounds share one type
-    last = start + t  # (BLOCK_R,) row r sees keys j <= last
-    lo = split * CHUNK
-    hi = tl.minimum(tl.minimum(lo + CHUNK, start + T), S_MAX)
-    k_base = K + b * stride_kb + g * stride_kh
-    v_base = V + b * stride_vb + g * stride_vh
-    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
-    m_i = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        # step 3: one block of cached keys/values (never past hi, so never past S_MAX)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_range = offs_n < hi
-        kT = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=in_range[None, :], other=0.0)  # (D, BLOCK_N)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, D)
-        s = tl.dot(q, kT) * qk_scale  # (BLOCK_R, BLOCK_N)
-        s = tl.where(in_range[None, :] & (offs_n[None, :] <= last[:, None]), s, float("-inf"))
-        # step 4: online softmax. Unlike training, a row may see nothing yet in this chunk (its
-        # last key precedes the chunk), so guard the max against -inf - -inf = nan.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    # step 5: partial result + its log-sum-exp; a chunk a row cannot see gets (0, -inf) = weight 0
-    seen = l_i > 0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-    row = (b * Hkv * GROUP + h) * T + t  # (BLOCK_R,) index into (B, Hq, T)
-    tl.store(O_PART + (row[:, None] * SPLITS + split) * HEAD_DIM + offs_d[None, :], o, mask=row_ok[:, None])
-    tl.store(LSE_PART + row * SPLITS + split, lse, mask=row_ok)
-
-
-@triton.jit
-def _decode_combine(O_PART, LSE_PART, OUT, stride_ob, stride_oh, stride_ot, stride_od, H, T, SPLITS,
-                    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    # step 1: one program per output row (b, h, t); gather its partials from every chunk
-    row = tl.program_id(0).to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    split_ok = offs_s < SPLITS
-    lse = tl.load(LSE_PART + row * SPLITS + offs_s, mask=split_ok, other=float("-inf"))  # (BLOCK_S,)
-    o = tl.load(O_PART + (row * SPLITS + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-                mask=split_ok[:, None], other=0.0)  # (BLOCK_S, D)
-    # step 2: softmax-weighted sum of the partial outputs: w_c = exp2(lse_c - max lse). Chunk 0
-    # always holds key 0, which every row sees, so the max is finite.
-    w = tl.exp2(lse - tl.max(lse, 0))
-    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)  # (D,)
-    b, h, t = row // (H * T), row // T % H, row % T
-    tl.store(OUT + b * stride_ob + h * stride_oh + t * stride_ot + offs_d * stride_od, out.to(OUT.dtype.element_ty))
-
-
-# ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
 
@@ -518,37 +406,6 @@ def _flash_bwd(do, q, k, v, o, lse, causal, sm_scale):
     return dq, dk, dv
 
 
-def _num_sms(device):
-    if device.type != "cuda":
-        return 4  # interpreter: pretend a tiny GPU, so small test caches still get several chunks
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _decode(q, k_cache, v_cache, start, sm_scale):
-    B, Hq, T, D = q.shape
-    Hkv, S_max = k_cache.shape[1], k_cache.shape[2]
-    G = Hq // Hkv
-    block_n = 64 if _ON_GPU else 16
-    block_r = max(16, min(128, triton.next_power_of_2(G * T)))  # tl.dot needs >= 16 rows
-    row_blocks = triton.cdiv(G * T, block_r)  # > 1 only for long T (prefill through the cache)
-    # Chunk the key axis so that about 2 programs per SM are busy; cap the chunks at 64 so the
-    # combine kernel holds them all in one tile.
-    splits = triton.cdiv(2 * _num_sms(q.device), B * Hkv * row_blocks)
-    splits = max(1, min(64, splits, triton.cdiv(S_max, block_n)))
-    chunk = triton.cdiv(triton.cdiv(S_max, splits), block_n) * block_n  # a whole number of key blocks
-    splits = triton.cdiv(S_max, chunk)
-    o_part = torch.empty(B, Hq, T, splits, D, device=q.device, dtype=torch.float32)
-    lse_part = torch.empty(B, Hq, T, splits, device=q.device, dtype=torch.float32)
-    _decode_split[(splits, row_blocks, B * Hkv)](
-        q, k_cache, v_cache, start, o_part, lse_part, *q.stride(), *k_cache.stride(), *v_cache.stride(),
-        Hkv, T, S_max, chunk, splits, sm_scale * LOG2E,
-        GROUP=G, HEAD_DIM=D, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4 if block_r <= 64 else 8)
-    out = torch.empty_like(q)
-    _decode_combine[(B * Hq * T,)](o_part, lse_part, out, *out.stride(), Hq, T, splits,
-                                   HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Autograd Function and public entry points
 # ----------------------------------------------------------------------------------------------
@@ -579,15 +436,6 @@ def flash_attention(q, k, v, causal=True, sm_scale=None):
     assert not causal or q.shape[2] <= k.shape[2], "causal attention needs T <= S (bottom-right aligned)"
     sm_scale = q.shape[3] ** -0.5 if sm_scale is None else sm_scale
     return _FlashAttention.apply(q, k, v, causal, sm_scale)
-
-
-def decode_attention(q, k_cache, v_cache, start, sm_scale=None):
-    """Same contract as cached_attention_reference, on Triton kernels; forward only (inference)."""
-    _check(q, k_cache, v_cache)
-    _check_head_dim(q.shape[3])
-    assert start.shape == (q.shape[0],) and not start.is_floating_point(), "start must be (B,) integers"
-    sm_scale = q.shape[3] ** -0.5 if sm_scale is None else sm_scale
-    return _decode(q, k_cache, v_cache, start.to(q.device), sm_scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -631,13 +479,6 @@ def _bench_cuda():
     for T in (1024, 4096, 16384):
         _bench_prefill(max(1, 16384 // T), T, Hq, Hkv, D)
 
-    # -- decoding: one new token per row against a full cache ------------------------------------
-    print(f"\n{'batch':>5} {'cache':>6} | {'ours ms':>8} {'sdpa ms':>8} {'GB/s':>6} {'ratio':>6}"
-          "   (GB/s = K+V cache bytes read / our time; SDPA gets the cache expanded to Hq heads)")
-    for B in (1, 64):
-        for L in (1024, 4096, 16384, 32768):
-            _bench_decode(B, L, Hq, Hkv, D)
-
 
 def _check_bf16(Hq, Hkv, D):
     """Correctness in bf16 against SDPA, which the CPU interpreter cannot check."""
@@ -658,13 +499,6 @@ def _check_bf16(Hq, Hkv, D):
     for name in ("ours", "sdpa"):  # context: how far each bf16 result is from fp32 math
         errs = [_rel_err(a, b) for a, b in zip(results[name], results["fp32"])]
         print(f"  {name} vs fp32 SDPA (o, dq, dk, dv): " + ", ".join(f"{e:.1e}" for e in errs))
-    S_max = 3000
-    kc, vc = (torch.randn(B, Hkv, S_max, D, device=dev, dtype=dt) for _ in range(2))
-    start = torch.tensor([5, 2500], device=dev)
-    for T_new in (1, 3):
-        qd = torch.randn(B, Hq, T_new, D, device=dev, dtype=dt)
-        err = _rel_err(decode_attention(qd, kc, vc, start), cached_attention_reference(qd, kc, vc, start))
-        print(f"bf16 decode T={T_new} rel err vs reference: {err:.1e}", "OK" if err <= 1e-2 else "FAIL")
 
 
 def _bench_prefill(B, T, Hq, Hkv, D):
@@ -685,19 +519,6 @@ def _bench_prefill(B, T, Hq, Hkv, D):
           f"{fb_ref / fb:5.2f}x")
 
 
-def _bench_decode(B, L, Hq, Hkv, D):
-    """One row of the decode table: B rows, each with L cached keys, one new token."""
-    dev, dt = torch.device("cuda"), torch.bfloat16
-    kc, vc = (torch.randn(B, Hkv, L, D, device=dev, dtype=dt) for _ in range(2))
-    qd = torch.randn(B, Hq, 1, D, device=dev, dtype=dt)
-    start = torch.full((B,), L - 1, device=dev)
-    kx, vx = (x.repeat_interleave(Hq // Hkv, 1) for x in (kc, vc))  # outside timing
-    ours = _time_ms(lambda: decode_attention(qd, kc, vc, start), reps=20)
-    ref = _time_ms(lambda: F.scaled_dot_product_attention(qd, kx, vx), reps=20)
-    gbs = 2 * kc.numel() * kc.element_size() / ours / 1e6  # K and V, bytes / ms -> GB/s
-    print(f"{B:>5} {L:>6} | {ours:8.3f} {ref:8.3f} {gbs:6.0f} {ref / ours:5.2f}x")
-
-
 def _sanity_cpu():
     print("no CUDA device: running a tiny comparison on the Triton CPU interpreter instead of the benchmark")
     torch.manual_seed(0)
@@ -711,11 +532,6 @@ def _sanity_cpu():
     g_ref = torch.autograd.grad(ref, (q, k, v), do)
     errs = [_rel_err(ours, ref)] + [_rel_err(a, b) for a, b in zip(g_ours, g_ref)]
     print("fp32 rel err vs reference (o, dq, dk, dv): " + ", ".join(f"{e:.1e}" for e in errs))
-    with torch.no_grad():
-        start = torch.tensor([S - 3])  # the last 3 keys are the new tokens
-        qd = torch.randn(B, Hq, 3, D)
-        errs.append(_rel_err(decode_attention(qd, k, v, start), cached_attention_reference(qd, k, v, start)))
-    print(f"decode rel err vs reference: {errs[-1]:.1e}")
     ok = max(errs) < 1e-4
     print("OK" if ok else "FAIL")
     return ok

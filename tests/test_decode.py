@@ -1,0 +1,104 @@
+"""KV-cache decode kernel (kernels/decode.py) against torch SDPA and against its torch reference.
+
+The oracle is the same as in tests/test_attention.py: fp64 SDPA with the kv heads expanded by
+repeat_interleave and its own bottom-right causal mask, applied to each row alone over its valid
+prefix, so it shares no code with either implementation. The Triton kernels run under
+TRITON_INTERPRET=1 on CPU tensors, in fp32 and fp16 only (the interpreter mishandles bf16).
+Under the interpreter the decode kernel uses 16-key blocks and pretends to have 4 SMs, so the
+caches here are split into two chunks, and the row with an empty prefix cannot see the second.
+Run: python -m pytest -q tests/test_decode.py
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels.attention import flash_attention  # noqa: E402
+from kernels.decode import cached_attention_reference, decode_attention  # noqa: E402
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3}  # norm-wise relative error vs the fp64 oracle
+
+
+def rel_err(a, b):
+    """Norm-wise relative error; the floor (an RMS of 0.01) covers outputs that are exactly zero."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / max(b.norm().item(), 1e-2 * b.numel() ** 0.5)).item()
+
+
+def sdpa_oracle(q, k, v, causal, sm_scale=None):
+    """fp64 SDPA with expanded kv heads; causal aligned bottom-right (query i sees j <= i + S - T)."""
+    G = q.shape[1] // k.shape[1]
+    T, S = q.shape[2], k.shape[2]
+    mask = None
+    if causal:
+        mask = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)  # (T, S)
+    return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(G, 1),
+                                          v.double().repeat_interleave(G, 1), attn_mask=mask, scale=sm_scale)
+
+
+def make_qkv(B, Hq, Hkv, T, S, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
+    do = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    return q, k, v, do
+
+
+def make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=0, fill=float("nan")):
+    """A cache whose slots past each row's last new key hold `fill`: nan for the Triton kernel (it must
+    never read them), large finite garbage for the reference (it masks them; its contract is that they
+    are finite, which model.KVCache guarantees)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, S_max, D, generator=g).to(dtype)
+    for b, s in enumerate(start.tolist()):
+        k[b, :, s + T:] = fill
+        v[b, :, s + T:] = fill
+    return q, k, v
+
+
+@pytest.mark.parametrize("T,group,D,dtype", [(1, 7, 128, torch.float32), (3, 2, 64, torch.float16),
+                                             (3, 7, 32, torch.float32), (1, 1, 64, torch.float16)])
+def test_decode_matches_reference_and_per_row_sdpa(T, group, D, dtype):
+    B, Hkv, S_max = 3, 2, 130
+    start = torch.tensor([0, 37, S_max - T])  # empty prefix, mid-cache, cache exactly full
+    Hq = Hkv * group
+    q, k, v = make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=T)
+    _, kf, vf = make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=T, fill=1e4)
+    ours = decode_attention(q, k, v, start)
+    ref = cached_attention_reference(q, kf, vf, start)
+    assert ours.shape == q.shape and ours.dtype == dtype
+    assert torch.isfinite(ours).all() and torch.isfinite(ref).all()
+    assert rel_err(ours, ref) < 2 * TOL[dtype]
+    for b, s in enumerate(start.tolist()):  # oracle: each row alone over its valid prefix
+        L = s + T
+        row = sdpa_oracle(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], causal=True)
+        assert rel_err(ours[b:b + 1], row) < TOL[dtype], (b, rel_err(ours[b:b + 1], row))
+        assert rel_err(ref[b:b + 1], row) < TOL[dtype], (b, rel_err(ref[b:b + 1], row))
+
+
+def test_decode_long_t_and_strided_cache():
+    """T = 20 with group 7 is 140 rows: more than one row block. The cache is a strided view."""
+    B, Hq, Hkv, T, S_max, D = 2, 7, 1, 20, 70, 32
+    start = torch.tensor([50, 3])
+    q, k, v = make_cache(B, Hq, Hkv, T, S_max, D, start, torch.float32, seed=5)
+    k, v = (torch.cat([x, torch.zeros_like(x)], dim=3)[..., :D] for x in (k, v))  # row stride 2 * D
+    assert not k.is_contiguous()
+    ours = decode_attention(q, k, v, start)
+    for b, s in enumerate(start.tolist()):
+        row = sdpa_oracle(q[b:b + 1], k[b:b + 1, :, :s + T], v[b:b + 1, :, :s + T], causal=True)
+        assert rel_err(ours[b:b + 1], row) < TOL[torch.float32]
+
+
+def test_decode_agrees_with_flash_attention_when_rows_are_full():
+    """Same lengths everywhere: decoding the last T tokens equals the prefill kernel's last T rows."""
+    B, Hq, Hkv, S, T, D = 2, 4, 2, 45, 3, 32
+    q, k, v, _ = make_qkv(B, Hq, Hkv, S, S, D, torch.float32, seed=9)
+    full = flash_attention(q, k, v, causal=True)[:, :, -T:]
+    dec = decode_attention(q[:, :, -T:], k, v, torch.full((B,), S - T))
+    assert rel_err(dec, full) < TOL[torch.float32]
