@@ -40,7 +40,6 @@ Run:
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import triton
