@@ -726,7 +726,8 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     assert any(r["grad_norm"] > 0 for r in rows)
 
 
-UNEVEN_FORWARDS = """import sys
+UNEVEN_FORWARDS = """import os
+import sys
 sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 import torch
@@ -742,7 +743,8 @@ lp, m = common.sequence_logprobs(model, ids, torch.ones_like(ids), run.device)  
 torch.optim.SGD(model.parameters(), lr=1e-3).step()
 with torch.no_grad():
     after = -common.sequence_logprobs(model, ids, torch.ones_like(ids), run.device)[0].sum().item()
-print("rank", run.rank, "loss", round(-lp.sum().item(), 5), "after", round(after, 5), flush=True)
+# one write() of one short line: atomic on a pipe, so the two ranks' lines cannot interleave
+os.write(1, f"rank {{run.rank}} loss {{round(-lp.sum().item(), 5)}} after {{round(after, 5)}}\\n".encode())
 run.close()
 """
 
