@@ -14,38 +14,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anyw
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from kernels.attention import flash_attention  # noqa: E402
 from kernels.decode import cached_attention_reference, decode_attention  # noqa: E402
+from attn_oracle import TOL, make_qkv, rel_err, sdpa_oracle  # noqa: E402  (tests/ is on sys.path)
 
-TOL = {torch.float32: 2e-5, torch.float16: 2e-3}  # norm-wise relative error vs the fp64 oracle
-
-
-def rel_err(a, b):
-    """Norm-wise relative error; the floor (an RMS of 0.01) covers outputs that are exactly zero."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / max(b.norm().item(), 1e-2 * b.numel() ** 0.5)).item()
-
-
-def sdpa_oracle(q, k, v, causal, sm_scale=None):
-    """fp64 SDPA with expanded kv heads; causal aligned bottom-right (query i sees j <= i + S - T)."""
-    G = q.shape[1] // k.shape[1]
-    T, S = q.shape[2], k.shape[2]
-    mask = None
-    if causal:
-        mask = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)  # (T, S)
-    return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(G, 1),
-                                          v.double().repeat_interleave(G, 1), attn_mask=mask, scale=sm_scale)
-
-
-def make_qkv(B, Hq, Hkv, T, S, D, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, T, D, generator=g).to(dtype)
-    k = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
-    v = torch.randn(B, Hkv, S, D, generator=g).to(dtype)
-    do = torch.randn(B, Hq, T, D, generator=g).to(dtype)
-    return q, k, v, do
 
 
 def make_cache(B, Hq, Hkv, T, S_max, D, start, dtype, seed=0, fill=float("nan")):
