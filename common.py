@@ -341,10 +341,14 @@ def resolve_checkpoint(path):
     return latest_checkpoint(path)
 
 
+def have(path):
+    """Whether a pipeline output exists: the world's files, or a complete checkpoint."""
+    return bool(os.path.isfile(os.path.join(path, "meta.json")) if path.endswith("world") else resolve_checkpoint(path))
+
+
 def ensure(path, run):
     """Make a default input (world or stage checkpoint) if it is missing, by running its stage with defaults."""
-    have = os.path.isfile(os.path.join(path, "meta.json")) if path == "runs/world" else resolve_checkpoint(path)
-    if have or path not in PIPELINE:
+    if have(path) or path not in PIPELINE:
         return
     if run.distributed:
         raise FileNotFoundError(f"{path} is missing: run `python {' '.join(PIPELINE[path])}` first")

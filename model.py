@@ -199,7 +199,7 @@ class Qwen2(nn.Module):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, p in self.named_parameters():
             with torch.no_grad():
-                if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                if name.endswith("norm.weight"):  # every RMSNorm, incl. the *_layernorm ones
                     p.fill_(1.0)
                 elif name.endswith(".bias"):
                     p.zero_()

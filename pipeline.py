@@ -33,11 +33,7 @@ import time
 import common
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-STAGES = [  # (output, command): run in this order; each reads the outputs before it
-    ("runs/base", ["pretrain.py"]),
-    ("runs/sft1", ["sft_contrastive.py"]),
-    ("runs/sft2", ["sft_coa.py", "--mask-obs"]),
-    ("runs/sft3", ["sft_coa.py"]),
+STAGES = list(common.PIPELINE.items()) + [  # (output, command), in order: the default chain, then Table 1's extra runs
     ("runs/sft2_only", ["sft_coa.py", "--mask-obs", "--init", "runs/base", "--out", "runs/sft2_only"]),
     ("runs/rl", ["grpo.py", "--sim-ratio", "5"]),
     ("runs/rl2_sft3", ["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"]),
@@ -61,12 +57,10 @@ ROWS = [  # (name, checkpoint, eval policy, RL run whose real search calls are r
 
 
 def train(log):
-    """Run every stage that has no checkpoint yet, timing each."""
-    if not os.path.isfile(os.path.join(ROOT, "runs/world/meta.json")):
-        subprocess.run([sys.executable, "-m", "data.build", "--out", "runs/world"], check=True, cwd=ROOT)
+    """Run every stage whose output does not exist yet, timing each."""
     for out, cmd in STAGES:
-        if common.resolve_checkpoint(os.path.join(ROOT, out)):
-            print(f"[pipeline] {out}: already trained, skipping")
+        if common.have(os.path.join(ROOT, out)):
+            print(f"[pipeline] {out}: already done, skipping")
             continue
         print(f"[pipeline] {out}: python {' '.join(cmd)}", flush=True)
         t = time.time()

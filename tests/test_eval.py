@@ -10,7 +10,6 @@ import json
 import os
 
 import pytest
-import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -23,15 +22,6 @@ from model import Qwen2, Qwen2Config
 from tokenizer import ASSISTANT, BOS, END_THINK, EOS, THINK, USER, Tokenizer, bytes_to_unicode
 
 OBS_END = f"{TAGS.result_close}\n\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads on a busy 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -43,16 +43,6 @@ def tiny_model(vocab, seed=0):
     return m.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine spinning OpenMP threads make
-    every small matmul ~20x slower: one thread for this module, restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
