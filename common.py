@@ -96,6 +96,14 @@ class Run:
         dist.all_reduce(t)
         return t.item()
 
+    def all_max(self, x):
+        """Max of a float over ranks (a no-op on one process)."""
+        if not self.distributed:
+            return float(x)
+        t = torch.tensor(float(x), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
     def shard(self, items):
         """This rank's contiguous share of a global batch (every rank gets the same count)."""
         n = len(items) // self.world
@@ -152,6 +160,27 @@ def pad(seqs, value=0):
     """Right-pad lists of ints to a (B, T) long tensor."""
     T = max(len(s) for s in seqs)
     return torch.tensor([list(s) + [value] * (T - len(s)) for s in seqs], dtype=torch.long)
+
+
+def length_batches(lengths, max_tokens, run=None):
+    """Split one step's sequences into micro-batches of similar length: indices sorted by length, cut so
+    that each padded micro-batch holds at most max_tokens (rows x its longest row). Accumulating gradients
+    over them gives the same step as one padded batch, without computing on most of the padding.
+    With `run` (FSDP), every rank gets the same number of micro-batches (the largest any rank needs), since
+    each forward/backward is a collective."""
+    order, out, cur = sorted(range(len(lengths)), key=lambda i: lengths[i]), [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[i] > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    out += [cur] if cur else []
+    if run is not None and run.distributed:
+        n = min(int(run.all_max(len(out))), len(order))
+        while len(out) < n:  # split the largest micro-batch until the count matches
+            big = max(range(len(out)), key=lambda j: len(out[j]))
+            out[big:big + 1] = [out[big][:len(out[big]) // 2], out[big][len(out[big]) // 2:]]
+    return out
 
 
 def sequence_logprobs(model, ids, mask, device):

@@ -64,7 +64,8 @@ def main():
     ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
     ap.add_argument("--clip", type=float, default=0.2, help="PPO clip range epsilon")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
-    ap.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward (gradient accumulation)")
+    ap.add_argument("--micro-tokens", type=int, default=8192,
+                    help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (upstream 0.6)")
     ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")
     ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
@@ -125,7 +126,7 @@ def main():
         # ---- sequences: prompt + completion; only policy-written tokens are scored
         seqs = [(r.prompt + r.completion, [0] * len(r.prompt) + r.policy_mask) for r in rolls]
         n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
-        micro = [list(range(i, min(i + args.micro_batch, len(seqs)))) for i in range(0, len(seqs), args.micro_batch)]
+        micro = common.length_batches([len(ids) for ids, _ in seqs], args.micro_tokens, run)  # gradient accumulation
         with torch.no_grad():  # reference log-probs, once per batch
             ref_lps = [common.sequence_logprobs(ref, common.pad([seqs[i][0] for i in mb]),
                                                 common.pad([seqs[i][1] for i in mb]), run.device)[0] for mb in micro]

@@ -22,6 +22,11 @@ Rows (-> the checkpoint each is evaluated from):
     SFT-1&2&3 + RL-2   runs/rl2_sft3  (all real from the same start as the 5:1 run: the paper's
                                        claim that simulated RL lands near all-real RL)
 Each stage is skipped when its output already has a checkpoint, so an interrupted pipeline resumes.
+
+Jobs run as separate processes, --jobs at a time (default 2, one per core of the embedded setup's
+machine), each on one CPU thread, and each as soon as the jobs it needs are done: the default chain
+(world -> base -> SFT-1 -> SFT-2 -> SFT-3 -> 5:1 RL) goes first, the other Table-1 runs and the
+evaluations fill the other core. Each job's output is in runs/logs/<job>.log.
 """
 import argparse
 import json
@@ -33,40 +38,84 @@ import time
 import common
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-STAGES = list(common.PIPELINE.items()) + [  # (output, command), in order: the default chain, then Table 1's extra runs
-    ("runs/sft2_only", ["sft_coa.py", "--mask-obs", "--init", "runs/base", "--out", "runs/sft2_only"]),
-    ("runs/rl", ["grpo.py", "--sim-ratio", "5"]),
-    ("runs/rl2_sft3", ["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"]),
-    ("runs/rl2_sft12", ["grpo.py", "--sim-ratio", "0", "--init", "runs/sft2", "--out", "runs/rl2_sft12"]),
-    ("runs/rl2_only", ["grpo.py", "--sim-ratio", "0", "--init", "runs/base", "--out", "runs/rl2_only"]),
-]
-ROWS = [  # (name, checkpoint, eval policy, RL run whose real search calls are reported)
-    ("no tool", "runs/base", "none", None),
-    ("RAG", "runs/base", "rag", None),
-    ("workflow", "runs/base", "workflow", None),
-    ("SFT-1", "runs/sft1", "agent", None),
-    ("SFT-2", "runs/sft2_only", "agent", None),
-    ("SFT-1&2", "runs/sft2", "agent", None),
-    ("SFT-1&2&3", "runs/sft3", "agent", None),
+# Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
+CHAIN = list(common.PIPELINE)  # runs/world, runs/base, runs/sft1, runs/sft2, runs/sft3: each needs the one before
+TRAIN = {out: (cmd, CHAIN[:i][-1:]) for i, (out, cmd) in enumerate(common.PIPELINE.items())}
+TRAIN.update({
+    "runs/rl": (["grpo.py", "--sim-ratio", "5"], ["runs/sft3"]),
+    "runs/rl2_sft3": (["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"], ["runs/sft3"]),
+    "runs/sft2_only": (["sft_coa.py", "--mask-obs", "--init", "runs/base", "--out", "runs/sft2_only"], ["runs/base"]),
+    "runs/rl2_sft12": (["grpo.py", "--sim-ratio", "0", "--init", "runs/sft2", "--out", "runs/rl2_sft12"], ["runs/sft2"]),
+    "runs/rl2_only": (["grpo.py", "--sim-ratio", "0", "--init", "runs/base", "--out", "runs/rl2_only"], ["runs/base"]),
+})
+ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoint and counts its real search calls)
+    ("no tool", "runs/base", "none", "runs/base"),
+    ("RAG", "runs/base", "rag", "runs/base"),
+    ("workflow", "runs/base", "workflow", "runs/base"),
+    ("SFT-1", "runs/sft1", "agent", "runs/sft1"),
+    ("SFT-2", "runs/sft2_only", "agent", "runs/sft2_only"),
+    ("SFT-1&2", "runs/sft2", "agent", "runs/sft2"),
+    ("SFT-1&2&3", "runs/sft3", "agent", "runs/sft3"),
     ("RL-2 only", "runs/rl2_only", "agent", "runs/rl2_only"),
-    ("SFT-1&2&3 + RL-1", "runs/rl/rl1", "agent", "runs/rl/rl1"),
+    ("SFT-1&2&3 + RL-1", "runs/rl/rl1", "agent", "runs/rl"),
     ("SFT-1&2&3 + RL-1&2", "runs/rl", "agent", "runs/rl"),
     ("SFT-1&2 + RL-2", "runs/rl2_sft12", "agent", "runs/rl2_sft12"),
     ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
 ]
+# Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl).
+ORDER = CHAIN + ["runs/rl", "runs/rl2_sft3", "runs/sft2_only", "runs/rl2_sft12", "runs/rl2_only"]
 
 
-def train(log):
-    """Run every stage whose output does not exist yet, timing each."""
-    for out, cmd in STAGES:
-        if common.have(os.path.join(ROOT, out)):
-            print(f"[pipeline] {out}: already done, skipping")
+def eval_file(name):
+    return os.path.join("runs/eval", name.replace(" ", "_").replace("&", "+") + ".jsonl")
+
+
+def jobs(limit, batch_size, skip_train):
+    """Every job of the pipeline as (key, command, needs, output or None), training first, in priority order.
+    A training job whose output already has a checkpoint is left out, so an interrupted pipeline resumes."""
+    out = []
+    for key in ORDER if not skip_train else []:
+        cmd, needs = TRAIN[key]
+        if common.have(os.path.join(ROOT, key)):
+            print(f"[pipeline] {key}: already done, skipping")
             continue
-        print(f"[pipeline] {out}: python {' '.join(cmd)}", flush=True)
-        t = time.time()
-        subprocess.run([sys.executable] + cmd, check=True, cwd=ROOT)
-        log[out] = round(time.time() - t, 1)
-        print(f"[pipeline] {out}: {log[out]:.0f} s", flush=True)
+        out.append((key, cmd, needs, key))
+    for name, ckpt, policy, made_by in ROWS:
+        if skip_train and not common.have(os.path.join(ROOT, ckpt)):
+            print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
+            continue
+        cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
+               "--batch-size", str(batch_size)] + (["--limit", str(limit)] if limit else [])
+        out.append((f"eval {name}", cmd, [made_by], None))
+    return out
+
+
+def run_jobs(todo, workers, times):
+    """Run the jobs on `workers` processes of one thread each, every job as soon as what it needs is done.
+    A job's output goes to runs/logs/<job>.log. Stops at the first failure (its log is named)."""
+    os.makedirs(os.path.join(ROOT, "runs/logs"), exist_ok=True)
+    pending = {k for k, *_ in todo}
+    running, env = {}, {**os.environ, "OMP_NUM_THREADS": "1"}  # idle OpenMP threads spin: 1 thread per process
+    while pending or running:
+        for key, cmd, needs, _ in todo:
+            if len(running) < workers and key in pending and not any(n in pending or n in running for n in needs):
+                log = os.path.join(ROOT, "runs/logs", key.replace("/", "_").replace(" ", "_") + ".log")
+                print(f"[pipeline] start {key}: python {' '.join(cmd)}  (log {os.path.relpath(log, ROOT)})", flush=True)
+                with open(log, "w") as f:
+                    proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+                running[key] = (proc, time.time(), log)
+                pending.discard(key)
+        time.sleep(0.5)
+        for key, (proc, t, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            if proc.returncode != 0:
+                for p, *_ in running.values():
+                    p.kill()
+                sys.exit(f"[pipeline] {key} failed (exit {proc.returncode}); see {log}")
+            times[key] = round(time.time() - t, 1)
+            print(f"[pipeline] done {key}: {times[key]:.0f} s", flush=True)
 
 
 def rl_real_calls(path):
@@ -79,33 +128,19 @@ def rl_real_calls(path):
     return torch.load(state, map_location="cpu", weights_only=False)["extra"].get("real_search_calls")
 
 
-def evaluate_all(limit, batch_size):
-    import torch
-    import env
-    import eval as ev
-    from model import Qwen2
-    from tokenizer import Tokenizer
-    rows = common.read_jsonl(os.path.join(ROOT, "runs/world/test.jsonl"))
-    rows = rows[::max(1, len(rows) // limit)][:limit] if limit else rows
-    tool = env.make_search_tool(os.path.join(ROOT, "runs/world/corpus.jsonl"))
-    results, loaded = [], {}
-    os.makedirs(os.path.join(ROOT, "runs/eval"), exist_ok=True)
-    for name, ckpt, policy, rl_run in ROWS:
-        path = common.resolve_checkpoint(os.path.join(ROOT, ckpt))
-        if path is None:
-            print(f"[pipeline] {name}: no checkpoint at {ckpt}, skipped")
+def collect():
+    """Each row's summary (written by its eval job), with the real search calls of its RL training."""
+    results = []
+    for name, ckpt, policy, made_by in ROWS:
+        path = os.path.join(ROOT, eval_file(name)[:-len(".jsonl")] + ".summary.json")
+        if not os.path.isfile(path):
+            print(f"[pipeline] {name}: no evaluation at {path}, skipped")
             continue
-        if path not in loaded:
-            loaded = {path: (Qwen2.from_pretrained(path).eval(), Tokenizer.from_pretrained(path))}
-        model, tok = loaded[path]
-        t = time.time()
-        with torch.no_grad():
-            summary, records = ev.evaluate(model, tok, rows, policy, tool, name=name, batch_size=batch_size)
-        summary["rl_real_search_calls"] = rl_real_calls(rl_run) if rl_run else 0
-        summary["eval_seconds"] = round(time.time() - t, 1)
-        ev.write_jsonl(os.path.join(ROOT, "runs/eval", name.replace(" ", "_").replace("&", "+") + ".jsonl"), records)
+        with open(path) as f:
+            summary = json.load(f)["summaries"][0]
+        summary["name"] = name
+        summary["rl_real_search_calls"] = rl_real_calls(ckpt) if made_by.startswith("runs/rl") else 0
         results.append(summary)
-        print(f"[pipeline] {name}: EM {summary['overall']['em']:.3f} ({summary['eval_seconds']:.0f} s)", flush=True)
     return results
 
 
@@ -133,6 +168,8 @@ def main():
     ap.add_argument("--skip-train", action="store_true", help="only evaluate existing checkpoints")
     ap.add_argument("--limit", type=int, default=0, help="evaluate on this many test questions (0 = all)")
     ap.add_argument("--batch-size", type=int, default=64, help="questions decoded together at evaluation")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
     ap.add_argument("--table", action="store_true", help="only print the table of runs/eval/summaries.json")
     args = ap.parse_args()
     if args.table:
@@ -140,16 +177,16 @@ def main():
             print(table(json.load(f)["summaries"]))
         return
     t0, times = time.time(), {}
-    if not args.skip_train:
-        train(times)
-    results = evaluate_all(args.limit, args.batch_size)
+    run_jobs(jobs(args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times)
+    results = collect()
     md = table(results)
     total = time.time() - t0
-    print("\n" + md + f"\n\nwall time {total / 60:.1f} min; stage seconds {json.dumps(times)}")
+    print("\n" + md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}")
     with open(os.path.join(ROOT, "runs/eval/table.md"), "w") as f:
-        f.write(md + f"\n\nwall time {total / 60:.1f} min; stage seconds {json.dumps(times)}\n")
+        f.write(md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}\n")
     with open(os.path.join(ROOT, "runs/eval/summaries.json"), "w") as f:
-        json.dump({"summaries": results, "stage_seconds": times, "wall_seconds": round(total, 1)}, f, indent=1)
+        json.dump({"summaries": results, "job_seconds": times, "wall_seconds": round(total, 1), "jobs": args.jobs}, f,
+                  indent=1)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out=None, lr=1e-3, steps=200, batch_size=16)
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
+    ap.add_argument("--micro-tokens", type=int, default=8192,
+                    help="padded tokens per forward/backward (a step's batch is split by length to fit)")
     args = ap.parse_args()
     stage = 2 if args.mask_obs else 3
     if args.out is None:
@@ -63,12 +65,17 @@ def main():
     # -------------------------------------------------------------------------
     # loss: masked NLL, mean over the scored tokens of the global batch
 
-    def loss_fn(batch):
-        lp, m = common.sequence_logprobs(model, common.pad([b[0] for b in batch]), common.pad([b[1] for b in batch]),
-                                         run.device)
-        n_tok = run.all_sum(m.sum().item())
-        nll = masked_nll(lp, m)
-        return nll / n_tok * run.world, run.all_sum(nll.item()) / n_tok
+    def loss_backward(batch):
+        """Backward of the batch's mean NLL, in length-sorted micro-batches (less padding, same gradient)."""
+        n_tok = run.all_sum(sum(sum(mask[1:]) for _, mask in batch))
+        total = 0.0
+        for mb in common.length_batches([len(ids) for ids, _ in batch], args.micro_tokens, run):
+            lp, m = common.sequence_logprobs(model, common.pad([batch[i][0] for i in mb]),
+                                             common.pad([batch[i][1] for i in mb]), run.device)
+            nll = masked_nll(lp, m)
+            (nll / n_tok * run.world).backward()
+            total += nll.item()
+        return run.all_sum(total) / n_tok
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
@@ -80,9 +87,8 @@ def main():
     metrics = common.Metrics(run, args.out, args.steps, start, f"sft-{stage}")
     for step in range(start, args.steps):
         batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
-        loss, logged = loss_fn(batch)
-        common.check_finite(logged, step, args.out)
-        loss.backward()
+        logged = loss_backward(batch)
+        common.check_finite(logged, step, args.out)  # before the optimizer step: the weights stay as they were
         gnorm = common.clip_and_step(model, opt, step, args)
         metrics.tick()
         if step % args.log_every == 0 or step == args.steps - 1:

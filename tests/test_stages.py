@@ -234,6 +234,45 @@ def test_sequence_logprobs_against_log_softmax():
     torch.testing.assert_close(lp, torch.where(m, ref, torch.zeros_like(ref)), rtol=1e-5, atol=1e-5)
 
 
+def test_length_batches_partition_budget_and_same_gradient():
+    """Length-sorted micro-batches: every index exactly once, each padded micro-batch within the budget (a
+    single row may exceed it), rows grouped by length; and accumulating the masked NLL over them gives the
+    gradient of one padded batch."""
+    lengths = [5, 40, 7, 33, 12, 40, 3, 18]
+    mbs = common.length_batches(lengths, 64)
+    assert sorted(i for mb in mbs for i in mb) == list(range(len(lengths)))
+    assert all(len(mb) == 1 or len(mb) * max(lengths[i] for i in mb) <= 64 for mb in mbs)
+    assert [lengths[i] for mb in mbs for i in mb] == sorted(lengths)
+    assert len(mbs) > 1 and common.length_batches(lengths, 10_000) == [sorted(range(8), key=lambda i: lengths[i])]
+
+    cfg = Qwen2Config(vocab_size=37, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 37, (n,), generator=g).tolist() for n in lengths]
+    masks = [torch.randint(0, 2, (n,), generator=g).tolist() for n in lengths]
+    n_tok = sum(sum(m[1:]) for m in masks)
+    grads = []
+    for groups in ([list(range(8))], mbs):
+        net = Qwen2(cfg).init_weights(seed=0)
+        for mb in groups:
+            lp, m = common.sequence_logprobs(net, common.pad([seqs[i] for i in mb]), common.pad([masks[i] for i in mb]),
+                                             "cpu")
+            (masked_nll(lp, m) / n_tok).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_packing_keeps_texts_whole():
+    """Each text + eos goes whole into a window of L if it fits, else starts a new one; only a text longer
+    than L is split; padding is not scored, the eos is."""
+    from pretrain import pack
+    windows, scored = pack([[1, 2], [3, 4, 5], [6], [7] * 9], 5, 0)  # eos 0
+    assert windows.tolist() == [[1, 2, 0, 0, 0], [3, 4, 5, 0, 0], [6, 0, 0, 0, 0], [7] * 5, [7, 7, 7, 7, 0]]
+    assert scored.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1] * 5, [1] * 5]
+    windows, scored = pack([[1], [2], [3, 4]], 6, 9)  # eos 9: two texts share the first window
+    assert windows.tolist() == [[1, 9, 2, 9], [3, 4, 9, 9]] and scored.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
 def token_spans(tok, ids):
     """(start, end) character span of each token in the decoded text, from decodes of growing prefixes."""
     ends = [len(tok.decode(ids[:i + 1])) for i in range(len(ids))]
