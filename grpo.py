@@ -54,6 +54,21 @@ def policy_loss(lp, old_lp, ref_lp, adv, m, n_tok, clip, kl_coef):
     return ((pg + kl_coef * kl) * m).sum() / n_tok, (kl * m).sum().item(), (pg * m).sum().item()
 
 
+def validate(model, tok, rows, tool, args, run):
+    """The RL objective on fixed held-out prompts: mean reward of greedy rollouts with the real tool on
+    `rows` (dev questions; the same ones every time, so unlike the per-step training reward it does not
+    move with which prompts a step drew). Its search calls are evaluation, not training: not counted in
+    real_search_calls. Returns (mean reward, search calls)."""
+    mine = run.shard(rows)
+    with torch.no_grad(), common.unsharded(model):
+        model.eval()
+        rolls = sample(model, tok, [common.encode_prompt(tok, r["question"]) for r in mine], tool=tool, mode="real",
+                       max_new_tokens=args.max_new_tokens, max_actions=args.max_actions, greedy=True, topk=args.topk)
+        model.train()
+    total = sum(env.reward(r.text, row["answers"]) for r, row in zip(rolls, mine))
+    return run.all_sum(total) / max(1, run.all_sum(len(mine))), int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+
+
 def main():
     # -------------------------------------------------------------------------
     # arguments
@@ -70,6 +85,10 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")
     ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
     ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    ap.add_argument("--val-prompts", type=int, default=100,
+                    help="dev questions whose greedy reward is logged as val_reward at the start, every "
+                         "--val-every steps and at the end (0 = off)")
+    ap.add_argument("--val-every", type=int, default=0, help="validate every N steps too (0 = start and end only)")
     ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
                                                    "(default: the world's corpus.jsonl)")
     ap.set_defaults(warmup=0, save_every=8, batch_size=16)
@@ -97,6 +116,13 @@ def main():
     prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"))
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
+    dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl")) if args.val_prompts else []
+    dev = [dev[i * len(dev) // args.val_prompts] for i in range(min(args.val_prompts, len(dev)))]  # all strata
+    dev = dev[:len(dev) // run.world * run.world]
+
+    def log_validation(step):
+        val, calls = validate(model, tok, dev, tool, args, run)
+        metrics.log(step, val_reward=val, val_search_calls=calls)
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
@@ -107,6 +133,8 @@ def main():
     # -------------------------------------------------------------------------
     # loop
     metrics = common.Metrics(run, args.out, args.steps, start, "grpo")
+    if dev and start == 0:
+        log_validation(0)  # before any update: the initial policy
     for step in range(start, args.steps):
         mode = "sim" if step < n_sim else "real"
         # ---- rollouts: this rank's share of the step's prompts, G samples each
@@ -156,6 +184,8 @@ def main():
                     lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
         # ---------------------------------------------------------------------
         # save
+        if dev and (step + 1 == args.steps or (args.val_every and (step + 1) % args.val_every == 0)):
+            log_validation(step + 1)  # after step + 1 updates
         extra = {"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)

@@ -44,31 +44,11 @@ def train_tokenizer(data, texts, vocab_size):
     return Tokenizer(tk)
 
 
-def pack(encoded, L, eos):
-    """Greedy packing of whole texts (each + end-of-sentence) into windows of L tokens, so a reasoning trace is
-    never cut from its question: a text goes into the current window if it fits, else starts a new one. Only
-    a text longer than a window is split. Returns (windows, scored): (n, L) ids and a 0/1 mask of real tokens
-    (padding is not trained)."""
-    windows, cur = [], []
-    for ids in encoded:
-        ids = ids + [eos]
-        if cur and len(cur) + len(ids) > L:
-            windows.append(cur)
-            cur = []
-        for i in range(0, len(ids), L):  # a text longer than L fills whole windows
-            cur += ids[i:i + L]
-            if len(cur) == L:
-                windows.append(cur)
-                cur = []
-    windows += [cur] if cur else []
-    return common.pad(windows, eos), common.pad([[1] * len(w) for w in windows], 0)
-
-
 def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=500, batch_size=4)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=500, batch_size=16)
     ap.add_argument("--vocab-size", type=int, default=4096,
                     help="BPE vocabulary size cap; the world has ~3.3k distinct words, so 4096 makes every name one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")
@@ -76,7 +56,7 @@ def main():
     ap.add_argument("--heads", type=int, default=4, help="query heads")
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
-    ap.add_argument("--seq-len", type=int, default=1024, help="tokens per packed training window (whole texts only)")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed training sequence")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -114,16 +94,18 @@ def main():
         model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
     model.train()
 
-    windows, scored = pack(tok.encode_batch(texts), args.seq_len + 1, tok.eos_id)
-    run.print(f"[data] {len(texts)} texts, {scored.sum().item() / 1e6:.2f}M tokens in {len(windows)} windows of "
-              f"{args.seq_len} ({scored.float().mean().item():.0%} filled)")
+    # pack every text, each ending with end-of-sentence, into one stream cut into seq_len + 1 windows
+    stream = [t for ids in tok.encode_batch(texts) for t in ids + [tok.eos_id]]
+    L = args.seq_len + 1
+    windows = torch.tensor(stream[:len(stream) // L * L]).view(-1, L)  # (n_windows, seq_len + 1)
+    run.print(f"[data] {len(texts)} texts, {len(stream) / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len}")
 
     # -------------------------------------------------------------------------
     # loss: next-token NLL over every token
 
 
-    def loss_fn(batch, mask):
-        lp, m = common.sequence_logprobs(model, batch, mask, run.device)
+    def loss_fn(batch):
+        lp, m = common.sequence_logprobs(model, batch, torch.ones_like(batch), run.device)
         n_tok = run.all_sum(m.sum().item())
         return -lp.sum() / n_tok * run.world, -run.all_sum(lp.sum().item()) / n_tok  # (grad, logged) loss
 
@@ -138,7 +120,7 @@ def main():
     metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
     for step in range(start, args.steps):
         idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
-        loss, logged = loss_fn(windows[idx], scored[idx])
+        loss, logged = loss_fn(windows[idx])
         common.check_finite(logged, step, args.out)
         loss.backward()
         gnorm = common.clip_and_step(model, opt, step, args)

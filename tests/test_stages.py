@@ -262,17 +262,6 @@ def test_length_batches_partition_budget_and_same_gradient():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
-def test_pretrain_packing_keeps_texts_whole():
-    """Each text + eos goes whole into a window of L if it fits, else starts a new one; only a text longer
-    than L is split; padding is not scored, the eos is."""
-    from pretrain import pack
-    windows, scored = pack([[1, 2], [3, 4, 5], [6], [7] * 9], 5, 0)  # eos 0
-    assert windows.tolist() == [[1, 2, 0, 0, 0], [3, 4, 5, 0, 0], [6, 0, 0, 0, 0], [7] * 5, [7, 7, 7, 7, 0]]
-    assert scored.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1] * 5, [1] * 5]
-    windows, scored = pack([[1], [2], [3, 4]], 6, 9)  # eos 9: two texts share the first window
-    assert windows.tolist() == [[1, 9, 2, 9], [3, 4, 9, 9]] and scored.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
-
-
 def token_spans(tok, ids):
     """(start, end) character span of each token in the decoded text, from decodes of growing prefixes."""
     ends = [len(tok.decode(ids[:i + 1])) for i in range(len(ids))]
@@ -477,15 +466,19 @@ def check_grpo_run(out, spy, init, n_sim, n_steps):
     """Modes in order, no real call while simulating (though the model acted), every real call logged
     (against the server's own count) and saved with the checkpoints."""
     rows = metrics(out)
+    val = [r for r in rows if "val_reward" in r]  # greedy reward on fixed dev prompts, before and after training
+    rows = [r for r in rows if "mode" in r]
+    assert [r["step"] for r in val] == [0, n_steps] and all(0 <= r["val_reward"] <= 1 for r in val)
     assert [r["mode"] for r in rows] == ["sim"] * n_sim + ["real"] * (n_steps - n_sim)
     assert all(math.isfinite(r[k]) for r in rows for k in ("kl", "pg", "grad_norm", "reward"))
     assert [r["real_search_calls"] for r in rows[:n_sim]] == [0] * n_sim
     assert sum(r["actions"] for r in rows[:n_sim]) > 0  # it did act while simulating: the 0 above means something
-    assert rows[-1]["real_search_calls"] == len(spy.queries)  # every real call counted
+    # every real call counted: training calls in real_search_calls, validation calls apart
+    assert rows[-1]["real_search_calls"] + sum(r["val_search_calls"] for r in val) == len(spy.queries)
     _, sim_state = assert_complete_checkpoint(os.path.join(out, f"step_{n_sim:06d}"), n_sim)  # end of RL-1
     assert sim_state["extra"]["real_search_calls"] == 0
     _, state = assert_complete_checkpoint(common.latest_checkpoint(out), n_steps)
-    assert state["extra"] == {"real_search_calls": len(spy.queries), "reference": os.path.abspath(init)}
+    assert state["extra"] == {"real_search_calls": rows[-1]["real_search_calls"], "reference": os.path.abspath(init)}
     return rows
 
 
