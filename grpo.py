@@ -7,7 +7,8 @@ sampler (sample.py), score them with the binary EM reward (env.reward), and upda
     ratio_t  = exp(log pi(y_t) - log pi_old(y_t))
     L_pg     = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A)   clipped surrogate, eps = 0.2
     L_kl     = exp(ref_t - lp_t) - (ref_t - lp_t) - 1                  k3 estimator of KL(pi || pi_ref)
-    L        = mean over policy-written tokens of (L_pg + beta * L_kl), beta = 0.001
+    L        = mean over the batch's policy-written tokens of (L_pg + beta * L_kl), beta = 0.001 (verl's
+               token-mean); --loss-agg sequence: 1/G sum_i 1/|o_i| sum_t, the GRPO objective of DeepSeekMath
 
 Observation tokens get zero advantage (they are excluded from the mean), in both stages: in real
 rollouts the tool wrote them, in simulated ones the model did, and neither is trained here.
@@ -42,16 +43,21 @@ def group_advantages(rewards, G):
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
 
 
-def policy_loss(lp, old_lp, ref_lp, adv, m, n_tok, clip, kl_coef):
-    """Sum over this micro-batch's policy tokens (m) of the clipped surrogate + kl_coef * k3 KL, divided by
-    n_tok, the policy-token count of the whole global batch (token-mean, as verl does). Returns the loss
-    and the summed KL and surrogate for logging."""
+def policy_loss(lp, old_lp, ref_lp, adv, m, norm, clip, kl_coef, per_sequence=False):
+    """The clipped surrogate + kl_coef * k3 KL over this micro-batch's policy tokens (m), summed and divided by
+    `norm`. per_sequence=False: every token counts once and norm is the policy-token count of the global
+    batch (token-mean, as verl does). per_sequence=True: each sequence's tokens are first averaged, and norm
+    is the number of sequences in the global batch -- the GRPO paper's 1/G sum_i 1/|o_i| sum_t. Then the
+    tokens all samples of a group share (the same first words) get advantages that sum to exactly 0, instead
+    of being pushed down whenever the wrong samples are the longer ones. Returns the loss and the summed KL
+    and surrogate (token sums) for logging."""
     ratio = torch.exp(lp - old_lp)
     a = adv[:, None]
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
     kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1  # k3: unbiased, always >= 0
     m = m.float()
-    return ((pg + kl_coef * kl) * m).sum() / n_tok, (kl * m).sum().item(), (pg * m).sum().item()
+    weight = m / m.sum(1, keepdim=True).clamp(min=1) if per_sequence else m
+    return ((pg + kl_coef * kl) * weight).sum() / norm, (kl * m).sum().item(), (pg * m).sum().item()
 
 
 def validate(model, tok, rows, tool, args, run):
@@ -78,6 +84,9 @@ def main():
     ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
     ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
     ap.add_argument("--clip", type=float, default=0.2, help="PPO clip range epsilon")
+    ap.add_argument("--loss-agg", choices=("sequence", "token"), default="token",
+                    help="sequence: mean over each sequence's tokens, then over sequences (the GRPO paper); "
+                         "token: mean over all policy tokens of the batch (verl's token-mean)")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
     ap.add_argument("--micro-tokens", type=int, default=8192,
                     help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
@@ -154,6 +163,7 @@ def main():
         # ---- sequences: prompt + completion; only policy-written tokens are scored
         seqs = [(r.prompt + r.completion, [0] * len(r.prompt) + r.policy_mask) for r in rolls]
         n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
+        n_seq, per_seq = run.all_sum(len(seqs)), args.loss_agg == "sequence"
         micro = common.length_batches([len(ids) for ids, _ in seqs], args.micro_tokens, run)  # gradient accumulation
         with torch.no_grad():  # reference log-probs, once per batch
             ref_lps = [common.sequence_logprobs(ref, common.pad([seqs[i][0] for i in mb]),
@@ -167,8 +177,8 @@ def main():
                                                  common.pad([seqs[i][1] for i in mb]), run.device)
                 if epoch == 0:
                     old_lps[j] = lp.detach()  # on-policy: the sampling policy is the current one
-                loss, kl, pg = policy_loss(lp, old_lps[j], ref_lps[j], adv[mb].to(run.device), m, max(n_tok, 1),
-                                              args.clip, args.kl_coef)
+                loss, kl, pg = policy_loss(lp, old_lps[j], ref_lps[j], adv[mb].to(run.device), m,
+                                           n_seq if per_seq else max(n_tok, 1), args.clip, args.kl_coef, per_seq)
                 (loss * run.world).backward()
                 kl_sum, pg_sum = kl_sum + kl, pg_sum + pg
             gnorm = common.clip_and_step(model, opt, step, args)

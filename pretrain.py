@@ -5,7 +5,7 @@ tool. Our stand-in learns the same two things from the world's base text (data/b
 the pages of the KNOWN entities (its parametric knowledge; unknown entities it never sees), and pure
 reasoning traces that answer questions about known entities from memory, in the R1 chat format.
 
-    python pretrain.py                              # defaults: 1.3M parameters, ~6 min on one CPU core
+    python pretrain.py                              # defaults: 1.65M parameters, ~6.5 min on one CPU core
     python pretrain.py --resume                     # continue from runs/base/latest
     torchrun --nproc_per_node 2 pretrain.py         # FSDP2 data parallel (gloo on CPU)
 

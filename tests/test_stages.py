@@ -338,6 +338,25 @@ def test_policy_loss_ratio_one_by_hand():
     torch.testing.assert_close(lp.grad, torch.tensor([[-2 / 3, -2 / 3, 0.0], [1 / 3, 0.0, 0.0]]))
 
 
+def test_policy_loss_per_sequence_by_hand():
+    # the GRPO paper's aggregation: row 0 has 2 scored tokens (A = 2), row 1 has 1 (A = -1); at ratio 1 the
+    # per-token loss is -A, so row means are -2 and +1, and over 2 sequences the loss is (-2 + 1) / 2 = -0.5
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], requires_grad=True)
+    m = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    loss, kl, pg = policy_loss(lp, lp.detach(), lp.detach(), torch.tensor([2.0, -1.0]), m, 2, clip=0.2, kl_coef=0.5,
+                               per_sequence=True)
+    assert loss.item() == pytest.approx(-0.5) and pg == pytest.approx(-3.0)  # pg is the token sum, for logging
+    loss.backward()  # each token's weight is 1 / (its row's token count * sequences)
+    torch.testing.assert_close(lp.grad, torch.tensor([[-2 / 4, -2 / 4, 0.0], [1 / 2, 0.0, 0.0]]))
+    # a group of two, A = +1 (1 token) and -1 (3 tokens): per sequence each row pulls with the same total
+    # weight (1/2 each way); token-mean lets the longer, wrong row push 3x harder (-1/4 vs +3/4)
+    m = torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    for per_sequence, norm, rows in ((True, 2, [-0.5, 0.5]), (False, 4, [-0.25, 0.75])):
+        lp = torch.zeros(2, 3, requires_grad=True)
+        policy_loss(lp, lp.detach(), lp.detach(), torch.tensor([1.0, -1.0]), m, norm, 0.2, 0.0, per_sequence)[0].backward()
+        assert lp.grad.sum(1).tolist() == pytest.approx(rows)
+
+
 def test_policy_loss_clipping_by_hand():
     # tokens with ratio 2 and 0.5 (eps 0.2 -> clip range [0.8, 1.2]):
     #   ratio 2,   A = +1: min(2, 1.2)    = 1.2  -> pg -1.2, clipped: no gradient
