@@ -90,18 +90,17 @@ class Run:
 
     def all_sum(self, x):
         """Sum a float over ranks (a no-op on one process)."""
-        if not self.distributed:
-            return float(x)
-        t = torch.tensor(float(x), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item()
+        return self._reduce(x, "SUM")
 
     def all_max(self, x):
         """Max of a float over ranks (a no-op on one process)."""
+        return self._reduce(x, "MAX")
+
+    def _reduce(self, x, op):
         if not self.distributed:
             return float(x)
         t = torch.tensor(float(x), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return t.item()
 
     def shard(self, items):
@@ -429,6 +428,14 @@ def read_jsonl(path):
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+def evenly_spaced(rows, n):
+    """n rows spread evenly over `rows` (all of them if n is 0 or too large): the question files are ordered
+    by stratum, so this keeps every stratum."""
+    if not n or n >= len(rows):
+        return rows
+    return [rows[i * len(rows) // n] for i in range(n)]
 
 
 def epoch_order(n, step, batch_size, seed):

@@ -462,8 +462,7 @@ def main(argv=None):
     model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
     tok = Tokenizer.from_pretrained(ckpt)
     rows = common.read_jsonl(os.path.join(args.data, f"{split}.jsonl"))
-    if args.limit and args.limit < len(rows):  # evenly spaced: the files are ordered by stratum
-        rows = [rows[i * len(rows) // args.limit] for i in range(args.limit)]
+    rows = common.evenly_spaced(rows, args.limit)
     needs_tool = args.probe or any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real")
                                    for p in args.policy)
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None

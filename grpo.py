@@ -125,9 +125,8 @@ def main():
     prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"))
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
-    dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl")) if args.val_prompts else []
-    dev = [dev[i * len(dev) // args.val_prompts] for i in range(min(args.val_prompts, len(dev)))]  # all strata
-    dev = dev[:len(dev) // run.world * run.world]
+    dev = common.evenly_spaced(common.read_jsonl(os.path.join(args.data, "dev.jsonl")), args.val_prompts) \
+        if args.val_prompts else []
 
     def log_validation(step):
         val, calls = validate(model, tok, dev, tool, args, run)

@@ -7,7 +7,7 @@ total during RL training).
 
     python pipeline.py                       # everything, into runs/
     python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
-    python pipeline.py --limit 100           # evaluate on the first 100 test questions only
+    python pipeline.py --limit 100           # evaluate on 100 test questions only (evenly spaced over the strata)
 
 Rows (-> the checkpoint each is evaluated from):
     no tool            base model, no tool                       runs/base
@@ -40,7 +40,7 @@ import common
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
 CHAIN = list(common.PIPELINE)  # runs/world, runs/base, runs/sft1, runs/sft2, runs/sft3: each needs the one before
-TRAIN = {out: (cmd, CHAIN[:i][-1:]) for i, (out, cmd) in enumerate(common.PIPELINE.items())}
+TRAIN = {out: (cmd, [CHAIN[i - 1]] if i else []) for i, (out, cmd) in enumerate(common.PIPELINE.items())}
 TRAIN.update({
     "runs/rl": (["grpo.py", "--sim-ratio", "5"], ["runs/sft3"]),
     "runs/rl2_sft3": (["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"], ["runs/sft3"]),

@@ -74,8 +74,8 @@ def main():
                                              common.pad([batch[i][1] for i in mb]), run.device)
             nll = masked_nll(lp, m)
             (nll / n_tok * run.world).backward()
-            total += nll.item()
-        return run.all_sum(total) / n_tok
+            total += nll.detach()  # one host sync per step, not per micro-batch
+        return run.all_sum(total.item()) / n_tok
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
