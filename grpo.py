@@ -61,18 +61,30 @@ def policy_loss(lp, old_lp, ref_lp, adv, m, norm, clip, kl_coef, per_sequence=Fa
 
 
 def validate(model, tok, rows, tool, args, run):
-    """The RL objective on fixed held-out prompts: mean reward of greedy rollouts with the real tool on
-    `rows` (dev questions; the same ones every time, so unlike the per-step training reward it does not
-    move with which prompts a step drew). Its search calls are evaluation, not training: not counted in
-    real_search_calls. Returns (mean reward, search calls)."""
+    """The RL objective, measured on fixed held-out prompts (dev questions, the same ones every time, so
+    unlike the per-step training reward it does not move with which prompts a step drew), with the real
+    tool: val_reward is the mean reward of --val-samples rollouts per prompt at the training temperature,
+    drawn with the same seed at every validation so that two validations differ by the policy, not by the
+    dice; val_greedy is the reward of one greedy rollout per prompt (what eval.py's EM measures). Their
+    search calls are evaluation, not training: not counted in real_search_calls."""
     mine = run.shard(rows)
+    prompts = [common.encode_prompt(tok, r["question"]) for r in mine]
+    k = args.val_samples
     with torch.no_grad(), common.unsharded(model):
         model.eval()
-        rolls = sample(model, tok, [common.encode_prompt(tok, r["question"]) for r in mine], tool=tool, mode="real",
-                       max_new_tokens=args.max_new_tokens, max_actions=args.max_actions, greedy=True, topk=args.topk)
+        kw = dict(tool=tool, mode="real", max_new_tokens=args.max_new_tokens, max_actions=args.max_actions,
+                  topk=args.topk)
+        greedy = sample(model, tok, prompts, greedy=True, **kw)
+        drawn = sample(model, tok, [p for p in prompts for _ in range(k)], temperature=args.temperature,
+                       seed=args.seed * 1_000_003 + 7919 + run.rank, **kw) if k else []
         model.train()
-    total = sum(env.reward(r.text, row["answers"]) for r, row in zip(rolls, mine))
-    return run.all_sum(total) / max(1, run.all_sum(len(mine))), int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+    def mean_reward(rolls, reps):
+        golds = [row["answers"] for row in mine for _ in range(reps)]
+        return run.all_sum(sum(env.reward(r.text, g) for r, g in zip(rolls, golds))) / max(1, run.all_sum(len(golds)))
+
+    calls = run.all_sum(sum(r.n_tool_calls for r in list(greedy) + list(drawn)))
+    return {"val_reward": mean_reward(drawn, k) if k else None, "val_greedy": mean_reward(greedy, 1),
+            "val_search_calls": int(calls)}
 
 
 def main():
@@ -95,8 +107,10 @@ def main():
     ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
     ap.add_argument("--topk", type=int, default=3, help="documents per search")
     ap.add_argument("--val-prompts", type=int, default=100,
-                    help="dev questions whose greedy reward is logged as val_reward at the start, every "
-                         "--val-every steps and at the end (0 = off)")
+                    help="dev questions on which the objective is measured (val_reward, val_greedy) at the "
+                         "start, every --val-every steps and at the end (0 = off)")
+    ap.add_argument("--val-samples", type=int, default=4,
+                    help="rollouts per dev question at the training temperature for val_reward (0 = greedy only)")
     ap.add_argument("--val-every", type=int, default=0, help="validate every N steps too (0 = start and end only)")
     ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
                                                    "(default: the world's corpus.jsonl)")
@@ -129,8 +143,7 @@ def main():
         if args.val_prompts else []
 
     def log_validation(step):
-        val, calls = validate(model, tok, dev, tool, args, run)
-        metrics.log(step, val_reward=val, val_search_calls=calls)
+        metrics.log(step, **{k: v for k, v in validate(model, tok, dev, tool, args, run).items() if v is not None})
 
     # -------------------------------------------------------------------------
     # optimizer + schedule

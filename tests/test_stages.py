@@ -30,7 +30,7 @@ import common
 import env
 import model as model_mod
 from data.build import build
-from grpo import group_advantages, policy_loss
+from grpo import group_advantages, policy_loss, validate
 from model import Qwen2, Qwen2Config
 from sft_coa import masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
@@ -485,9 +485,10 @@ def check_grpo_run(out, spy, init, n_sim, n_steps):
     """Modes in order, no real call while simulating (though the model acted), every real call logged
     (against the server's own count) and saved with the checkpoints."""
     rows = metrics(out)
-    val = [r for r in rows if "val_reward" in r]  # greedy reward on fixed dev prompts, before and after training
+    val = [r for r in rows if "val_reward" in r]  # the objective on fixed dev prompts, before and after training
     rows = [r for r in rows if "mode" in r]
-    assert [r["step"] for r in val] == [0, n_steps] and all(0 <= r["val_reward"] <= 1 for r in val)
+    assert [r["step"] for r in val] == [0, n_steps]
+    assert all(0 <= r[k] <= 1 for r in val for k in ("val_reward", "val_greedy"))
     assert [r["mode"] for r in rows] == ["sim"] * n_sim + ["real"] * (n_steps - n_sim)
     assert all(math.isfinite(r[k]) for r in rows for k in ("kl", "pg", "grad_norm", "reward"))
     assert [r["real_search_calls"] for r in rows[:n_sim]] == [0] * n_sim
@@ -515,6 +516,20 @@ def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
     reward = [r["reward"] for r in rows]
     assert sum(reward[-3:]) > sum(reward[:3]) + 0.3, reward
     assert any(r["grad_norm"] > 0 for r in rows)
+
+
+def test_validation_repeats_exactly_for_one_policy(world, sft3):
+    """val_reward draws its samples with the same seed every time: the same policy scores the same, so two
+    validations differ by what training changed, not by the dice. Every search call is counted."""
+    run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0, threads=None))
+    model, tok = common.load_model(common.latest_checkpoint(sft3[0]), run)
+    rows = common.read_jsonl(os.path.join(world, "dev.jsonl"))[:6]
+    calls, bm25 = [], env.make_search_tool(os.path.join(world, "corpus.jsonl"))
+    tool = SimpleNamespace(search=lambda queries, topk: calls.extend(queries) or bm25.search(queries, topk))
+    args = SimpleNamespace(val_samples=3, temperature=1.0, seed=0, max_new_tokens=48, max_actions=3, topk=2)
+    first, second = validate(model, tok, rows, tool, args, run), validate(model, tok, rows, tool, args, run)
+    assert first == second and 0 <= first["val_reward"] <= 1 and 0 <= first["val_greedy"] <= 1
+    assert first["val_search_calls"] + second["val_search_calls"] == len(calls)
 
 
 # ============================================================================= 3. a crash mid-save
