@@ -78,6 +78,7 @@ def validate(model, tok, rows, tool, args, run):
         drawn = sample(model, tok, [p for p in prompts for _ in range(k)], temperature=args.temperature,
                        seed=args.seed * 1_000_003 + 7919 + run.rank, **kw) if k else []
         model.train()
+
     def mean_reward(rolls, reps):
         golds = [row["answers"] for row in mine for _ in range(reps)]
         return run.all_sum(sum(env.reward(r.text, g) for r, g in zip(rolls, golds))) / max(1, run.all_sum(len(golds)))
@@ -177,16 +178,15 @@ def main():
         n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
         n_seq, per_seq = run.all_sum(len(seqs)), args.loss_agg == "sequence"
         micro = common.length_batches([len(ids) for ids, _ in seqs], args.micro_tokens, run)  # gradient accumulation
+        padded = [(common.pad([seqs[i][0] for i in mb]), common.pad([seqs[i][1] for i in mb])) for mb in micro]
         with torch.no_grad():  # reference log-probs, once per batch
-            ref_lps = [common.sequence_logprobs(ref, common.pad([seqs[i][0] for i in mb]),
-                                                common.pad([seqs[i][1] for i in mb]), run.device)[0] for mb in micro]
+            ref_lps = [common.sequence_logprobs(ref, ids, mask, run.device)[0] for ids, mask in padded]
         old_lps = [None] * len(micro)
         # ---- update
         for epoch in range(args.ppo_epochs):
             kl_sum = pg_sum = 0.0
             for j, mb in enumerate(micro):
-                lp, m = common.sequence_logprobs(model, common.pad([seqs[i][0] for i in mb]),
-                                                 common.pad([seqs[i][1] for i in mb]), run.device)
+                lp, m = common.sequence_logprobs(model, *padded[j], run.device)
                 if epoch == 0:
                     old_lps[j] = lp.detach()  # on-policy: the sampling policy is the current one
                 loss, kl, pg = policy_loss(lp, old_lps[j], ref_lps[j], adv[mb].to(run.device), m,
