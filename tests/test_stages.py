@@ -510,7 +510,7 @@ def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
     init = common.latest_checkpoint(sft3[0])
     run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 10,
                "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3,
-               "--save-every", 5, "--search", url)
+               "--save-every", 5, "--search", url, "--trainable", ".")  # every weight
     rows = check_grpo_run(out, spy, init, 5, 10)
     assert len(spy.queries) > 0  # the real steps did call the tool
     reward = [r["reward"] for r in rows]
@@ -786,10 +786,22 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     init = common.latest_checkpoint(sft3[0])
     run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, "--master-port", free_port(), grpo_act,
                "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 4, "--batch-size", 4,
-               "--group-size", 2, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3, "--save-every", 2,
-               "--search", url)
+               "--group-size", 2, "--max-new-tokens", 48, "--temperature", 1.0, "--save-every", 2,
+               "--search", url)  # the default --trainable: the final norm only, in an FSDP group with frozen weights
     rows = check_grpo_run(out, spy, init, 2, 4)
     assert any(r["grad_norm"] > 0 for r in rows)
+    before, after = weights(init), weights(common.latest_checkpoint(out))
+    assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "model.norm.weight")
+
+
+def test_grpo_trainable_errors(tmp, world, sft3):
+    """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why."""
+    init = common.latest_checkpoint(sft3[0])
+    for pattern, said in (("(", "not a regular expression"), ("^no_such_weight$", "matches no parameter name")):
+        p = run_script("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern,
+                       check=False)
+        assert p.returncode == 2 and said in p.stderr, p.stderr[-2000:]
 
 
 UNEVEN_FORWARDS = """import os
