@@ -8,6 +8,9 @@ first update does, and prints, per group of parameters (the same tensor in every
             gives the figure printed in the last line (a t-distribution with batches - 1 degrees of freedom).
     share   the group's part of the squared gradient norm: where the update's size goes.
 
+It also prints how often a failed and a successful rollout holds a token the model itself gave a
+probability under 0.05 when it sampled it (--rare): what the reward is mostly judging.
+
 Where both stay at their noise level, a step moves those weights in a direction the next step does not
 repeat: under Adam, a random walk of ~lr per coordinate per step. This is what decides grpo.py's
 --trainable default on the embedded world (README, "What RL can learn here").
@@ -33,7 +36,8 @@ from sample import sample  # noqa: E402
 
 def batch_gradient(model, tok, rows, tool, args, seed):
     """One GRPO batch (rows x group size rollouts, real tool) -> (flat gradient of the token-mean
-    surrogate at ratio 1, mean reward). The KL term is left out: at the reference it has zero gradient."""
+    surrogate at ratio 1, (B,) rewards, (B,) lowest probability of a policy-sampled token in each
+    rollout). The KL term is left out: at the reference it has zero gradient."""
     model.eval()
     prompts = [common.encode_prompt(tok, r["question"]) for r in rows for _ in range(args.group_size)]
     with torch.no_grad():
@@ -48,7 +52,8 @@ def batch_gradient(model, tok, rows, tool, args, seed):
     loss, _, _ = policy_loss(lp, lp.detach(), lp.detach(), group_advantages(rewards, args.group_size), m,
                              max(int(m.sum()), 1), clip=0.2, kl_coef=0.0)
     loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()]), rewards.mean().item()
+    lowest = lp.detach().masked_fill(~m, 0.0).min(1).values.exp()
+    return torch.cat([p.grad.flatten() for p in model.parameters()]), rewards, lowest
 
 
 def main():
@@ -61,6 +66,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=768)
     ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    ap.add_argument("--rare", type=float, default=0.05, help="probability under which a sampled token counts as rare")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = ap.parse_args()
@@ -80,15 +86,19 @@ def main():
 
     # disjoint prompt sets, one shuffled pass over rl.jsonl (as grpo.py's first epoch draws them)
     order = common.epoch_order(len(rows), 0, len(rows), args.seed)
-    grads, rewards, t0 = [], [], time.time()
+    grads, rewards, lowest, t0 = [], [], [], time.time()
     for b in range(args.batches):
-        g, r = batch_gradient(model, tok, [rows[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]],
-                              tool, args, seed=args.seed * 1_000_003 + b)
+        g, r, low = batch_gradient(model, tok, [rows[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]],
+                                   tool, args, seed=args.seed * 1_000_003 + b)
         grads.append(g)
         rewards.append(r)
-        print(f"\rbatch {b + 1}/{args.batches}  reward {r:.3f}  {time.time() - t0:.0f} s", end="", flush=True)
+        lowest.append(low)
+        print(f"\rbatch {b + 1}/{args.batches}  reward {r.mean():.3f}  {time.time() - t0:.0f} s", end="", flush=True)
     print()
-    G = torch.stack(grads)  # (batches, n_params)
+    G, rewards, lowest = torch.stack(grads), torch.cat(rewards), torch.cat(lowest)  # (batches, n_params), (N,), (N,)
+    if not G.any():
+        sys.exit(f"bench/grpo_signal.py: in every group all rollouts scored the same (mean reward "
+                 f"{rewards.mean():.3f}): every advantage is 0, so there is no gradient to measure")
     n = args.batches
     t = G.mean(0) / (G.std(0) / n ** 0.5 + 1e-30)  # t-statistic of each coordinate's mean gradient
     null = (lambda z: (z.mean(0) / (z.std(0) / n ** 0.5)).abs().gt(3).float().mean().item())(
@@ -101,7 +111,11 @@ def main():
         offset += p.numel()
     total = G.pow(2).sum()
     print(f"{ckpt}: {n} batches of {args.batch_size} prompts x {args.group_size}, mean reward "
-          f"{sum(rewards) / n:.3f}\n")
+          f"{rewards.mean():.3f}")
+    for name, sel in (("failed", rewards == 0), ("successful", rewards > 0)):
+        rare = (lowest[sel] < args.rare).float().mean().item() if sel.any() else float("nan")
+        print(f"{name} rollouts ({int(sel.sum())}) holding a sampled token of p < {args.rare}: {rare:.1%}")
+    print()
     print(f"{'parameters':48s} {'size':>9s} {'cos':>8s} {'|t|>3':>7s} {'share':>7s}")
     for key, idx in groups.items():
         g = G[:, torch.cat(idx)]

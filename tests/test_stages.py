@@ -469,7 +469,7 @@ GRPO_ACT_REWARD = """import os, runpy, sys
 sys.path.insert(0, {root!r})
 import env
 env.reward = lambda completion, golds, tags=env.TAGS: float(tags.search_open in completion)
-sys.argv[0] = os.path.join({root!r}, "grpo.py")
+sys.argv[0] = os.path.join({root!r}, {script!r})
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -477,7 +477,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.fixture(scope="session")
 def grpo_act(tmp):
     path = tmp / "grpo_act_reward.py"
-    path.write_text(GRPO_ACT_REWARD.format(root=ROOT))
+    path.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="grpo.py"))
     return str(path)
 
 
@@ -516,6 +516,25 @@ def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
     reward = [r["reward"] for r in rows]
     assert sum(reward[-3:]) > sum(reward[:3]) + 0.3, reward
     assert any(r["grad_norm"] > 0 for r in rows)
+
+
+def test_grpo_signal_bench_reports_every_weight_group(tmp, world, sft3):
+    """bench/grpo_signal.py (which decides --trainable's default) reports, for every group of weights, a
+    cosine in [-1, 1], a significance fraction and a norm share; the shares add up to 1. With the EM
+    reward the tiny test model scores 0 everywhere, and the script says there is nothing to measure."""
+    args = ["--ckpt", sft3[0], "--data", world, "--batches", 3, "--batch-size", 2, "--group-size", 4,
+            "--max-new-tokens", 32]
+    p = run_script("bench/grpo_signal.py", *args, check=False)
+    assert p.returncode != 0 and "no gradient to measure" in p.stderr, p.stderr[-2000:]
+    act = tmp / "signal_act_reward.py"  # the reward for acting of the GRPO tests: groups do differ
+    act.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="bench/grpo_signal.py"))
+    p = run_script(act, *args)
+    rows = re.findall(r"^(\S+)\s+[\d,]+\s+([+-]\d\.\d{4})\s+(\d\.\d{3})\s+(\d\.\d{3})$", p.stdout, re.M)
+    run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0, threads=None))
+    model, _ = common.load_model(common.latest_checkpoint(sft3[0]), run)
+    assert {r[0] for r in rows} == {re.sub(r"layers\.\d+\.", "layers.*.", n) for n, _ in model.named_parameters()}
+    assert all(-1 <= float(c) <= 1 and 0 <= float(sig) <= 1 for _, c, sig, _ in rows)
+    assert sum(float(share) for *_, share in rows) == pytest.approx(1, abs=0.01)
 
 
 def test_validation_repeats_exactly_for_one_policy(world, sft3):
