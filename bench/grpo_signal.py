@@ -56,6 +56,11 @@ def batch_gradient(model, tok, rows, tool, args, seed):
     return torch.cat([p.grad.flatten() for p in model.parameters()]), rewards, lowest
 
 
+def t_statistics(G):
+    """(batches, n) gradients -> (n,) each coordinate's mean over the batches in units of its standard error."""
+    return G.mean(0) / (G.std(0) / G.shape[0] ** 0.5 + 1e-30)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default="runs/sft3", help="checkpoint (or run directory: its latest checkpoint)")
@@ -100,9 +105,8 @@ def main():
         sys.exit(f"bench/grpo_signal.py: in every group all rollouts scored the same (mean reward "
                  f"{rewards.mean():.3f}): every advantage is 0, so there is no gradient to measure")
     n = args.batches
-    t = G.mean(0) / (G.std(0) / n ** 0.5 + 1e-30)  # t-statistic of each coordinate's mean gradient
-    null = (lambda z: (z.mean(0) / (z.std(0) / n ** 0.5)).abs().gt(3).float().mean().item())(
-        torch.randn(n, 200_000, generator=torch.Generator().manual_seed(0)))
+    t = t_statistics(G)
+    null = t_statistics(torch.randn(n, 200_000, generator=torch.Generator().manual_seed(0))).abs().gt(3)
 
     groups, offset = {}, 0
     for name, p in model.named_parameters():
@@ -124,7 +128,7 @@ def main():
         sig = t[torch.cat(idx)].abs().gt(3).float().mean().item()
         print(f"{key:48s} {g.shape[1]:9,d} {sum(cos) / len(cos):+8.4f} {sig:7.3f} {g.pow(2).sum() / total:7.3f}")
     print(f"{'all':48s} {G.shape[1]:9,d} {'':8s} {t.abs().gt(3).float().mean().item():7.3f}")
-    print(f"\npure noise: cos ~ 0, |t|>3 in {null:.3f} of coordinates")
+    print(f"\npure noise: cos ~ 0, |t|>3 in {null.float().mean().item():.3f} of coordinates")
 
 
 if __name__ == "__main__":

@@ -728,6 +728,31 @@ def test_resume_matches_uninterrupted_pretrain(tmp, world):
     assert lh[0]["loss"] != lh[15]["loss"]  # it trained
 
 
+def test_grpo_resume_matches_uninterrupted(tmp, world, sft3, grpo_act):
+    """GRPO cut after step 2 of 4 (its last checkpoint then) and resumed ends with exactly the weights and
+    per-step rewards of a run never cut: the prompts, the sampler's dice, the optimizer state, the frozen
+    reference and the real-call count all carry over (the cut falls where simulated steps turn real)."""
+    init = common.latest_checkpoint(sft3[0])
+    args = [grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--steps", 4, "--batch-size", 4,
+            "--group-size", 4, "--max-new-tokens", 48, "--save-every", 2, "--val-prompts", 0,
+            "--trainable", ".", "--lr", 3e-3]
+    full, cut = tmp / "rl_full", tmp / "rl_cut"
+    run_script(*args, "--out", full)
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "step_000004")
+    (cut / "latest").write_text("step_000002")
+    p = run_script(*args, "--out", cut, "--resume")
+    assert f"[resume] {cut / 'step_000002'}" in p.stdout
+    a, b = weights(common.latest_checkpoint(full)), weights(common.latest_checkpoint(cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], weights(init)[k]) for k in a)  # it trained
+    straight, resumed = last_per_step(metrics(full)), last_per_step(metrics(cut))
+    assert sorted(resumed) == list(range(4))
+    for s in range(4):
+        for k in ("reward", "real_search_calls", "length"):
+            assert resumed[s][k] == straight[s][k], (s, k)
+
+
 # ============================================================================= 5. non-finite loss
 
 def test_check_finite_and_clip_and_step_stop_on_nan(tmp_path, tok):
