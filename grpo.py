@@ -244,7 +244,8 @@ def main():
         if step + 1 == n_sim < args.steps:  # the end of RL stage 1 (simulated only): the paper's "RL-1" model
             common.save_checkpoint(run, os.path.join(args.out, "rl1"), step + 1, model, tok, opt, args, extra=extra)
     metrics.close()
-    run.print(f"[done] {common.latest_checkpoint(args.out)}; real search calls: {real_calls}")
+    run.print(f"[done] {common.latest_checkpoint(args.out) or 'no checkpoint (--steps 0: validation only)'}; "
+              f"real search calls: {real_calls}")
     run.close()
 
 
