@@ -113,6 +113,7 @@ def main():
         key = re.sub(r"layers\.\d+\.", "layers.*.", name)
         groups.setdefault(key, []).append(torch.arange(offset, offset + p.numel()))
         offset += p.numel()
+    groups = {key: torch.cat(idx) for key, idx in groups.items()}  # group -> its coordinates in G
     total = G.pow(2).sum()
     print(f"{ckpt}: {n} batches of {args.batch_size} prompts x {args.group_size}, mean reward "
           f"{rewards.mean():.3f}")
@@ -122,10 +123,10 @@ def main():
     print()
     print(f"{'parameters':48s} {'size':>9s} {'cos':>8s} {'|t|>3':>7s} {'share':>7s}")
     for key, idx in groups.items():
-        g = G[:, torch.cat(idx)]
+        g = G[:, idx]
         unit = torch.nn.functional.normalize(g, dim=1)
         cos = [float(unit[i] @ unit[j]) for i, j in itertools.combinations(range(n), 2)]
-        sig = t[torch.cat(idx)].abs().gt(3).float().mean().item()
+        sig = t[idx].abs().gt(3).float().mean().item()
         print(f"{key:48s} {g.shape[1]:9,d} {sum(cos) / len(cos):+8.4f} {sig:7.3f} {g.pow(2).sum() / total:7.3f}")
     print(f"{'all':48s} {G.shape[1]:9,d} {'':8s} {t.abs().gt(3).float().mean().item():7.3f}")
     print(f"\npure noise: cos ~ 0, |t|>3 in {null.float().mean().item():.3f} of coordinates")
