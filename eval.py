@@ -11,15 +11,22 @@ beats workflows in which a controller drives the actions. Four policies, all gre
             a line "I need ... ."), the CONTROLLER searches with that sentence as the query and injects
             the result after it. The model never chooses whether to act: it acts at every step.
 
-Why the workflow is a fair, competent baseline on the embedded world: the base model has never acted,
-but its pretraining text holds "reading" traces (data/README.md) of exactly this shape: a decision
-sentence, a result block an external controller retrieved with that sentence as the query, then "The
-search result says that ...". So the workflow asks the model for nothing it was not taught: the
-controller supplies the actions, the model reasons and reads. BM25 with the decision sentence as the
-query ranks the right page first for all 2,640 lookups of the default world's rl/dev/test questions (the
-sentence holds the name and the relation). The trigger is a regex on the current line. --policy workflow
-targets the embedded world's base model; a real checkpoint (R1-Distill) would be few-shot prompted into
-the ReAct format instead, with the trigger set to what marks a step there (e.g. '^\\s*Search:.*$').
+Why the workflow is a fair, competent baseline on the embedded world: the paper prompts R1-Distill into
+a ReAct loop, which works because R1-Distill can read retrieved text about things it has never seen. Our
+1.65M-parameter base model cannot. Run as the workflow's model it scored EM 0.0: an unknown entity's
+name is a token it never saw in pretraining, so it cannot write it (its first decision sentence named
+the question's first entity for 0 of the 100 test questions where that name's tokens never occur in
+base.jsonl, and 206 of the other 300), and it does not copy facts out of a result block. So the
+workflow's model (runs/workflow) is the base model fine-tuned on the workflow's own format, with the
+same 1,800 questions, steps, lr and observation mask as SFT-2 (data/build.py's workflow.jsonl): every
+decision sentence is followed by the block the controller retrieved with it as the query, then the
+fact is read out of it. Like a fine-tuned ReAct agent, it follows the workflow's format but never chooses
+whether to act: the controller acts at every step, known facts included. The agent and the workflow
+thus learn from the same questions; what differs is who decides when and what to search. BM25 with the
+decision sentence as the query ranks the right page first for all 2,640 lookups of the default world's
+rl/dev/test questions (the sentence holds the name and the relation). The trigger is a regex on the
+current line. A real checkpoint (R1-Distill) would be few-shot prompted into the ReAct format instead,
+with the trigger set to what marks a step there (e.g. '^\\s*Search:.*$'). RAG uses the same model.
 
 How the workflow is run: sample() has no "stop this row and inject" hook, but a logits processor sees the
 live rollouts and can force eos, which ends a row. So each round is one batched sample() call in mode
@@ -28,8 +35,8 @@ every stopped row at once (one batched tool call), and the next round continues 
 prompt + completion + observation. This re-prefills each row once per step (<= 5 steps here) instead of
 keeping the cache, which is simple and exact. The same processor enforces each row's token budget.
 
-Simplified: the paper's ReAct baseline is a prompted R1-Distill; ours is the base model reading results
-a controller put where it learned to expect them.
+Simplified: the paper's ReAct baseline is a prompted R1-Distill; ours is the base model fine-tuned to read
+results a controller puts after each decision sentence.
 Budgets: --max-new-tokens counts everything after the prompt, observations included, for every policy.
 Metrics: EM / F1 of env.extract_answer(completion) (no answer scores 0), mean actions (retrieval steps,
 whoever drove them; the agent's refused ones too) and mean real search calls, overall, by hops and by
@@ -41,7 +48,8 @@ its own observation states the answer-bearing fact "The <relation> of <Name> is 
 value, absent), for known vs unknown entities (world.json `known`).
 
     python eval.py --ckpt runs/sft3 --policy agent                  # test split, the world's corpus
-    python eval.py --ckpt runs/base --policy none rag workflow      # the baselines, one table
+    python eval.py --ckpt runs/base --policy none                   # no tool
+    python eval.py --ckpt runs/workflow --policy rag workflow       # the workflow baselines
     python eval.py --ckpt runs/rl --policy agent --mode sim --limit 100
     python eval.py --ckpt runs/sft3 --search http://127.0.0.1:8000 --data runs/hotpotqa
     python eval.py --probe --ckpt runs/sft3                         # world-model fidelity (dev split)

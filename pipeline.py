@@ -11,8 +11,8 @@ total during RL training).
 
 Rows (-> the checkpoint each is evaluated from):
     no tool            base model, no tool                       runs/base
-    RAG                base model, one retrieval with the question
-    workflow           base model, the controller searches at every step (eval.py explains why fair)
+    RAG                runs/workflow: one retrieval with the question, then the model reads
+    workflow           runs/workflow: the controller searches at every step (eval.py explains the model)
     SFT-1              runs/sft1            SFT-2             runs/sft2_only (base + stage 2)
     SFT-1&2            runs/sft2            SFT-1&2&3         runs/sft3
     RL-2 only          runs/rl2_only  (GRPO, all real, from the base model)
@@ -21,12 +21,15 @@ Rows (-> the checkpoint each is evaluated from):
     SFT-1&2 + RL-2     runs/rl2_sft12 (GRPO, all real, from SFT-1&2)
     SFT-1&2&3 + RL-2   runs/rl2_sft3  (all real from the same start as the 5:1 run: the paper's
                                        claim that simulated RL lands near all-real RL)
+The workflow model (runs/workflow) is the base model fine-tuned like SFT-2 on the same questions in the
+workflow's format (data/build.py's workflow.jsonl), so that it can read what the controller retrieves.
 Each stage is skipped when its output already has a checkpoint, so an interrupted pipeline resumes.
 
 Jobs run as separate processes, --jobs at a time (default 2, one per core of the embedded setup's
 machine), each on one CPU thread, and each as soon as the jobs it needs are done: the default chain
 (world -> base -> SFT-1 -> SFT-2 -> SFT-3 -> 5:1 RL) goes first, the other Table-1 runs and the
-evaluations fill the other core. Each job's output is in runs/logs/<job>.log.
+evaluations fill the other core. A job that starts alone with nothing else ready (the base model, which
+every other job needs) gets every core's thread. Each job's output is in runs/logs/<job>.log.
 """
 import argparse
 import json
@@ -47,11 +50,13 @@ TRAIN.update({
     "runs/sft2_only": (["sft_coa.py", "--mask-obs", "--init", "runs/base", "--out", "runs/sft2_only"], ["runs/base"]),
     "runs/rl2_sft12": (["grpo.py", "--sim-ratio", "0", "--init", "runs/sft2", "--out", "runs/rl2_sft12"], ["runs/sft2"]),
     "runs/rl2_only": (["grpo.py", "--sim-ratio", "0", "--init", "runs/base", "--out", "runs/rl2_only"], ["runs/base"]),
+    "runs/workflow": (["sft_coa.py", "--mask-obs", "--init", "runs/base", "--file", "workflow.jsonl", "--out",
+                       "runs/workflow"], ["runs/base"]),
 })
 ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoint and counts its real search calls)
     ("no tool", "runs/base", "none", "runs/base"),
-    ("RAG", "runs/base", "rag", "runs/base"),
-    ("workflow", "runs/base", "workflow", "runs/base"),
+    ("RAG", "runs/workflow", "rag", "runs/workflow"),
+    ("workflow", "runs/workflow", "workflow", "runs/workflow"),
     ("SFT-1", "runs/sft1", "agent", "runs/sft1"),
     ("SFT-2", "runs/sft2_only", "agent", "runs/sft2_only"),
     ("SFT-1&2", "runs/sft2", "agent", "runs/sft2"),
@@ -63,7 +68,7 @@ ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoi
     ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
 ]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl).
-ORDER = CHAIN + ["runs/rl", "runs/rl2_sft3", "runs/sft2_only", "runs/rl2_sft12", "runs/rl2_only"]
+ORDER = CHAIN + ["runs/rl", "runs/rl2_sft3", "runs/sft2_only", "runs/workflow", "runs/rl2_sft12", "runs/rl2_only"]
 
 
 def eval_file(name):
@@ -95,14 +100,18 @@ def run_jobs(todo, workers, times):
     A job's output goes to runs/logs/<job>.log. Stops at the first failure (its log is named)."""
     os.makedirs(os.path.join(ROOT, "runs/logs"), exist_ok=True)
     pending = {k for k, *_ in todo}
-    running, env = {}, {**os.environ, "OMP_NUM_THREADS": "1"}  # idle OpenMP threads spin: 1 thread per process
+    running = {}
     while pending or running:
+        ready = [k for k, cmd, needs, _ in todo if k in pending and not any(n in pending or n in running for n in needs)]
         for key, cmd, needs, _ in todo:
-            if len(running) < workers and key in pending and not any(n in pending or n in running for n in needs):
+            if len(running) < workers and key in ready:
                 log = os.path.join(ROOT, "runs/logs", key.replace("/", "_").replace(" ", "_") + ".log")
-                print(f"[pipeline] start {key}: python {' '.join(cmd)}  (log {os.path.relpath(log, ROOT)})", flush=True)
+                threads = workers if not running and len(ready) == 1 else 1  # alone: every core; idle OpenMP threads spin
+                print(f"[pipeline] start {key}: python {' '.join(cmd)}  ({threads} thread(s), log "
+                      f"{os.path.relpath(log, ROOT)})", flush=True)
                 with open(log, "w") as f:
-                    proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+                    proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                            stdout=f, stderr=subprocess.STDOUT)
                 running[key] = (proc, time.time(), log)
                 pending.discard(key)
         time.sleep(0.5)

@@ -12,9 +12,12 @@ tool trajectories with pure-CoT ones 5:1, as the paper's 5k + 1k (data/build.py 
     python sft_coa.py --mask-obs                     # stage 2 on the embedded world
     python sft_coa.py                                # stage 3
     python sft_coa.py --mask-obs --init runs/base --out runs/sft2_only    # SFT-2 without stage 1
+    python sft_coa.py --mask-obs --init runs/base --file workflow.jsonl --out runs/workflow
+                                 # the workflow baseline's model: the same questions, the controller's format
     torchrun --nproc_per_node 2 sft_coa.py --mask-obs                     # FSDP2
 """
 import argparse
+import collections
 import os
 
 import common
@@ -35,6 +38,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out=None, lr=1e-3, steps=200, batch_size=16)
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
+    ap.add_argument("--file", default="stage2.jsonl", help="trajectories in --data (workflow.jsonl: the "
+                    "workflow baseline's model, which reads what a controller retrieved but never acts)")
     ap.add_argument("--micro-tokens", type=int, default=8192,
                     help="padded tokens per forward/backward (a step's batch is split by length to fit)")
     args = ap.parse_args()
@@ -55,10 +60,10 @@ def main():
     # -------------------------------------------------------------------------
     # data
     common.ensure(args.data, run)
-    rows = common.read_jsonl(os.path.join(args.data, "stage2.jsonl"))
+    rows = common.read_jsonl(os.path.join(args.data, args.file))
     encoded = [common.encode_trajectory(tok, r, args.mask_obs, args.max_len) for r in rows]
-    n_tool = sum(r["kind"] == "tool" for r in rows)
-    run.print(f"[data] stage {stage}: {n_tool} tool + {len(rows) - n_tool} CoT trajectories, "
+    kinds = " + ".join(f"{n} {k}" for k, n in sorted(collections.Counter(r["kind"] for r in rows).items()))
+    run.print(f"[data] stage {stage}, {args.file}: {kinds} trajectories, "
               f"{sum(len(i) for i, _ in encoded)} tokens, {sum(sum(m) for _, m in encoded)} scored "
               f"(mask-obs={args.mask_obs})")
 

@@ -9,6 +9,7 @@ One seed -> one world -> byte-identical files:
                   reading traces from a parallel world (copying facts out of injected results)
     stage1.jsonl  contrastive pairs at a decision point ("when to act", paper §3.1, SFT stage 1)
     stage2.jsonl  SFT trajectories, tool and pure-CoT at 5:1 as in the paper (SFT stages 2 and 3)
+    workflow.jsonl  stage 2's questions in the workflow's format (the workflow baseline's model)
     rl.jsonl, dev.jsonl, test.jsonl   questions with gold answers (RL prompts and evaluation)
     world.json    entities, facts, known flags, and the lookups behind every rl/dev/test question
     meta.json     seed, arguments, counts per file and retrieval hit rates
@@ -29,7 +30,7 @@ import random
 
 import env
 from data.world import DEFAULT_SIZES, RELATIONS, TYPES, document, make_questions, make_world, unknown_lookups
-from data.trajectories import contrastive_pair, query_for, reading_trace, trajectory
+from data.trajectories import contrastive_pair, need, query_for, trajectory, workflow_trajectory
 
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
@@ -83,6 +84,8 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     lookups = [(e.name, r) for e in world.real() for r in RELATIONS if r in e.facts]
     queries = [query_for(n, r) for n, r in lookups]
     results = dict(zip(queries, searcher.search(queries, topk=topk)))  # one batch: every lookup
+    decisions = [need(n, r) for n, r in lookups]  # the workflow's queries: the decision sentences
+    results.update(zip(decisions, searcher.search(decisions, topk=topk)))
 
     def observe(query):
         docs = results[query] if query in results else searcher.search([query], topk=topk)[0]
@@ -95,7 +98,7 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     # -------------------------------------------------------------------- stage 2: tool + CoT
     tool_groups = {k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in pool.items()}
     cot_groups = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}
-    stage2, dropped, n_search, n_search_top1 = [], 0, 0, 0
+    stage2, stage2_questions, dropped, n_search, n_search_top1 = [], [], 0, 0, 0
     for q in stratified(tool_groups, sum(map(len, tool_groups.values())), rng):  # all, in stratified order
         if len(stage2) == n_tool:
             break
@@ -107,11 +110,18 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
         n_search_top1 += sum(ids[0] == g for _, g, ids in searches)
         stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
                        "kind": "tool", "segments": segments})
+        stage2_questions.append(q)
     for q in stratified(cot_groups, n_cot, rng):
         segments, _ = trajectory(world, q, observe, use_tool=False)
         stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
                        "kind": "cot", "segments": segments})
+        stage2_questions.append(q)
     rng.shuffle(stage2)
+    # The workflow baseline's model trains on the same questions in the workflow's format (eval.py):
+    # the controller retrieves after every decision sentence, known facts included; the model reads.
+    workflow = [{"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type, "kind": "workflow",
+                 "segments": workflow_trajectory(world, q, observe)} for q in stage2_questions]
+    random.Random(f"workflow-{seed}").shuffle(workflow)
 
     # -------------------------------------------------------------------- stage 1: pairs
     stage1 = []
@@ -150,7 +160,8 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs
                   if not any(n in world.by_name for n, _ in q.lookups)]
     for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
-        response = reading_trace(other, q, lambda query: env.format_observation(other_search.search([query], topk)[0]))
+        segments = workflow_trajectory(other, q, lambda query: (env.format_observation(other_search.search([query], topk)[0]), None))
+        response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
                      "question": q.question, "response": response})
     rng.shuffle(base)
@@ -158,7 +169,7 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     # -------------------------------------------------------------------- write
     os.makedirs(out_dir, exist_ok=True)
     rows = {name: [question_row(f"{name}-{i:05d}", q) for i, q in enumerate(qs)] for name, qs in splits.items()}
-    files = {"corpus": corpus, "base": base, "stage1": stage1, "stage2": stage2, **rows}
+    files = {"corpus": corpus, "base": base, "stage1": stage1, "stage2": stage2, "workflow": workflow, **rows}
     for name, data in files.items():
         write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), data)
     world_json = world.to_json()

@@ -96,11 +96,16 @@ def contrastive_pair(world, q, k, observe, wrong_value):
     return prefix, act(name, rel), recall(name, rel, wrong_value), "search"
 
 
-def reading_trace(world, q, observe_text):
-    """A base-model reading trace: every decision sentence is followed by a result block that an
-    external controller retrieved with that sentence as the query (no action tags: the model never
-    acts), then the fact is read out of it. observe_text(query) -> observation text."""
-    text = ""
+def workflow_trajectory(world, q, observe):
+    """The workflow's format, as segments: every decision sentence is followed by a result block that an
+    external controller retrieved with that sentence as the query (no action tags: the model never acts,
+    and known facts are looked up too), then the fact is read out of it. observe(query) -> (observation
+    text, retrieved doc ids). Base reading traces (joined into one text) and the workflow model's
+    fine-tuning file (workflow.jsonl) have this form; eval.py --policy workflow runs it."""
+    segments, text = [], ""
     for name, rel, value, _ in steps(world, q):
-        text += need(name, rel) + observe_text(need(name, rel)) + read(name, rel, value)
-    return text + conclusion(world, q)
+        observation, _ = observe(need(name, rel))
+        segments += [{"text": text + need(name, rel), "tool": False}, {"text": observation, "tool": True}]
+        text = read(name, rel, value)
+    segments.append({"text": text + conclusion(world, q), "tool": False})
+    return segments

@@ -19,7 +19,7 @@ from data.build import build
 from data.convert import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["corpus.jsonl", "base.jsonl", "stage1.jsonl", "stage2.jsonl", "rl.jsonl", "dev.jsonl",
+FILES = ["corpus.jsonl", "base.jsonl", "stage1.jsonl", "stage2.jsonl", "workflow.jsonl", "rl.jsonl", "dev.jsonl",
          "test.jsonl", "world.json", "meta.json"]
 T = env.TAGS
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # every world name is two capitalised invented words
@@ -179,6 +179,27 @@ def test_stage2_tags_answers_and_facts(files):
 
 # --------------------------------------------------------------------------- stage 1 and base
 
+def test_workflow_file_is_stage2_in_the_controllers_format(files):
+    """workflow.jsonl: stage 2's questions; every decision sentence is followed by the tool's result for that
+    very sentence as the query (what eval.py's workflow controller injects), the fact read out of it;
+    never an action tag. Tool segments are exactly the observations, so --mask-obs masks them."""
+    assert sorted(r["question"] for r in files["workflow"]) == sorted(r["question"] for r in files["stage2"])
+    search, topk, by_name = env.BM25Search(files["corpus"]), files["meta"]["topk"], files["by_name"]
+    for r in files["workflow"][:300]:
+        segs = r["segments"]
+        assert [s["tool"] for s in segs] == [False, True] * (len(segs) // 2) + [False]
+        assert len(segs) // 2 == (2 if r["type"] == "comparison" else r["hops"])  # one retrieval per lookup
+        for decision, obs in zip(segs[0::2], segs[1::2]):
+            query = decision["text"].split("\n")[-1]
+            assert re.fullmatch(rf"I need the [a-z ]+ of {NAME}\.", query), query
+            assert obs["text"] == env.format_observation(search.search([query], topk)[0])
+        text = "".join(s["text"] for s in segs)
+        assert T.search_open not in text and "I remember" not in text
+        assert text.count("The search result says that") == len(segs) // 2
+        assert assert_true_facts(text, by_name) >= len(segs) // 2
+        assert text.endswith(f"\\boxed{{{r['answers'][0]}}}")
+
+
 def test_stage1_pairs(files):
     by_name = files["by_name"]
     directions = set()
@@ -220,7 +241,7 @@ def test_base_holds_known_facts_only(files):
 
 def test_meta_counts_and_retrieval(files):
     meta = files["meta"]
-    for name in ("corpus", "base", "stage1", "stage2", "rl", "dev", "test"):
+    for name in ("corpus", "base", "stage1", "stage2", "workflow", "rl", "dev", "test"):
         assert meta["counts"][name] == len(files[name])
     assert meta["retrieval"]["top1"] >= 0.95 and meta["retrieval"]["top3"] >= meta["retrieval"]["top1"]
     world = files["world"]
