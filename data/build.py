@@ -151,10 +151,10 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
                      "question": q.question, "response": response})
     # Reading traces from a parallel world (another seed, its own corpus): after a decision sentence
-    # an external controller has put a result block, and the trace copies the fact out of it. The base
-    # model thus learns to READ retrieved text, as R1-Distill can, but never to ACT (no action tags
-    # appear), and learns nothing about this world. This is what makes the workflow baselines of
-    # eval.py (RAG, a controller that searches at every step) competent rather than strawmen.
+    # an external controller has put a result block, and the trace copies the fact out of it. They are
+    # meant to teach the base model to READ retrieved text, as R1-Distill can, but never to ACT (no action
+    # tags appear), and nothing about this world. At 1.65M parameters it does not learn to read from them
+    # (eval.py has the figures), so the workflow baselines use a model fine-tuned on workflow.jsonl.
     other = make_world(seed + 1_000_003, sizes, 1.0, n_distractors)
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
     other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs

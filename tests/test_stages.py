@@ -432,7 +432,7 @@ def test_sft_coa_stage2_and_stage3(sft2, sft3):
         assert_loss_down(rows)
         assert_complete_checkpoint(common.latest_checkpoint(out), n)
     # same data, same truncation: stage 3 also scores the observations, so strictly more tokens
-    pat = r"\[data\] stage (\d): .* (\d+) tokens, (\d+) scored"
+    pat = r"\[data\] stage (\d), stage2\.jsonl: .* (\d+) tokens, (\d+) scored"
     (s2, tok2, sc2), (s3, tok3, sc3) = re.search(pat, log2).groups(), re.search(pat, log3).groups()
     assert (s2, s3) == ("2", "3") and tok2 == tok3 and int(sc2) < int(sc3) < int(tok3)
 
