@@ -437,6 +437,18 @@ def test_sft_coa_stage2_and_stage3(sft2, sft3):
     assert (s2, s3) == ("2", "3") and tok2 == tok3 and int(sc2) < int(sc3) < int(tok3)
 
 
+def test_sft_coa_trains_the_workflow_model_from_its_file(tmp, world, base):
+    """--file workflow.jsonl: the workflow baseline's model, from the base, on stage 2's questions."""
+    out = str(tmp / "workflow")
+    p = run_script("sft_coa.py", "--mask-obs", "--data", world, "--init", base, "--file", "workflow.jsonl",
+                   "--out", out, "--steps", 15, "--batch-size", 24, "--lr", 1e-2, "--warmup", 0, "--max-len", 256)
+    assert "[data] stage 2, workflow.jsonl: 24 workflow trajectories" in p.stdout  # 20 tool + 4 CoT questions
+    rows = metrics(out)
+    assert len(rows) == 15
+    assert_loss_down(rows)
+    assert_complete_checkpoint(common.latest_checkpoint(out), 15)
+
+
 class CountingSearch:
     """The world's BM25 behind a Search-R1 server, counting every query it is sent."""
 
