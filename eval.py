@@ -12,21 +12,18 @@ beats workflows in which a controller drives the actions. Four policies, all gre
             the result after it. The model never chooses whether to act: it acts at every step.
 
 Why the workflow is a fair, competent baseline on the embedded world: the paper prompts R1-Distill into
-a ReAct loop, which works because R1-Distill can read retrieved text about things it has never seen. Our
-1.65M-parameter base model cannot. Run as the workflow's model it scored EM 0.0: an unknown entity's
-name is a token it never saw in pretraining, so it cannot write it (its first decision sentence named
-the question's first entity for 0 of the 100 test questions where that name's tokens never occur in
-base.jsonl, and 206 of the other 300), and it does not copy facts out of a result block. So the
-workflow's model (runs/workflow) is the base model fine-tuned on the workflow's own format, with the
-same 1,800 questions, steps, lr and observation mask as SFT-2 (data/build.py's workflow.jsonl): every
-decision sentence is followed by the block the controller retrieved with it as the query, then the
-fact is read out of it. Like a fine-tuned ReAct agent, it follows the workflow's format but never chooses
-whether to act: the controller acts at every step, known facts included. The agent and the workflow
-thus learn from the same questions; what differs is who decides when and what to search. BM25 with the
-decision sentence as the query ranks the right page first for all 2,640 lookups of the default world's
-rl/dev/test questions (the sentence holds the name and the relation). The trigger is a regex on the
-current line. A real checkpoint (R1-Distill) would be few-shot prompted into the ReAct format instead,
-with the trigger set to what marks a step there (e.g. '^\\s*Search:.*$'). RAG uses the same model.
+a ReAct loop, which works because R1-Distill can read retrieved text about things it never saw. Our
+1.65M-parameter base model cannot (as the workflow's model it scored EM 0.0: an unknown entity's name is
+a token it never saw in pretraining, so it cannot write it). So the workflow's model (runs/workflow) is the
+base model fine-tuned like SFT-2 (same 1,800 questions, steps, lr, observation mask) on the workflow's
+own format, data/build.py's workflow.jsonl: after every decision sentence, the block the controller
+retrieved with it as the query, then the fact read out of it. Like a fine-tuned ReAct agent it never
+chooses whether to act: the controller acts at every step, known facts included. So the agent and the
+workflow learn from the same questions; what differs is who decides when and what to search. BM25 with
+the decision sentence as the query ranks the right page first for all 2,640 lookups of the default
+world's rl/dev/test questions. The trigger is a regex on the current line; for a real checkpoint
+(R1-Distill, few-shot prompted into ReAct) set it to what marks a step there (e.g. '^\\s*Search:.*$').
+RAG uses the same model.
 
 How the workflow is run: sample() has no "stop this row and inject" hook, but a logits processor sees the
 live rollouts and can force eos, which ends a row. So each round is one batched sample() call in mode
@@ -35,8 +32,6 @@ every stopped row at once (one batched tool call), and the next round continues 
 prompt + completion + observation. This re-prefills each row once per step (<= 5 steps here) instead of
 keeping the cache, which is simple and exact. The same processor enforces each row's token budget.
 
-Simplified: the paper's ReAct baseline is a prompted R1-Distill; ours is the base model fine-tuned to read
-results a controller puts after each decision sentence.
 Budgets: --max-new-tokens counts everything after the prompt, observations included, for every policy.
 Metrics: EM / F1 of env.extract_answer(completion) (no answer scores 0), mean actions (retrieval steps,
 whoever drove them; the agent's refused ones too) and mean real search calls, overall, by hops and by

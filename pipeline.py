@@ -102,18 +102,17 @@ def run_jobs(todo, workers, times):
     pending = {k for k, *_ in todo}
     running = {}
     while pending or running:
-        ready = [k for k, cmd, needs, _ in todo if k in pending and not any(n in pending or n in running for n in needs)]
-        for key, cmd, needs, _ in todo:
-            if len(running) < workers and key in ready:
-                log = os.path.join(ROOT, "runs/logs", key.replace("/", "_").replace(" ", "_") + ".log")
-                threads = workers if not running and len(ready) == 1 else 1  # alone: every core; idle OpenMP threads spin
-                print(f"[pipeline] start {key}: python {' '.join(cmd)}  ({threads} thread(s), log "
-                      f"{os.path.relpath(log, ROOT)})", flush=True)
-                with open(log, "w") as f:
-                    proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                                            stdout=f, stderr=subprocess.STDOUT)
-                running[key] = (proc, time.time(), log)
-                pending.discard(key)
+        ready = [(k, cmd) for k, cmd, needs, _ in todo if k in pending and not any(n in pending or n in running for n in needs)]
+        for key, cmd in ready[:workers - len(running)]:
+            log = os.path.join(ROOT, "runs/logs", key.replace("/", "_").replace(" ", "_") + ".log")
+            threads = workers if not running and len(ready) == 1 else 1  # alone: every core; idle OpenMP threads spin
+            print(f"[pipeline] start {key}: python {' '.join(cmd)}  ({threads} thread(s), log "
+                  f"{os.path.relpath(log, ROOT)})", flush=True)
+            with open(log, "w") as f:
+                proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            running[key] = (proc, time.time(), log)
+            pending.discard(key)
         time.sleep(0.5)
         for key, (proc, t, log) in list(running.items()):
             if proc.poll() is None:

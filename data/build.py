@@ -159,9 +159,12 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
     other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs
                   if not any(n in world.by_name for n, _ in q.lookups)]
+
+    def observe_other(query):
+        return env.format_observation(other_search.search([query], topk)[0]), None
+
     for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
-        segments = workflow_trajectory(other, q, lambda query: (env.format_observation(other_search.search([query], topk)[0]), None))
-        response = "".join(s["text"] for s in segments)
+        response = "".join(s["text"] for s in workflow_trajectory(other, q, observe_other))
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
                      "question": q.question, "response": response})
     rng.shuffle(base)
