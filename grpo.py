@@ -117,7 +117,7 @@ def main():
                          "that holds from batch to batch (README, bench/grpo_signal.py); '.' trains all "
                          "(then use a small lr: ~1e-4 on the embedded world, ~1e-6 for a 7B model)")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
-    ap.add_argument("--micro-tokens", type=int, default=8192,
+    ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (upstream 0.6)")
     ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")

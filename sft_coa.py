@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
     ap.add_argument("--file", default="stage2.jsonl", help="trajectories in --data (workflow.jsonl: the "
                     "workflow baseline's model, which reads what a controller retrieved but never acts)")
-    ap.add_argument("--micro-tokens", type=int, default=8192,
+    ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's batch is split by length to fit)")
     args = ap.parse_args()
     stage = 2 if args.mask_obs else 3

@@ -42,6 +42,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out="runs/sft1", lr=3e-4, steps=80, batch_size=16)
     ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (upstream 0.2)")
+    ap.add_argument("--micro-tokens", type=int, default=2048,
+                    help="padded tokens per forward/backward (a step's pairs are split by length to fit)")
     args = ap.parse_args()
 
     # -------------------------------------------------------------------------
@@ -69,18 +71,26 @@ def main():
         f"{d} {sum(r['direction'] == d for r in pairs)}" for d in ("search", "answer")))
 
     # -------------------------------------------------------------------------
-    # loss on a batch of pairs: chosen and rejected rows go through one forward
+    # loss on a batch of pairs: a pair's chosen and rejected rows go through one forward together
 
-    def loss_fn(batch):
-        seqs = [c for c, _ in batch] + [r for _, r in batch]  # chosen rows first, then rejected
-        lp, m = common.sequence_logprobs(model, common.pad([s[0] for s in seqs]), common.pad([s[1] for s in seqs]),
-                                         run.device)
-        p_c, p_r = mean_logprob(lp, m).chunk(2)
-        per_pair = contrastive_loss(p_c, p_r, args.lam)
+    def loss_backward(batch):
+        """Backward of the batch's mean pair loss, in micro-batches of pairs of similar length (less
+        padding, same gradient: the loss is a sum over pairs, and a pair never straddles two). Returns
+        the batch's logged statistics."""
         n = run.all_sum(len(batch))
-        stats = {k: run.all_sum(v.sum().item()) / n for k, v in
-                 (("loss", per_pair), ("logp_chosen", p_c), ("logp_rejected", p_r), ("acc", (p_c > p_r).float()))}
-        return per_pair.sum() / n * run.world, stats
+        sums = dict.fromkeys(("loss", "logp_chosen", "logp_rejected", "acc"), 0.0)
+        pair_len = [max(len(c[0]), len(r[0])) for c, r in batch]
+        for mb in common.length_batches(pair_len, args.micro_tokens // 2, run):
+            seqs = [batch[i][0] for i in mb] + [batch[i][1] for i in mb]  # chosen rows first, then rejected
+            lp, m = common.sequence_logprobs(model, common.pad([s[0] for s in seqs]),
+                                             common.pad([s[1] for s in seqs]), run.device)
+            p_c, p_r = mean_logprob(lp, m).chunk(2)
+            per_pair = contrastive_loss(p_c, p_r, args.lam)
+            (per_pair.sum() / n * run.world).backward()
+            for k, v in (("loss", per_pair), ("logp_chosen", p_c), ("logp_rejected", p_r),
+                         ("acc", (p_c > p_r).float())):
+                sums[k] += v.detach().sum()
+        return {k: run.all_sum(float(v)) / n for k, v in sums.items()}
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
@@ -92,9 +102,8 @@ def main():
     metrics = common.Metrics(run, args.out, args.steps, start, "sft-1")
     for step in range(start, args.steps):
         batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
-        loss, stats = loss_fn(batch)
-        common.check_finite(stats["loss"], step, args.out)
-        loss.backward()
+        stats = loss_backward(batch)
+        common.check_finite(stats["loss"], step, args.out)  # before the optimizer step: the weights stay as they were
         gnorm = common.clip_and_step(model, opt, step, args)
         metrics.tick()
         if step % args.log_every == 0 or step == args.steps - 1:

@@ -424,6 +424,22 @@ def test_sft_contrastive_loss_and_margin(sft1):
     assert_complete_checkpoint(common.latest_checkpoint(sft1), 20)
 
 
+def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
+    """One pair per forward (--micro-tokens 2) and every pair in one forward: the same losses and weights,
+    so the micro-batches keep each pair's chosen and rejected rows together and weight every pair alike."""
+    runs = {}
+    for mt in (2, 100_000):
+        runs[mt] = out = str(tmp / f"sft1_micro{mt}")
+        run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 4,
+                   "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--max-len", 256, "--micro-tokens", mt)
+    one, many = metrics(runs[100_000]), metrics(runs[2])
+    for r1, r2 in zip(one, many, strict=True):
+        for k in ("loss", "logp_chosen", "logp_rejected", "acc", "grad_norm"):
+            assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-6), (r1["step"], k)
+    a, b = (weights(common.latest_checkpoint(runs[mt])) for mt in (2, 100_000))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)  # as the FSDP test: Adam amplifies ~0 gradients
+
+
 def test_sft_coa_stage2_and_stage3(sft2, sft3):
     (out2, log2), (out3, log3) = sft2, sft3
     for out, n in ((out2, 40), (out3, 20)):
