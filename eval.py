@@ -35,7 +35,8 @@ keeping the cache, which is simple and exact. The same processor enforces each r
 Budgets: --max-new-tokens counts everything after the prompt, observations included, for every policy.
 Metrics: EM / F1 of env.extract_answer(completion) (no answer scores 0), mean actions (retrieval steps,
 whoever drove them; the agent's refused ones too) and mean real search calls, overall, by hops and by
-question type.
+question type. On the embedded world, also stage 1's "when to act" for the agent: at its first step, how
+often it searches when the question's first entity is known vs unknown to it (world.json `known`).
 
 World-model probe (--probe): for dev questions that need a search, run the agent (real), and at each of
 its actions let the model write the observation itself (sim mode) from the same prefix; report how often
@@ -190,13 +191,15 @@ def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_ne
 # scoring
 
 
-def record(row, policy, r):
-    """One scored trajectory (a JSONL line)."""
+def record(row, policy, r, first_known=None):
+    """One scored trajectory (a JSONL line). first_known: whether the model knows the entity of the
+    question's first lookup (embedded world: world.json), None if not known to the evaluation."""
     pred = env.extract_answer(r.text)
     return {"id": row.get("id"), "question": row["question"], "answers": row["answers"], "hops": row.get("hops"),
             "type": row.get("type"), "policy": policy, "prediction": pred,
             "em": env.exact_match(pred, row["answers"]), "f1": env.f1_score(pred, row["answers"]),
             "n_actions": r.n_actions, "n_tool_calls": r.n_tool_calls, "finish": r.finish,
+            "first_step_search": env.TAGS.search_open in r.text.split("\n", 1)[0], "first_known": first_known,
             "queries": r.queries, "text": r.text}
 
 
@@ -208,26 +211,46 @@ def bucket(records):
             "searches": mean("n_tool_calls")}
 
 
+def when_to_act(records):
+    """Stage 1's skill, "when to act", at the first step: how often the first line opens a search when the
+    question's first entity is known vs unknown to the model, and the share of questions where it searched
+    exactly when the entity was unknown. None without first_known (a dataset that is not the world)."""
+    judged = [r for r in records if r.get("first_known") is not None]
+    if not judged:
+        return None
+    rate = lambda rs: sum(r["first_step_search"] for r in rs) / len(rs) if rs else None  # noqa: E731
+    known, unknown = [r for r in judged if r["first_known"]], [r for r in judged if not r["first_known"]]
+    return {"n_known": len(known), "search_known": rate(known), "n_unknown": len(unknown),
+            "search_unknown": rate(unknown),
+            "accuracy": sum(r["first_step_search"] != r["first_known"] for r in judged) / len(judged)}
+
+
 def score(records, name=""):
     """Summary of scored records: overall, by hops (1-4 always, plus any others; keys are strings so the
-    JSON round-trips) and by question type."""
+    JSON round-trips), by question type, and the first step's when-to-act decision."""
     hops = sorted(set(HOPS) | {r["hops"] for r in records if r["hops"] is not None})
     types = sorted({str(r["type"]) for r in records})
     return {"name": name, "overall": bucket(records),
             "by_hops": {str(h): bucket([r for r in records if r["hops"] == h]) for h in hops},
-            "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types}}
+            "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types},
+            "when_to_act": when_to_act(records)}
 
 
-def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, **kw):
+def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, world=None, **kw):
     """Run `policy` on question rows ({"question", "answers", "hops", "type"}) in batches ->
-    (summary dict, per-question records). kw: run_policy's (mode, max_new_tokens, max_actions, topk,
-    obs_max_tokens, trigger, logits_processor)."""
+    (summary dict, per-question records). world: the embedded world's world.json (for when_to_act), or
+    None. kw: run_policy's (mode, max_new_tokens, max_actions, topk, obs_max_tokens, trigger,
+    logits_processor)."""
+    known = {e["name"]: e["known"] for e in world["entities"]} if world else {}
+    lookups = world["question_lookups"] if world else {}
+    first_known = lambda row: known[lookups[row["id"]][0][0]] if row.get("id") in lookups else None  # noqa: E731
     records, t0 = [], time.perf_counter()
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
         rolls = run_policy(policy, model, tok, prompts, [row["question"] for row in batch], tool, **kw)
-        records += [record(row, policy, r) for row, r in zip(batch, rolls)]
+        records += [record(row, policy, r, first_known(row) if policy == "agent" else None)  # only an agent decides
+                    for row, r in zip(batch, rolls)]
         print(f"[{policy}] {len(records)}/{len(rows)}  EM {bucket(records)['em']:.3f}", file=sys.stderr)
     summary = score(records, name or policy)
     summary.update(policy=policy, mode=kw.get("mode", "real") if policy == "agent" else None,
@@ -255,6 +278,12 @@ def format_table(summaries):
                 v = None if b is None or b["n"] == 0 else b[key] * (100 if key in ("em", "f1") else 1)
                 cells.append(f"{'-' if v is None else fmt.format(v):>11}")
             out.append(f"{s['name']:<{width}} " + " ".join(cells))
+        out.append("")
+    acts = [s for s in summaries if s.get("when_to_act")]
+    if acts:
+        out.append("when to act (first step): searches when the entity is known / unknown, accuracy")
+        out += [f"{s['name']:<{width}} {100 * (w := s['when_to_act'])['search_known']:>10.1f}% "
+                f"{100 * w['search_unknown']:>10.1f}% {100 * w['accuracy']:>10.1f}%" for s in acts]
         out.append("")
     return "\n".join(out)
 
@@ -472,11 +501,13 @@ def main(argv=None):
     gen = dict(max_new_tokens=args.max_new_tokens, max_actions=args.max_actions, topk=args.topk,
                obs_max_tokens=args.obs_max_tokens)
 
-    if args.probe:
-        if not os.path.isfile(os.path.join(args.data, "world.json")):
-            ap.error(f"--probe needs the embedded world's {args.data}/world.json (python -m data.build)")
+    world = None  # the embedded world's facts: who is known (when_to_act) and every lookup (--probe)
+    if os.path.isfile(os.path.join(args.data, "world.json")):
         with open(os.path.join(args.data, "world.json"), encoding="utf-8") as f:
             world = json.load(f)
+    if args.probe:
+        if world is None:
+            ap.error(f"--probe needs the embedded world's {args.data}/world.json (python -m data.build)")
         summary, records = probe(model, tok, rows, world, tool, args.batch_size, **gen)
         write_jsonl(out, records)
         with open(base + ".summary.json", "w") as f:
@@ -488,7 +519,7 @@ def main(argv=None):
     for policy in args.policy:
         label = f"{name}:{policy}" + ("-sim" if policy == "agent" and args.mode == "sim" else "")
         s, recs = evaluate(model, tok, rows, policy, tool, name=label, batch_size=args.batch_size,
-                           mode=args.mode, trigger=args.trigger, **gen)
+                           mode=args.mode, trigger=args.trigger, world=world, **gen)
         summaries.append(s)
         records += recs
     write_jsonl(out, records)

@@ -2,8 +2,8 @@
 
 Trains every model of the paper's Table 1 with each stage's default settings, evaluates them all
 on the test split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1:
-EM overall and by number of hops, F1, and real search calls (per question at evaluation, and in
-total during RL training).
+EM overall and by number of hops, F1, real search calls (per question at evaluation, and in total
+during RL training), and each agent's first-step "when to act" (eval.when_to_act).
 
     python pipeline.py                       # everything, into runs/
     python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
@@ -163,13 +163,15 @@ PAPER_AVG_EM = {"no tool": 11.8, "workflow": 15.2, "SFT-1": 22.7, "SFT-2": 29.5,
 def table(results):
     """A Markdown table shaped like the paper's Table 1, with EM by hops instead of by dataset."""
     lines = ["| method | EM | 1 hop | 2 hops | 3 hops | 4 hops | F1 | searches / question | real searches in RL "
-             "| paper avg EM (7B) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| first step searches: known / unknown entity | paper avg EM (7B) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results:
-        o, h = s["overall"], s["by_hops"]
+        o, h, w = s["overall"], s["by_hops"], s.get("when_to_act")
         em = lambda b: f"{100 * b['em']:.1f}" if b.get("n") else "-"  # noqa: E731
+        act = f"{100 * w['search_known']:.0f}% / {100 * w['search_unknown']:.0f}%" if w else "-"
         lines.append(f"| {s['name']} | {em(o)} | " + " | ".join(em(h.get(str(k), {})) for k in (1, 2, 3, 4)) +
                      f" | {100 * o['f1']:.1f} | {o['searches']:.2f} | {s['rl_real_search_calls'] or 0} "
-                     f"| {PAPER_AVG_EM.get(s['name'], '-')} |")
+                     f"| {act} | {PAPER_AVG_EM.get(s['name'], '-')} |")
     return "\n".join(lines)
 
 

@@ -144,6 +144,31 @@ def test_score_by_hops_and_type_on_hand_made_records():
     assert "other" in table and "3-hop" in table
 
 
+def test_when_to_act_by_hand():
+    def rec(text, known):
+        return {"hops": 1, "type": "composition", "em": 0.0, "f1": 0.0, "n_actions": 0, "n_tool_calls": 0,
+                "first_step_search": ev.record({"question": "q", "answers": ["a"]}, "agent", R(text))
+                ["first_step_search"], "first_known": known}
+
+    class R:
+        n_actions = n_tool_calls = 0
+        finish, queries = "eos", []
+
+        def __init__(self, text):
+            self.text = text
+    search = f"I need the country of Lopi Fiben. I will search for it. {env.TAGS.search_open} Lopi Fiben country"
+    recall = f"I need the country of Lopi Fiben. I remember that it is Farut.\nLater: {env.TAGS.search_open} x"
+    records = [rec(search, False), rec(search, False), rec(recall, False),  # unknown: searched 2 of 3
+               rec(recall, True), rec(search, True),                        # known: searched 1 of 2
+               rec(search, None)]                                           # not judged
+    assert [r["first_step_search"] for r in records] == [True, True, False, False, True, True]
+    w = ev.score(records)["when_to_act"]
+    assert w == {"n_known": 2, "search_known": 0.5, "n_unknown": 3, "search_unknown": pytest.approx(2 / 3),
+                 "accuracy": 0.6}  # right: the 2 searches on unknown + the 1 recall on known, of 5
+    assert ev.score(records[-1:])["when_to_act"] is None
+    assert "when to act" in ev.format_table([ev.score(records, "m")])
+
+
 def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
     class R:
         n_actions, n_tool_calls, finish, queries = 1, 1, "eos", ["q"]
@@ -174,9 +199,12 @@ def test_agent_policy_scripted_search_is_scored(tok, model, rows, world, bm25):
     plan = [f"I need the {rel} of {name}. I will search for it. {TAGS.search_open} {name} {rel} {TAGS.search_close}",
             f"The search result says that {said(name, rel, value)}\n{ending(value)}"]
     tool = RecordingTool(bm25)
-    s, recs = ev.evaluate(model, tok, [row], "agent", tool, max_new_tokens=600, topk=1,
+    s, recs = ev.evaluate(model, tok, [row], "agent", tool, max_new_tokens=600, topk=1, world=world,
                           logits_processor=Script(tok, {row["question"]: plan}))
     assert tool.calls == [[f"{name} {rel}"]]
+    known = next(e["known"] for e in world["entities"] if e["name"] == name)
+    assert recs[0]["first_step_search"] and recs[0]["first_known"] == known  # searched at its first step
+    assert s["when_to_act"]["accuracy"] == (0.0 if known else 1.0)
     assert recs[0]["prediction"] == str(value) and recs[0]["em"] == 1.0 and recs[0]["n_tool_calls"] == 1
     assert s["overall"]["em"] == 1.0 and s["by_hops"]["1"]["searches"] == 1.0
     assert fact_sentence(name, rel, value) in recs[0]["text"]  # the real page came back

@@ -26,3 +26,15 @@ def test_a_failed_job_stops_the_pipeline_and_names_its_log(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match=r"bad failed \(exit 1\); see .*bad\.log"):
         pipeline.run_jobs([job("ok"), ("bad", ["-c", "raise SystemExit(1)"], [], None), job("after", ["bad"])], 2, {})
     assert not (tmp_path / "after").exists()
+
+
+def test_table_rows_by_hand():
+    def summary(name, em, w=None, rl_calls=0):
+        b = {"n": 4, "em": em, "f1": em, "searches": 1.25}
+        return {"name": name, "overall": b, "by_hops": {"1": b, "2": {"n": 0}}, "when_to_act": w,
+                "rl_real_search_calls": rl_calls}
+    w = {"search_known": 0.01, "search_unknown": 0.984, "accuracy": 0.99}
+    lines = pipeline.table([summary("SFT-2", 0.5, w), summary("no tool", 0.25, rl_calls=None)]).split("\n")
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == lines[3].count("|")
+    assert lines[2] == "| SFT-2 | 50.0 | 50.0 | - | - | - | 50.0 | 1.25 | 0 | 1% / 98% | 29.5 |"
+    assert lines[3] == "| no tool | 25.0 | 25.0 | - | - | - | 25.0 | 1.25 | 0 | - | 11.8 |"
