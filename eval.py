@@ -191,15 +191,17 @@ def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_ne
 # scoring
 
 
-def record(row, policy, r, first_known=None):
-    """One scored trajectory (a JSONL line). first_known: whether the model knows the entity of the
-    question's first lookup (embedded world: world.json), None if not known to the evaluation."""
+def record(row, policy, r, first=None):
+    """One scored trajectory (a JSONL line). first: (name, known) of the entity of the question's first
+    lookup and whether the model knows it (embedded world: world.json), or None."""
     pred = env.extract_answer(r.text)
     return {"id": row.get("id"), "question": row["question"], "answers": row["answers"], "hops": row.get("hops"),
             "type": row.get("type"), "policy": policy, "prediction": pred,
             "em": env.exact_match(pred, row["answers"]), "f1": env.f1_score(pred, row["answers"]),
             "n_actions": r.n_actions, "n_tool_calls": r.n_tool_calls, "finish": r.finish,
-            "first_step_search": env.TAGS.search_open in r.text.split("\n", 1)[0], "first_known": first_known,
+            "first_step_search": env.TAGS.search_open in r.text.split("\n", 1)[0],
+            "first_known": first[1] if first else None,
+            "first_step_names": first[0] in r.text.split("\n", 1)[0] if first else None,
             "queries": r.queries, "text": r.text}
 
 
@@ -214,15 +216,17 @@ def bucket(records):
 def when_to_act(records):
     """Stage 1's skill, "when to act", at the first step: how often the first line opens a search when the
     question's first entity is known vs unknown to the model, and the share of questions where it searched
-    exactly when the entity was unknown. None without first_known (a dataset that is not the world)."""
+    exactly when the entity was unknown. Also how often that line names the entity at all (a model that
+    writes another name decides about the wrong entity). None without first_known (not the world)."""
     judged = [r for r in records if r.get("first_known") is not None]
     if not judged:
         return None
-    rate = lambda rs: sum(r["first_step_search"] for r in rs) / len(rs) if rs else None  # noqa: E731
+    rate = lambda rs, key: sum(r[key] for r in rs) / len(rs) if rs else None  # noqa: E731
     known, unknown = [r for r in judged if r["first_known"]], [r for r in judged if not r["first_known"]]
-    return {"n_known": len(known), "search_known": rate(known), "n_unknown": len(unknown),
-            "search_unknown": rate(unknown),
-            "accuracy": sum(r["first_step_search"] != r["first_known"] for r in judged) / len(judged)}
+    return {"n_known": len(known), "search_known": rate(known, "first_step_search"), "n_unknown": len(unknown),
+            "search_unknown": rate(unknown, "first_step_search"),
+            "accuracy": sum(r["first_step_search"] != r["first_known"] for r in judged) / len(judged),
+            "names_known": rate(known, "first_step_names"), "names_unknown": rate(unknown, "first_step_names")}
 
 
 def score(records, name=""):
@@ -243,13 +247,16 @@ def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, worl
     logits_processor)."""
     known = {e["name"]: e["known"] for e in world["entities"]} if world else {}
     lookups = world["question_lookups"] if world else {}
-    first_known = lambda row: known[lookups[row["id"]][0][0]] if row.get("id") in lookups else None  # noqa: E731
+
+    def first(row):  # (name, known) of the entity the question's first lookup is about, or None
+        name = lookups[row["id"]][0][0] if row.get("id") in lookups else None
+        return (name, known[name]) if name else None
     records, t0 = [], time.perf_counter()
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
         rolls = run_policy(policy, model, tok, prompts, [row["question"] for row in batch], tool, **kw)
-        records += [record(row, policy, r, first_known(row) if policy == "agent" else None)  # only an agent decides
+        records += [record(row, policy, r, first(row) if policy == "agent" else None)  # only an agent decides
                     for row, r in zip(batch, rolls)]
         print(f"[{policy}] {len(records)}/{len(rows)}  EM {bucket(records)['em']:.3f}", file=sys.stderr)
     summary = score(records, name or policy)
@@ -281,9 +288,11 @@ def format_table(summaries):
         out.append("")
     acts = [s for s in summaries if s.get("when_to_act")]
     if acts:
-        out.append("when to act (first step): searches when the entity is known / unknown, accuracy")
-        out += [f"{s['name']:<{width}} {100 * (w := s['when_to_act'])['search_known']:>10.1f}% "
-                f"{100 * w['search_unknown']:>10.1f}% {100 * w['accuracy']:>10.1f}%" for s in acts]
+        out.append("when to act (first step), % of questions: searches if the entity is known / unknown, "
+                   "right decision; names the entity if known / unknown")
+        pct = lambda v: f"{'-':>11}" if v is None else f"{100 * v:>10.1f}%"  # noqa: E731  (no such questions)
+        out += [f"{s['name']:<{width}} " + " ".join(pct(s["when_to_act"][k]) for k in (
+            "search_known", "search_unknown", "accuracy", "names_known", "names_unknown")) for s in acts]
         out.append("")
     return "\n".join(out)
 

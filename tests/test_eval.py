@@ -145,28 +145,30 @@ def test_score_by_hops_and_type_on_hand_made_records():
 
 
 def test_when_to_act_by_hand():
-    def rec(text, known):
-        return {"hops": 1, "type": "composition", "em": 0.0, "f1": 0.0, "n_actions": 0, "n_tool_calls": 0,
-                "first_step_search": ev.record({"question": "q", "answers": ["a"]}, "agent", R(text))
-                ["first_step_search"], "first_known": known}
-
     class R:
         n_actions = n_tool_calls = 0
         finish, queries = "eos", []
 
         def __init__(self, text):
             self.text = text
+
+    def rec(text, known, name="Lopi Fiben"):
+        first = None if known is None else (name, known)
+        return ev.record({"question": "q", "answers": ["a"], "hops": 1}, "agent", R(text), first)
     search = f"I need the country of Lopi Fiben. I will search for it. {env.TAGS.search_open} Lopi Fiben country"
     recall = f"I need the country of Lopi Fiben. I remember that it is Farut.\nLater: {env.TAGS.search_open} x"
-    records = [rec(search, False), rec(search, False), rec(recall, False),  # unknown: searched 2 of 3
-               rec(recall, True), rec(search, True),                        # known: searched 1 of 2
-               rec(search, None)]                                           # not judged
+    records = [rec(search, False), rec(search, False, "Dule Mumo"), rec(recall, False),  # unknown: searched 2 of 3
+               rec(recall, True), rec(search, True),                                    # known: searched 1 of 2
+               rec(search, None)]                                                       # not judged
     assert [r["first_step_search"] for r in records] == [True, True, False, False, True, True]
+    assert [r["first_step_names"] for r in records] == [True, False, True, True, True, None]
     w = ev.score(records)["when_to_act"]
     assert w == {"n_known": 2, "search_known": 0.5, "n_unknown": 3, "search_unknown": pytest.approx(2 / 3),
-                 "accuracy": 0.6}  # right: the 2 searches on unknown + the 1 recall on known, of 5
+                 "accuracy": 0.6,  # right: the 2 searches on unknown + the 1 recall on known, of 5
+                 "names_known": 1.0, "names_unknown": pytest.approx(2 / 3)}
     assert ev.score(records[-1:])["when_to_act"] is None
-    assert "when to act" in ev.format_table([ev.score(records, "m")])
+    table = ev.format_table([ev.score(records, "m"), ev.score(records[3:5], "known only")])
+    assert table.split("\n")[-2].split() == ["known", "only", "50.0%", "-", "50.0%", "100.0%", "-"]
 
 
 def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
@@ -203,7 +205,7 @@ def test_agent_policy_scripted_search_is_scored(tok, model, rows, world, bm25):
                           logits_processor=Script(tok, {row["question"]: plan}))
     assert tool.calls == [[f"{name} {rel}"]]
     known = next(e["known"] for e in world["entities"] if e["name"] == name)
-    assert recs[0]["first_step_search"] and recs[0]["first_known"] == known  # searched at its first step
+    assert recs[0]["first_step_search"] and recs[0]["first_step_names"] and recs[0]["first_known"] == known
     assert s["when_to_act"]["accuracy"] == (0.0 if known else 1.0)
     assert recs[0]["prediction"] == str(value) and recs[0]["em"] == 1.0 and recs[0]["n_tool_calls"] == 1
     assert s["overall"]["em"] == 1.0 and s["by_hops"]["1"]["searches"] == 1.0
