@@ -68,8 +68,8 @@ ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoi
     ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
 ]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
-# the longest side job (GRPO from the base model, 412 s of 3,313 in the last full run), so that the last
-# minutes are filled by short evaluations instead of one long job alone on a core.
+# the longest side job (GRPO from the base model), so that the last minutes are filled by short
+# evaluations instead of one long job alone on a core.
 ORDER = CHAIN + ["runs/rl", "runs/rl2_only", "runs/rl2_sft3", "runs/sft2_only", "runs/workflow", "runs/rl2_sft12"]
 
 
