@@ -109,9 +109,9 @@ def sample_token(logits, temperature=1.0, top_p=1.0, generator=None):
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(outside, 0.0))
     # Inverse CDF: the first token whose cumulative mass exceeds u ~ U[0, total). An exact draw from p
     # that, unlike torch.multinomial, never syncs with the host, and needs one random number per row
-    # instead of one per vocabulary entry (the exponential race, argmax(p / E), spent 23% of CPU sampling
-    # time drawing them). fp64 cumsum, fp32 u: u <= (1 - 2^-24) * total stays below total, so the token
-    # found always has p > 0 (right=True also skips zero-mass tokens at u = 0).
+    # instead of one per vocabulary entry (as the exponential race, argmax(p / E), does). fp64 cumsum,
+    # fp32 u: u <= (1 - 2^-24) * total stays below total, so the token found always has p > 0
+    # (right=True also skips zero-mass tokens at u = 0).
     cdf = probs.double().cumsum(-1)
     u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator).double() * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
