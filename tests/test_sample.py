@@ -348,6 +348,17 @@ def test_sample_token_distribution():
     assert counts[[0, 3, 4]].sum() == 0 and (counts[[2, 1]] - top2).abs().max() < 0.01
 
 
+@pytest.mark.parametrize("u", [0.0, 1 - 2 ** -24])  # the smallest and the largest fp32 torch.rand can return
+def test_sample_token_never_draws_a_zero_probability_token(monkeypatch, u):
+    """At either end of u's range the inverse-CDF draw lands on a token with p > 0: zero-mass tokens
+    before the first, between and after the last (as top_p leaves them) are never returned."""
+    logits = torch.tensor([[float("-inf"), 0.3, float("-inf"), 1.2, float("-inf")]] * 3)
+    logits[1, 3] = float("-inf")  # row 1: token 1 is the only one left
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u, dtype=torch.float32))
+    want = {0.0: [1, 1, 1], 1 - 2 ** -24: [3, 1, 3]}[u]
+    assert sample_token(logits, 1.0, 1.0).tolist() == want
+
+
 def test_compaction_keeps_rows_correct(tok, model):
     """Most rows end at once (eos scripted at step 2), so the cache is compacted; the survivors must
     decode exactly as they do alone."""
