@@ -194,14 +194,13 @@ def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_ne
 def record(row, policy, r, first=None):
     """One scored trajectory (a JSONL line). first: (name, known) of the entity of the question's first
     lookup and whether the model knows it (embedded world: world.json), or None."""
-    pred = env.extract_answer(r.text)
+    pred, first_line = env.extract_answer(r.text), r.text.split("\n", 1)[0]
     return {"id": row.get("id"), "question": row["question"], "answers": row["answers"], "hops": row.get("hops"),
             "type": row.get("type"), "policy": policy, "prediction": pred,
             "em": env.exact_match(pred, row["answers"]), "f1": env.f1_score(pred, row["answers"]),
             "n_actions": r.n_actions, "n_tool_calls": r.n_tool_calls, "finish": r.finish,
-            "first_step_search": env.TAGS.search_open in r.text.split("\n", 1)[0],
-            "first_known": first[1] if first else None,
-            "first_step_names": first[0] in r.text.split("\n", 1)[0] if first else None,
+            "first_step_search": env.TAGS.search_open in first_line, "first_known": first[1] if first else None,
+            "first_step_names": first[0] in first_line if first else None,
             "queries": r.queries, "text": r.text}
 
 

@@ -20,8 +20,8 @@ calls is logged every step and saved with each checkpoint.
 What is trained (--trainable): on the embedded world, only the final RMSNorm's scale (128 numbers), a
 per-channel inverse temperature of the logits. bench/grpo_signal.py measures why: on the 1.65M-parameter
 SFT-1&2&3 model, one step's gradient (16 prompts x 5 rollouts) points in a direction the next step does
-not repeat in every other weight (mean cosine between two steps' gradients from -0.02 to +0.05, most
-within +-0.01: noise, or close to it), and the same way in this one (cosine 0.48): "sharpen", which
+not repeat in every other weight (mean cosine between two steps' gradients from -0.03 to +0.02, most
+within +-0.01: noise, or close to it), and the same way in this one (cosine 0.46): "sharpen", which
 moves sampled rollouts toward the greedy one. Trained whole, the model took a random walk and held-out
 reward fell; trained this way, it rises (README). A real model with a larger batch trains all its
 weights: --trainable . --lr 1e-6.
