@@ -531,19 +531,57 @@ def check_grpo_run(out, spy, init, n_sim, n_steps):
 
 
 def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
-    """--sim-ratio 1 over 10 steps: 5 simulated, then 5 real, against a live retrieval server that counts
-    what it receives. With a reward for acting, the reward goes up."""
+    """--sim-ratio 1 over 6 steps: 3 simulated, then 3 real, against a live retrieval server that counts
+    what it receives. What must hold exactly is checked (modes, call counts, checkpoints); whether a few
+    noisy steps raise the reward is not (it depends on the CPU's float sums): the direction of the update
+    is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
     url, spy = search_server
     out = str(tmp / "rl")
     init = common.latest_checkpoint(sft3[0])
-    run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 10,
+    run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 6,
                "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3,
-               "--save-every", 5, "--search", url, "--trainable", ".")  # every weight
-    rows = check_grpo_run(out, spy, init, 5, 10)
+               "--save-every", 3, "--search", url, "--trainable", ".")  # every weight
+    rows = check_grpo_run(out, spy, init, 3, 6)
     assert len(spy.queries) > 0  # the real steps did call the tool
-    reward = [r["reward"] for r in rows]
-    assert sum(reward[-3:]) > sum(reward[:3]) + 0.3, reward
     assert any(r["grad_norm"] > 0 for r in rows)
+
+
+def test_grpo_update_widens_the_rewarded_gap(tok):
+    """The sign of GRPO's update on a designed case. One group of two completions, rewards 1 and 0 (advantages
+    +a and -a); at ratio 1 the loss's gradient is -a (g1 - g2) / n, so one small SGD step changes the gap
+    lp1 - lp2 by lr * a / n * |g1 - g2|^2 >= 0 to first order: the rewarded completion gains log-prob
+    relative to the other, on any CPU."""
+    net, _, _ = tiny_setup(tok)
+    prompt = tok.encode("What is the capital of Zovo?")
+    good, bad = tok.encode(" Lumen Tarsi."), tok.encode(" I remember Kelvo.")
+    ids = common.pad([prompt + good, prompt + bad])
+    mask = common.pad([[0] * len(prompt) + [1] * len(good), [0] * len(prompt) + [1] * len(bad)])
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    assert adv[0] > 0 > adv[1]
+
+    def seq_lp():
+        lp, m = common.sequence_logprobs(net, ids, mask, "cpu")
+        return lp, m, (lp * m).sum(1) / m.sum(1)
+
+    lp, m, before = seq_lp()
+    loss, _, _ = policy_loss(lp, lp.detach(), lp.detach(), adv, m, int(m.sum()), clip=0.2, kl_coef=0.0)
+    loss.backward()
+    with torch.no_grad():
+        for p in net.parameters():
+            p -= 1e-3 * p.grad
+        _, _, after = seq_lp()
+    gap_before, gap_after = (before[0] - before[1]).item(), (after[0] - after[1]).item()
+    assert gap_after > gap_before, (before.tolist(), after.tolist())
+    # the same step with the rewards swapped narrows it: the assertion above is about the sign of the update
+    net2, _, _ = tiny_setup(tok)
+    lp, m = common.sequence_logprobs(net2, ids, mask, "cpu")
+    policy_loss(lp, lp.detach(), lp.detach(), -adv, m, int(m.sum()), clip=0.2, kl_coef=0.0)[0].backward()
+    with torch.no_grad():
+        for p in net2.parameters():
+            p -= 1e-3 * p.grad
+        lp, m = common.sequence_logprobs(net2, ids, mask, "cpu")
+        swapped = (lp * m).sum(1) / m.sum(1)
+    assert (swapped[0] - swapped[1]).item() < gap_before
 
 
 def test_grpo_signal_bench_reports_every_weight_group(tmp, world, sft3):
