@@ -2,13 +2,16 @@
 
 Everything the sampler, the SFT data builders, GRPO and eval need from "the world outside the model":
   - the tag strings of the trajectory format and the instruction that tells the model about them,
-  - two search tools with one interface, `search(queries, topk) -> [[{"id", "contents", "score"}], ...]`:
+  - two search tools with one interface, `search(queries, topk) -> [[{"id", "contents", "score"}], ...]`,
+    `check()` (the start-up check a run makes: raises SearchError if the tool does not answer) and the
+    counters `calls`, `failed_calls`, `last_error`:
       BM25Search    an in-process Okapi BM25 index over a JSONL corpus (numpy inverted index),
-      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises),
+      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises, never hangs),
+  - `check_failures`: the rule that stops a run when too many searches failed,
   - `format_observation`: the exact text injected after the model's closing action tag,
   - `extract_query` / `extract_answer`, SQuAD-style EM / F1, and the binary RL `reward`,
-  - a Search-R1-compatible retrieval server (stdlib ThreadingHTTPServer) so that several training
-    processes can share one index.
+  - `python env.py serve`: the Search-R1-compatible retrieval server of server.py over a BM25 index, so
+    that several training processes can share one index.
 
 Simplified relative to the paper: the paper retrieves from wiki-18 with a dense/BM25 server; we ship a
 pure-numpy BM25 (no stemming, no stop words: ranks differ slightly from Pyserini's Lucene analyzer)
@@ -24,17 +27,20 @@ Commands:
 import argparse
 import json
 import re
+import socket
+import ssl
 import string
 import time
 import unicodedata
+import urllib.parse
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import astuple, dataclass
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-import requests
+
+from server import RetrievalServer  # noqa: F401  (env.RetrievalServer: the server lives in server.py)
 
 # ----------------------------------------------------------------------------- tags and instruction
 
@@ -132,6 +138,9 @@ class BM25Search:
         # The whole BM25 term weight is precomputed per posting: a query is then gather + sum.
         self.post_weight = (idf[post_term] * tf / (tf + norm[self.post_doc])).astype(np.float32)  # (P,)
         self.k1, self.b = k1, b
+        # RemoteSearch's counters, for one interface: in-process, a failure is an exception, never a None
+        self.calls = self.failed_calls = 0
+        self.last_error = None
 
     @classmethod
     def from_jsonl(cls, path, **kwargs):
@@ -140,11 +149,18 @@ class BM25Search:
     def __len__(self):
         return len(self.ids)
 
+    def check(self):
+        """The start-up check (one query), as RemoteSearch's; returns what the tool is."""
+        self._search_one("start-up check", 1)
+        return f"BM25Search over {len(self)} documents"
+
     def search(self, queries, topk=3):
         """Top-k documents per query. Only documents sharing a term with the query are returned, so a
         query of unknown words gets an empty list."""
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        queries = list(queries)
+        self.calls += len(queries)  # unsynchronised: exact for one caller (a run), approximate in the server
         return [self._search_one(q, topk) for q in queries]
 
     def _search_one(self, query, topk):
@@ -166,49 +182,132 @@ class BM25Search:
 # ----------------------------------------------------------------------------- remote search client
 
 
-class RemoteSearch:
-    """Client for a Search-R1-compatible server (ours below, or Search-R1's retrieval_server.py).
+class SearchError(RuntimeError):
+    """A search tool failed its start-up check, or more of a run's searches failed than it allows."""
 
-    `search` never raises: if the server is down, hangs, answers non-2xx, invalid JSON or the wrong
-    shape, every query of the batch gets None (the sampler turns that into "Retrieval failed.").
-    Time is bounded: retries + 1 attempts, each at most ~timeout (~3x timeout if the server trickles
-    bytes), with backoff * 2**i seconds of sleep between them. `last_error` keeps the latest failure.
+
+class HTTPStatusError(Exception):
+    def __init__(self, status, body):
+        super().__init__(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+        self.status = status
+
+
+class RemoteSearch:
+    """Client for a Search-R1-compatible server (server.py, or Search-R1's retrieval_server.py).
+
+    `search` never raises: when the server is down, hangs, trickles, answers non-2xx, invalid JSON or the
+    wrong shape, every query of the batch gets None (the sampler turns that into "Retrieval failed.").
+    `calls` counts the queries asked, `failed_calls` those answered None, `last_error` keeps the latest
+    failure; the caller decides when too many failed (check_failures). check() raises instead.
+    Time is bounded whatever the server does: at most retries + 1 attempts of at most `timeout` seconds
+    of wall clock each, with backoff * 2**i seconds of sleep between them. A 4xx is not retried: the
+    request is at fault, and sending it again cannot help.
     """
 
     def __init__(self, url, timeout=10.0, retries=2, backoff=0.5):
-        url = url.rstrip("/")
-        self.url = url if url.endswith("/retrieve") else url + "/retrieve"
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path.rstrip("/")
+        path = path if path.endswith("/retrieve") else path + "/retrieve"
+        self.url = f"{parts.scheme}://{parts.netloc}{path}"
+        self.host, self.path, self.tls = parts.hostname, path, parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.calls = self.failed_calls = 0
         self.last_error = None
+
+    def check(self):
+        """The start-up check: one query, answered; raises SearchError naming the server and the error."""
+        try:
+            self._request(["start-up check"], 1)
+        except Exception as e:
+            raise SearchError(f"search server {self.url} failed its start-up check: {type(e).__name__}: {e}") from None
+        return f"RemoteSearch {self.url}"
 
     def search(self, queries, topk=3):
         queries = list(queries)
         if not queries:
             return []
-        payload = {"queries": queries, "topk": topk, "return_scores": True}
+        self.calls += len(queries)
+        try:
+            return self._request(queries, topk)
+        except Exception as e:  # deliberately broad: a flaky tool must not crash a run; it is counted instead
+            self.failed_calls += len(queries)
+            self.last_error = f"{type(e).__name__}: {e}"
+            return [None] * len(queries)
+
+    def _request(self, queries, topk):
+        """The parsed result of one request, retried; raises the last attempt's error."""
+        body = json.dumps({"queries": queries, "topk": topk, "return_scores": True}).encode()
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                return self._post(payload, len(queries))
-            except Exception as e:  # deliberately broad: a flaky tool must not kill a training run
-                self.last_error = f"{type(e).__name__}: {e}"
-        return [None] * len(queries)
+                status, data = self._post(body)
+                if not 200 <= status < 300:
+                    raise HTTPStatusError(status, data)
+                result = json.loads(data).get("result")  # AttributeError if not an object: an error like the rest
+                if not isinstance(result, list) or len(result) != len(queries):
+                    raise ValueError(f"expected 'result' to be a list of {len(queries)} lists")
+                return [[_parse_hit(hit) for hit in hits] for hits in result]
+            except Exception as e:
+                error = e
+                if isinstance(e, HTTPStatusError) and 400 <= e.status < 500:
+                    break
+        raise error
 
-    def _post(self, payload, n):
+    def _post(self, body):
+        """One POST on a fresh connection -> (status, body bytes), in at most self.timeout seconds.
+
+        Why raw sockets: requests' and http.client's timeouts bound each socket read, not the whole
+        answer, so a server that sends a byte every few seconds keeps them waiting forever. Here every
+        blocking socket call gets the time left until the deadline as its timeout. The request is
+        HTTP/1.0 with Connection: close, so the answer has a Content-Length or ends when the server
+        closes, never in chunks. (A TLS handshake is bounded per step, not as a whole.)
+        """
         deadline = time.monotonic() + self.timeout
-        # requests' timeout bounds each socket wait, not the whole body: stream it against a deadline.
-        with requests.post(self.url, json=payload, timeout=self.timeout, stream=True) as r:
-            r.raise_for_status()
-            body = bytearray()
-            for chunk in r.iter_content(1 << 16):
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"response not complete after {self.timeout}s")
-        result = json.loads(body).get("result")  # AttributeError if not an object: caught above
-        if not isinstance(result, list) or len(result) != n:
-            raise ValueError(f"expected 'result' to be a list of {n} lists")
-        return [[_parse_hit(hit) for hit in hits] for hits in result]
+
+        def left():
+            t = deadline - time.monotonic()
+            if t <= 0:
+                raise TimeoutError(f"no complete answer within {self.timeout}s")
+            return t
+        head = (f"POST {self.path} HTTP/1.0\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        data, end, status, length = bytearray(), -1, None, None
+        try:
+            with socket.create_connection((self.host, self.port), timeout=left()) as sock:
+                if self.tls:
+                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+                sock.settimeout(left())
+                sock.sendall(head + body)  # one timeout for the whole sendall (Python >= 3.5)
+                while length is None or len(data) < end + 4 + length:  # until Content-Length bytes, or EOF
+                    sock.settimeout(left())
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if end < 0 and (end := data.find(b"\r\n\r\n")) >= 0:
+                        status, length = _http_head(bytes(data[:end]))
+        except TimeoutError:  # socket.timeout, from a wait that was given what was left
+            raise TimeoutError(f"no complete answer within {self.timeout}s ({len(data)} bytes came)") from None
+        if status is None:
+            raise ConnectionError("connection closed before the response headers ended")
+        if length is not None and len(data) < end + 4 + length:
+            raise ConnectionError(f"body shorter than its Content-Length ({len(data) - end - 4} of {length} bytes)")
+        return status, bytes(data[end + 4:])
+
+
+def _http_head(head):
+    """The status line and headers of a response -> (status, Content-Length or None)."""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    version, status = (status_line.split(" ") + [""])[:2]
+    if not version.startswith("HTTP/") or not status.isdigit():
+        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+    fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    if "transfer-encoding" in fields:
+        raise ValueError(f"Transfer-Encoding {fields['transfer-encoding']!r} in an answer to HTTP/1.0")
+    length = fields.get("content-length")
+    return int(status), int(length) if length is not None else None
 
 
 def _parse_hit(hit):
@@ -217,6 +316,14 @@ def _parse_hit(hit):
     if not isinstance(doc.get("contents"), str) or not isinstance(score, (int, float, type(None))):
         raise ValueError(f"malformed hit {str(hit)[:80]}")
     return {"id": str(doc.get("id", "")), "contents": doc["contents"], "score": score}
+
+
+def check_failures(failed, calls, max_fraction, where, last_error=None):
+    """Stop a run (SearchError) when more than max_fraction of `calls` searches failed: it must not go on
+    scoring or training on "Retrieval failed." as if the tool had answered."""
+    if calls and failed > max_fraction * calls:
+        raise SearchError(f"{where}: {failed} of {calls} searches failed, more than --max-search-failures "
+                          f"{max_fraction}; last error: {last_error}. Is the retrieval server up?")
 
 
 def make_search_tool(spec):
@@ -346,98 +453,6 @@ def reward(completion, golds, tags=TAGS):
     answer = extract_answer(completion, tags)
     return exact_match(answer, golds) if answer is not None else 0.0
 
-# ----------------------------------------------------------------------------- retrieval server
-
-
-class BadRequest(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-
-
-class RetrievalServer(ThreadingHTTPServer):
-    """Search-R1-compatible `POST /retrieve`, one thread per connection, sharing one read-only index.
-
-    request  {"queries": [str, ...], "topk": int, "return_scores": bool (optional, default false)}
-    response {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}   return_scores
-             {"result": [[{"id", "contents"}, ...], ...]}                                  otherwise
-    Bad requests get a 4xx with {"error": "..."}; `GET /health` answers {"status": "ok", "documents": N}.
-    """
-    daemon_threads = True
-
-    def __init__(self, search, host="127.0.0.1", port=0, topk_max=50, max_queries=512, max_body=1 << 20):
-        super().__init__((host, port), RetrieveHandler)
-        self.search, self.topk_max, self.max_queries, self.max_body = search, topk_max, max_queries, max_body
-
-    @property
-    def url(self):
-        return f"http://{self.server_address[0]}:{self.server_address[1]}/retrieve"
-
-
-class RetrieveHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: a training loop reuses its connection
-    timeout = 30  # seconds a connection may sit idle or stall mid-request before its thread gives up
-
-    def log_request(self, code="-", size="-"):  # no access log line per request; errors still print
-        pass
-
-    def do_GET(self):
-        if self.path == "/health":
-            self._send(200, {"status": "ok", "documents": len(self.server.search)})
-        else:
-            self._send(404, {"error": f"no such path {self.path!r}; use POST /retrieve"})
-
-    def do_POST(self):
-        try:
-            self._send(200, self._retrieve())
-        except BadRequest as e:
-            self._send(e.status, {"error": str(e)})
-        except Exception as e:  # a bug in search: answer 500 and keep serving
-            self.log_error("search failed: %r", e)
-            self._send(500, {"error": f"internal error: {type(e).__name__}"})
-
-    def _retrieve(self):
-        srv = self.server
-        if self.path.rstrip("/") != "/retrieve":
-            raise BadRequest(404, f"no such path {self.path!r}; use POST /retrieve")
-        try:
-            length = int(self.headers["Content-Length"])
-        except (TypeError, ValueError):
-            raise BadRequest(411, "a numeric Content-Length header is required") from None
-        if not 0 <= length <= srv.max_body:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            raise BadRequest(413, f"body must be at most {srv.max_body} bytes, got {length}")
-        try:
-            req = json.loads(self.rfile.read(length))
-        except ValueError:
-            raise BadRequest(400, "body is not valid JSON") from None
-        if not isinstance(req, dict):
-            raise BadRequest(400, "body must be a JSON object")
-        queries, topk, return_scores = req.get("queries"), req.get("topk"), req.get("return_scores", False)
-        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-            raise BadRequest(400, '"queries" must be a list of strings')
-        if len(queries) > srv.max_queries:
-            raise BadRequest(413, f"at most {srv.max_queries} queries per request, got {len(queries)}")
-        if type(topk) is not int or not 1 <= topk <= srv.topk_max:  # type(): a bool is an int in Python
-            raise BadRequest(400, f'"topk" must be an integer in [1, {srv.topk_max}], got {topk!r}')
-        if not isinstance(return_scores, bool):
-            raise BadRequest(400, '"return_scores" must be a boolean')
-        results = srv.search.search(queries, topk)
-        if return_scores:
-            return {"result": [[{"document": {"id": h["id"], "contents": h["contents"]}, "score": h["score"]}
-                                for h in hits] for hits in results]}
-        return {"result": [[{"id": h["id"], "contents": h["contents"]} for h in hits] for hits in results]}
-
-    def _send(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -449,6 +464,10 @@ def main(argv=None):
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
     serve.add_argument("--topk-max", type=int, default=50, help="largest topk a request may ask for")
+    serve.add_argument("--workers", type=int, default=8, help="threads that search (requests beyond wait their turn)")
+    serve.add_argument("--max-connections", type=int, default=1024, help="connections held at once (more get 503)")
+    serve.add_argument("--request-timeout", type=float, default=10.0,
+                       help="seconds a request has, from its first byte, to arrive whole (then 408)")
     search = sub.add_parser("search", help="run one query and print the hits and the observation text")
     search.add_argument("--corpus", required=True, help="JSONL corpus, or the http(s) URL of a running server")
     search.add_argument("--topk", type=int, default=3, help="number of documents to retrieve")
@@ -460,7 +479,8 @@ def main(argv=None):
     if isinstance(tool, BM25Search):
         print(f"indexed {len(tool)} documents, {len(tool.vocab)} terms in {time.perf_counter() - t0:.1f}s", flush=True)
     if args.command == "serve":
-        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max)
+        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max, workers=args.workers,
+                                 max_connections=args.max_connections, request_timeout=args.request_timeout)
         print(f"serving on {server.url}", flush=True)
         try:
             server.serve_forever()

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -218,6 +219,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests += 1
         status, body = self.server.reply
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -227,7 +229,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
 def fake_server(status, body):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeHandler)
-    srv.reply = (status, body)
+    srv.reply, srv.requests = (status, body), 0
     return start(srv)
 
 
@@ -255,12 +257,260 @@ def test_remote_search_failures_return_none(index, failure):
     t0 = time.monotonic()
     assert client.search(["a", "b"], topk=3) == [None, None]
     assert time.monotonic() - t0 < 3.0 and client.last_error
+    assert (client.calls, client.failed_calls) == (2, 2)
+    if failure != "wrong shape":  # one list is the right shape for the check's one query
+        with pytest.raises(env.SearchError, match=f"{client.url} failed its start-up check"):
+            client.check()
     assert format_observation(None) == f"\n\n{TAGS.result_open} Retrieval failed. {TAGS.result_close}\n\n"
     if sock:
         sock.close()
     if srv:
         srv.shutdown()
         srv.server_close()
+
+
+def trickle_server(interval):
+    """A server that answers every request with a valid response, one byte every `interval` seconds:
+    each byte comes long before a per-read timeout, so only a deadline on the whole answer ends the wait."""
+    answer = b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"result": [[]]}'
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip(conn):
+        with conn:
+            conn.recv(65536)
+            try:
+                for i in range(len(answer)):
+                    conn.sendall(answer[i:i + 1])
+                    time.sleep(interval)
+            except OSError:  # the client gave up: what it should do
+                pass
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_remote_search_deadline_holds_against_a_trickling_server():
+    listener, url = trickle_server(interval=0.25)
+    client = RemoteSearch(url, timeout=1.0, retries=1, backoff=0.1)
+    bound = (client.retries + 1) * client.timeout + client.backoff  # the docstring's stated bound: 2.1 s
+    t0 = time.monotonic()
+    assert client.search(["a", "b"], topk=3) == [None, None]
+    elapsed = time.monotonic() - t0
+    listener.close()
+    assert 2 * client.timeout <= elapsed <= bound + 0.5, elapsed  # both attempts ran to their deadline, no longer
+    assert (client.calls, client.failed_calls) == (2, 2) and "within 1.0s" in client.last_error
+
+
+@pytest.mark.parametrize("status, attempts", [(200, 1), (400, 1), (404, 1), (500, 3), (503, 3)])
+def test_remote_search_retries_5xx_but_not_4xx(status, attempts):
+    srv = fake_server(status, b'{"result": [[], []]}' if status == 200 else b'{"error": "x"}')
+    client = RemoteSearch(f"http://127.0.0.1:{srv.server_address[1]}", timeout=2.0, retries=2, backoff=0.01)
+    got = client.search(["a", "b"], topk=3)
+    srv.shutdown()
+    srv.server_close()
+    assert srv.requests == attempts  # counted by the server
+    assert got == ([[], []] if status == 200 else [None, None])
+    assert client.calls == 2 and client.failed_calls == (0 if status == 200 else 2)
+    assert status == 200 or client.last_error.startswith(f"HTTPStatusError: HTTP {status}")
+
+
+def test_search_tools_check_and_count(server, index):
+    assert index.check() == "BM25Search over 5 documents"
+    remote = RemoteSearch(server.url)
+    assert remote.check() == f"RemoteSearch {server.url}"
+    assert (remote.calls, remote.failed_calls, remote.last_error) == (0, 0, None)  # the check is not a call
+    remote.search(["berlin", "paris"], topk=1)
+    assert (remote.calls, remote.failed_calls) == (2, 0)
+    env.check_failures(1, 10, 0.1, "step 3")  # 10%: not more than allowed
+    env.check_failures(0, 0, 0.1, "step 3")   # no call, nothing failed
+    with pytest.raises(env.SearchError, match=r"step 3: 2 of 10 searches failed.*last error: boom"):
+        env.check_failures(2, 10, 0.1, "step 3", "boom")
+
+# ----------------------------------------------------------------------------- server under abuse
+
+
+def exchange(address, data, half_close=False, timeout=5.0):
+    """Send raw bytes on a fresh connection; everything the server sends until it closes. A server that
+    keeps the connection open makes this fail (socket.timeout): each test says which it expects."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def statuses(raw):
+    return [int(m) for m in re.findall(rb"^HTTP/1\.1 (\d{3}) ", raw, re.M)]
+
+
+@pytest.mark.parametrize("content_type, status", [
+    ("application/json", 200), ("application/json; charset=utf-8", 200), ("application/vnd.api+json", 200),
+    (None, 200),  # no header: JSON is assumed (http.client sends none)
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("multipart/form-data; boundary=x", 415),
+])
+def test_server_content_type(server, content_type, status):
+    conn = http.client.HTTPConnection(*server.server_address, timeout=5)
+    conn.request("POST", "/retrieve", json.dumps({"queries": ["berlin"], "topk": 1}),
+                 headers={"Content-Type": content_type} if content_type else {})
+    resp = conn.getresponse()
+    assert resp.status == status and ("result" if status == 200 else "error") in json.loads(resp.read())
+    conn.request("GET", "/health")  # the body was read: the connection goes on
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_server_deep_nesting_is_a_400_not_a_500(server):
+    r = post(server.url, b"[" * 200_000)
+    assert r.status_code == 400 and "nests too deep" in r.json()["error"]
+    r = post(server.url, b'{"queries": ' + b"[" * 100_000 + b"]" * 100_000 + b', "topk": 1}')
+    assert r.status_code == 400
+
+
+def test_server_short_body_is_a_400_and_closes(server):
+    out = exchange(server.server_address, b"POST /retrieve HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"queries\"",
+                   half_close=True)
+    assert statuses(out) == [400] and b"shorter than its Content-Length" in out and b"Connection: close" in out
+
+
+@pytest.mark.parametrize("framing", [b"", b"Transfer-Encoding: chunked\r\n", b"Content-Length: 12x\r\n",
+                                     b"Content-Length: 5\r\nContent-Length: 40\r\n"])
+def test_server_no_request_smuggling_after_a_framing_error(server, framing):
+    """A POST whose body length is unknown gets one error and the connection is closed: the bytes after
+    the headers (here a whole second request) are never read as a request of their own."""
+    smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = exchange(server.server_address, b"POST /retrieve HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n" + smuggled)
+    assert len(statuses(out)) == 1 and statuses(out)[0] in (400, 411) and b"documents" not in out
+
+
+def test_server_request_deadline_is_per_request_not_per_read(index):
+    """A request trickled one byte every 0.1 s never trips a per-read timeout; the deadline (1 s from its
+    first byte) ends it with a 408 and closes the connection."""
+    srv = start(RetrievalServer(index, port=0, request_timeout=1.0))
+    body = json.dumps({"queries": ["berlin"], "topk": 1}).encode()
+    request = b"POST /retrieve HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    sock = socket.create_connection(srv.server_address, timeout=5)
+
+    def drip():
+        try:
+            for i in range(len(request)):
+                sock.sendall(request[i:i + 1])
+                time.sleep(0.1)
+        except OSError:
+            pass
+    t0 = time.monotonic()
+    threading.Thread(target=drip, daemon=True).start()
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    elapsed = time.monotonic() - t0
+    sock.close()
+    srv.shutdown()
+    srv.server_close()
+    assert statuses(out) == [408] and 1.0 <= elapsed < 2.0, (out, elapsed)
+
+
+def test_server_bounded_worker_pool(index):
+    """8 requests at once to a server with 2 workers: never more than 2 searches run together, all answered."""
+    class Slow:
+        running = peak = 0
+        lock = threading.Lock()
+
+        def __len__(self):
+            return 1
+
+        def search(self, queries, topk):
+            with self.lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(0.2)
+            with self.lock:
+                self.running -= 1
+            return [[] for _ in queries]
+    slow = Slow()
+    srv = start(RetrievalServer(slow, port=0, workers=2))
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(post(srv.url, {"queries": ["x"], "topk": 1}).status_code))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    srv.shutdown()
+    srv.server_close()
+    assert codes == [200] * 8 and slow.peak == 2
+
+
+def test_server_listen_backlog_holds_a_burst_of_connects(index):
+    """Before the server accepts anything, 300 connects complete: the kernel queues them (backlog 1024).
+    With a backlog of 5, the 7th SYN would be dropped and its connect would wait a second to retry."""
+    srv = RetrievalServer(index, port=0)  # bound and listening, not serving yet
+    socks = [socket.create_connection(srv.server_address, timeout=0.5) for _ in range(300)]
+    start(srv)
+    assert requests.get(srv.url.replace("/retrieve", "/health"), timeout=5).status_code == 200
+    for s in socks:
+        s.close()
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_server_max_connections(index):
+    srv = start(RetrievalServer(index, port=0, max_connections=3))
+    held = []
+    for _ in range(3):  # three keep-alive connections, each known to be held (it answered)
+        conn = http.client.HTTPConnection(*srv.server_address, timeout=5)
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        held.append(conn)
+    out = exchange(srv.server_address, b"GET /health HTTP/1.1\r\n\r\n")
+    assert statuses(out) == [503]
+    held.pop().close()
+    time.sleep(0.2)  # the server notices the close
+    assert statuses(exchange(srv.server_address, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
+    for conn in held:
+        conn.close()
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_server_slow_connections_do_not_starve_others(index):
+    """200 connections each stuck mid-headers, on a server with 2 workers: a well-behaved client is still
+    answered at once (a thread-per-connection server with a bounded pool would make it wait)."""
+    srv = start(RetrievalServer(index, port=0, workers=2))
+    slow = [socket.create_connection(srv.server_address, timeout=5) for _ in range(200)]
+    for s in slow:
+        s.sendall(b"POST /retrieve HTTP/1.1\r\nContent-Le")
+    t0 = time.monotonic()
+    assert post(srv.url, {"queries": ["berlin"], "topk": 1}).json()["result"][0][0]["id"] == "d3"
+    assert time.monotonic() - t0 < 1.0
+    for s in slow:
+        s.close()
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_server_keep_alive_requests_do_not_wait_for_delayed_acks(server):
+    """Headers and body go out in one write: written in two, each response on a keep-alive connection
+    waits for the client's delayed ACK (Nagle), which takes tens of milliseconds."""
+    conn = http.client.HTTPConnection(*server.server_address, timeout=5)
+    body = json.dumps({"queries": ["berlin"], "topk": 1})
+    times = []
+    for _ in range(21):
+        t0 = time.perf_counter()
+        conn.request("POST", "/retrieve", body, headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    assert sorted(times)[10] < 0.02, times  # the median
 
 # ----------------------------------------------------------------------------- observations and actions
 
