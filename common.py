@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from model import Qwen2, num_params, replace_dir
 import env
-from tokenizer import Tokenizer, chat_prompt
+from tokenizer import Tokenizer
 
 
 # -----------------------------------------------------------------------------
@@ -33,7 +33,8 @@ from tokenizer import Tokenizer, chat_prompt
 
 def add_common_args(ap, out, lr, steps, batch_size):
     ap.add_argument("--init", default=None, help="HF-layout checkpoint to start from (model + tokenizer.json)")
-    ap.add_argument("--data", default="runs/world", help="world directory written by `python -m data.build`")
+    ap.add_argument("--data", default=None, help="directory of the stage's files (default without --init: the "
+                    "embedded world, runs/world; with --init it is required, e.g. from data/distill.py)")
     ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
@@ -77,6 +78,11 @@ class Run:
         self.dtype = getattr(torch, args.dtype) if args.dtype else (
             torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.master = self.rank == 0
+        if getattr(args, "data", "") is None:  # the embedded world is the default only for its own models
+            if getattr(args, "init", None):
+                raise SystemExit(f"--init {args.init} needs --data: the embedded world's data (runs/world) is only "
+                                 "the default without --init (for real questions: data/convert.py, data/distill.py)")
+            args.data = "runs/world"
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
@@ -199,8 +205,9 @@ def sequence_logprobs(model, ids, mask, device):
 
 
 def encode_prompt(tok, question):
-    """The generation prompt every stage (and the sampler) conditions on: R1 chat format + instruction."""
-    return tok.encode(chat_prompt(question, env.INSTRUCTION))
+    """The generation prompt every stage (and the sampler) conditions on: the checkpoint's chat template
+    + instruction, ending with `<think>` and a newline (tokenizer.Tokenizer.agent_prompt)."""
+    return tok.encode(tok.agent_prompt(question, env.INSTRUCTION))
 
 
 def encode_trajectory(tok, row, mask_obs, max_len):

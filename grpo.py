@@ -29,7 +29,7 @@ weights: --trainable . --lr 1e-6.
     python grpo.py --sim-ratio 5                   # embedded world: runs/sft3 -> runs/rl
     python grpo.py --sim-ratio 0 --out runs/rl_real  # all-real baseline
     python grpo.py --search http://127.0.0.1:8000  # a Search-R1-compatible retrieval server
-    python grpo.py --init path/to/qwen2 --trainable . --lr 1e-6   # every weight of a real checkpoint
+    python grpo.py --init DIR --data DIR --trainable . --lr 1e-6  # every weight of a real checkpoint
     torchrun --nproc_per_node 2 grpo.py            # FSDP2 (each rank samples its share of prompts)
 
 Simplified: no entropy bonus (upstream 0.001), because the fused log-prob kernel returns only the

@@ -47,11 +47,14 @@ TRAIN = {out: (cmd, [CHAIN[i - 1]] if i else []) for i, (out, cmd) in enumerate(
 TRAIN.update({
     "runs/rl": (["grpo.py", "--sim-ratio", "5"], ["runs/sft3"]),
     "runs/rl2_sft3": (["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"], ["runs/sft3"]),
-    "runs/sft2_only": (["sft_coa.py", "--mask-obs", "--init", "runs/base", "--out", "runs/sft2_only"], ["runs/base"]),
-    "runs/rl2_sft12": (["grpo.py", "--sim-ratio", "0", "--init", "runs/sft2", "--out", "runs/rl2_sft12"], ["runs/sft2"]),
-    "runs/rl2_only": (["grpo.py", "--sim-ratio", "0", "--init", "runs/base", "--out", "runs/rl2_only"], ["runs/base"]),
-    "runs/workflow": (["sft_coa.py", "--mask-obs", "--init", "runs/base", "--file", "workflow.jsonl", "--out",
-                       "runs/workflow"], ["runs/base"]),
+    "runs/sft2_only": (["sft_coa.py", "--mask-obs", "--data", "runs/world", "--init", "runs/base", "--out",
+                        "runs/sft2_only"], ["runs/base"]),
+    "runs/rl2_sft12": (["grpo.py", "--sim-ratio", "0", "--data", "runs/world", "--init", "runs/sft2", "--out",
+                        "runs/rl2_sft12"], ["runs/sft2"]),
+    "runs/rl2_only": (["grpo.py", "--sim-ratio", "0", "--data", "runs/world", "--init", "runs/base", "--out",
+                       "runs/rl2_only"], ["runs/base"]),
+    "runs/workflow": (["sft_coa.py", "--mask-obs", "--data", "runs/world", "--init", "runs/base", "--file",
+                       "workflow.jsonl", "--out", "runs/workflow"], ["runs/base"]),
 })
 ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoint and counts its real search calls)
     ("no tool", "runs/base", "none", "runs/base"),

