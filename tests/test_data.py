@@ -16,7 +16,6 @@ import pytest
 
 import env
 from data.build import build
-from data.convert import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ["corpus.jsonl", "base.jsonl", "stage1.jsonl", "stage2.jsonl", "workflow.jsonl", "rl.jsonl", "dev.jsonl",
@@ -247,82 +246,3 @@ def test_meta_counts_and_retrieval(files):
     world = files["world"]
     assert 0.4 < sum(e["known"] for e in world["entities"] if not e["distractor"]) / 230 < 0.6
     assert len(files["corpus"]) == len(world["entities"])
-
-
-# --------------------------------------------------------------------------- converters
-
-def write(path, data, jsonl=False):
-    with open(path, "w", encoding="utf-8") as f:
-        if jsonl:
-            f.writelines(json.dumps(r) + "\n" for r in data)
-        else:
-            json.dump(data, f)
-    return str(path)
-
-
-HOTPOT = [
-    {"_id": "h1", "question": "Which magazine started first, Arthur's or First for Women?", "answer": "Arthur's",
-     "type": "comparison", "level": "medium", "supporting_facts": [["Arthur's Magazine", 0]],
-     "context": [["Arthur's Magazine", ["Arthur's Magazine was a magazine.", " It started in 1844."]],
-                 ["First for Women", ["First for Women is a magazine."]]]},
-    {"_id": "h2", "question": "Who founded the magazine that started in 1844?", "answer": "T. S. Arthur",
-     "type": "bridge", "level": "hard", "supporting_facts": [],
-     "context": [["Arthur's Magazine", ["Arthur's Magazine was a magazine.", " It started in 1844."]]]},
-]
-
-
-def test_convert_hotpotqa(tmp_path):
-    n_rows, n_docs = convert("hotpotqa", write(tmp_path / "h.json", HOTPOT), str(tmp_path / "out"))
-    rows, corpus = read_jsonl(tmp_path / "out/test.jsonl"), read_jsonl(tmp_path / "out/corpus.jsonl")
-    assert (n_rows, n_docs) == (2, 2)
-    assert rows[0] == {"id": "h1", "question": HOTPOT[0]["question"], "answers": ["Arthur's"], "hops": 2,
-                       "type": "comparison"}
-    assert rows[1]["type"] == "bridge"
-    assert corpus[0] == {"id": "hotpotqa-0",
-                         "contents": "\"Arthur's Magazine\"\nArthur's Magazine was a magazine. It started in 1844."}
-    assert env.BM25Search(corpus).search(["first for women"], topk=1)[0][0]["id"] == "hotpotqa-1"
-
-
-def test_convert_2wiki(tmp_path):
-    ctx = [["Film A", ["Film A is a film.", "It was directed by Bo."]], ["Bo", ["Bo was born in 1950."]]]
-    data = [{"_id": f"w{i}", "type": t, "question": f"q{i}?", "answer": "Bo", "context": ctx,
-             "supporting_facts": [], "evidences": [["Film A", "director", "Bo"]] * n}
-            for i, (t, n) in enumerate([("compositional", 2), ("comparison", 2), ("inference", 2),
-                                        ("bridge_comparison", 4), ("new_type", 3)])]
-    convert("2wiki", write(tmp_path / "w.json", data), str(tmp_path / "out"), split="dev")
-    rows = read_jsonl(tmp_path / "out/dev.jsonl")
-    assert [r["hops"] for r in rows] == [2, 2, 2, 4, 3]  # the last from len(evidences)
-    assert len(read_jsonl(tmp_path / "out/corpus.jsonl")) == 2  # the shared context deduplicated
-
-
-def test_convert_musique(tmp_path):
-    paragraphs = [{"idx": 0, "title": "Bo", "paragraph_text": "Bo was born in Oslo.", "is_supporting": True},
-                  {"idx": 1, "title": "Oslo", "paragraph_text": "Oslo is in Norway.", "is_supporting": True}]
-    decomp = [{"id": 1, "question": "birthplace of Bo", "answer": "Oslo", "paragraph_support_idx": 0},
-              {"id": 2, "question": "#1 country", "answer": "Norway", "paragraph_support_idx": 1}]
-    data = [{"id": "2hop__1_2", "question": "Which country was Bo born in?", "answer": "Norway",
-             "answer_aliases": ["Kingdom of Norway", "Norway"], "answerable": True, "paragraphs": paragraphs,
-             "question_decomposition": decomp},
-            {"id": "3hop1__1_2_3", "question": "Unanswerable?", "answer": "", "answer_aliases": [],
-             "answerable": False, "paragraphs": paragraphs, "question_decomposition": decomp * 2}]
-    n_rows, n_docs = convert("musique", write(tmp_path / "m.jsonl", data, jsonl=True), str(tmp_path / "out"))
-    rows = read_jsonl(tmp_path / "out/test.jsonl")
-    assert (n_rows, n_docs) == (1, 2)
-    assert rows == [{"id": "2hop__1_2", "question": "Which country was Bo born in?",
-                     "answers": ["Norway", "Kingdom of Norway"], "hops": 2, "type": "2hop"}]
-
-
-def test_convert_malformed_names_file_and_record(tmp_path):
-    bad = [HOTPOT[0], {k: v for k, v in HOTPOT[1].items() if k != "question"}]
-    path = write(tmp_path / "bad.json", bad)
-    with pytest.raises(ValueError, match=r"bad\.json: record 1: missing field 'question'"):
-        convert("hotpotqa", path, str(tmp_path / "out"))
-    bad_ctx = [dict(HOTPOT[0], context=[["title only"]])]
-    with pytest.raises(ValueError, match=r"record 0: context\[0\]"):
-        convert("2wiki", write(tmp_path / "bad2.json", [dict(bad_ctx[0], evidences=[])]), str(tmp_path / "o"))
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2 \(record 1\): not valid JSON"):
-        convert("musique", str(path), str(tmp_path / "out"))
-    with pytest.raises(ValueError, match=r"bad\.json.*expected a JSON list"):
-        convert("hotpotqa", write(tmp_path / "bad.json", {"data": []}), str(tmp_path / "out"))
