@@ -10,7 +10,7 @@ sequence of a batch have its own length, then safetensors loading and saving in 
 
 Simplified relative to transformers: no sliding-window attention and no rope scaling (neither is used
 by R1-Distill-Qwen or Qwen2.5 at these lengths; a config asking for them is rejected, not ignored).
-Attention goes through kernels.attention / kernels.cached_attention (Triton on CUDA, PyTorch on CPU).
+Attention goes through kernels/attention.py and kernels/decode.py (Triton for CUDA tensors, PyTorch otherwise).
 Benchmark against transformers: `python bench/bench_model.py`.
 """
 import json
@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-import kernels
+from kernels.attention import attention
+from kernels.decode import decode_attention
+from kernels.logprobs import masked_logprobs
 
 
 # -----------------------------------------------------------------------------
@@ -142,10 +144,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             # Right-padded batches need no mask: causal attention never looks right.
-            y = kernels.attention(q, k, v, causal=True)  # (B, Hq, T, hd)
+            y = attention(q, k, v, causal=True)  # (B, Hq, T, hd)
         else:
             cache.write(layer, k, v)
-            y = kernels.cached_attention(q, cache.k[layer], cache.v[layer], cache.start)  # (B, Hq, T, hd)
+            y = decode_attention(q, cache.k[layer], cache.v[layer], cache.start)  # (B, Hq, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, Hq*hd)
         return self.o_proj(y)
 
@@ -215,8 +217,8 @@ class Qwen2(nn.Module):
         """input_ids (B, T) -> logits (B, T, V), or the final-normed hidden states (B, T, C), or, given
         targets and loss_mask (B, T), fp32 log p(targets) (B, T) that is 0 where loss_mask is false.
 
-        The log-probs go through kernels.masked_logprobs (no full-vocabulary fp32 logits, no matmul for
-        masked-out rows) and are computed here, inside forward, because under FSDP the lm_head weight
+        The log-probs go through masked_logprobs (kernels/logprobs.py: no full-vocabulary fp32 logits, no
+        matmul for masked-out rows) and are computed here, inside forward, because under FSDP the lm_head weight
         is only gathered while this module runs.
 
         Without a cache, positions are 0..T-1 (rows right-padded). With a cache, row b's tokens go at
@@ -241,8 +243,8 @@ class Qwen2(nn.Module):
         if cache is not None:
             cache.end()
         if targets is not None:
-            lp = kernels.masked_logprobs(x.reshape(B * T, -1), self.lm_head.weight,
-                                         targets.reshape(B * T), loss_mask.reshape(B * T))
+            lp = masked_logprobs(x.reshape(B * T, -1), self.lm_head.weight,
+                                 targets.reshape(B * T), loss_mask.reshape(B * T))
             return lp.view(B, T)
         return x if return_hidden else self.lm_head(x)
 

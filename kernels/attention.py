@@ -3,7 +3,7 @@
 The KV-cache decode path (flash-decoding, decode_attention and its reference) lives in
 kernels/decode.py, which reuses this file's _check, _check_head_dim and benchmark helpers.
 
-  flash_attention(q, k, v, causal)          q (B, Hq, T, D), k/v (B, Hkv, S, D) -> (B, Hq, T, D)
+  attention_triton(q, k, v, causal)          q (B, Hq, T, D), k/v (B, Hkv, S, D) -> (B, Hq, T, D)
       Forward: one program per (query block, batch x query head) streams the key blocks with an
       online softmax in fp32 (exp2 domain) and saves only the row log-sum-exp; no T x S matrix
       ever exists. Backward: dO.O row sums (delta), then one kernel for dQ (loop over keys) and
@@ -18,7 +18,7 @@ Conventions:
   - Softmax in fp32; inputs fp16/bf16/fp32; outputs in the input dtype; default scale D ** -0.5.
 
 Simplified on purpose (vs FlashAttention-2/3 and the Triton tutorial):
-  - D must be a power of two >= 16 (32, 64, 128 covered; Qwen uses 64 and 128): no padded head dim.
+  - D must be a power of two in [16, 128] (Qwen uses 64 and 128): no padded head dim.
   - No dropout, no varlen/packed sequences, no TMA / warp specialisation / FP8.
   - GQA backward: each dK/dV program handles ONE query head and writes its share to a per-query-
     head fp32 buffer (B, Hq, S, D) that torch sums over the group afterwards. Looping over the group
@@ -27,9 +27,13 @@ Simplified on purpose (vs FlashAttention-2/3 and the Triton tutorial):
     more by the sum (~2% of the backward at T=16k). Without GQA the kernel writes dK/dV directly.
   - The output is allocated (B, T, Hq, D) in memory and returned as a (B, Hq, T, D) view, so the
     caller's o.transpose(1, 2).reshape(B, T, C) costs nothing.
-  - Block sizes are autotuned on CUDA over a few configs (keyed on head dim, causal and the length
-    rounded to a power of two, so variable lengths do not retune every step); under the CPU
-    interpreter a single small config is used so tests stay fast and exercise many blocks.
+  - Block sizes are autotuned on CUDA over a few configs (keyed on head dim, causal, dtype and the
+    length rounded to a power of two, so variable lengths do not retune every step), drawn from a
+    list per input width and GPU family that tests/test_aot.py compiles for sm_90 and sm_80 on a CPU
+    (shared memory within the limit, no register spills); under the CPU interpreter a single small
+    config is used so tests stay fast and exercise many blocks.
+  - fp32 inputs: tl.dot rounds them to TF32 on a GPU (10-bit mantissa, like torch with
+    allow_tf32), so fp32 results there match fp16's accuracy, not the interpreter's exact fp32.
 
 Run:
   python -m kernels.attention                      # CUDA: bf16 check + benchmark vs SDPA; CPU: tiny sanity run
@@ -44,9 +48,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import use_triton
+
 LOG2E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)), exp2 is one instruction
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_ON_GPU = torch.cuda.is_available() and not _INTERPRET
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,21 +139,45 @@ def _key_range(start_m, S, diag, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BL
     return full, hi
 
 
-def _configs(gpu_choices, interpreter_choice):
-    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) on CUDA; one small config otherwise."""
-    choices = gpu_choices if _ON_GPU else [interpreter_choice]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in choices]
+def _arch(device):
+    """9 for Hopper and later (sm_90: 227 KB of shared memory per block, wgmma), 8 before (sm_80: 163 KB)."""
+    return 9 if torch.cuda.get_device_capability(device)[0] >= 9 else 8
 
 
-# H100 hd128 bf16 candidates: every one compiles for sm_90 without register spills at D=128 (checked
-# with ptxas; e.g. 128x64 on 4 warps spills, so it is not here). A config that runs out of shared
-# memory on some GPU is skipped by the autotuner. Interpreter: BLOCK_M != BLOCK_N on purpose, so the
-# tests would catch a swapped block size.
-_FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)], (32, 16, 4, 1))
+def _configs(choices, interpreter_choice):
+    """Autotune candidates and their prune. choices maps (element bytes, _arch) to the configs
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) allowed for that input width on that GPU family; the
+    autotuner holds their union and the prune keeps the allowed ones for Q's dtype and device.
+    Under the CPU interpreter: one small config."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                for m, n, w, s in [interpreter_choice]], None
+    union = sorted({c for cs in choices.values() for c in cs})
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in union]
+
+    def prune(configs, named_args, **kwargs):
+        q = named_args["Q"]
+        allowed = choices[(q.element_size(), _arch(q.device))]
+        return [c for c in configs
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
+    return configs, {"early_config_prune": prune}
+
+
+# Candidates per (input bytes, GPU family): each compiles at every head dim up to 128 within the
+# family's shared memory and without register spills (checked by tests/test_aot.py, which compiles
+# them all for sm_90 and sm_80 on a CPU). fp32 inputs double every tile, so they get smaller blocks
+# and 2 stages; sm_80 has no wgmma and spills sooner. Interpreter: BLOCK_M != BLOCK_N on purpose, so
+# the tests would catch a swapped block size.
+_FWD_CONFIGS, _FWD_PRUNE = _configs({
+    (2, 9): [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+    (2, 8): [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+    (4, 9): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (32, 64, 4, 2)],
+    (4, 8): [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (32, 64, 4, 2)],
+}, (32, 16, 4, 1))
 _TUNE_KEY = ["LEN_BUCKET", "HEAD_DIM", "CAUSAL"]
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_FWD_PRUNE)
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE,
               stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -227,10 +256,15 @@ def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, s
     return dq
 
 
-_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)], (32, 16, 4, 1))
+_DQ_CONFIGS, _DQ_PRUNE = _configs({
+    (2, 9): [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    (2, 8): [(64, 64, 4, 3), (64, 32, 4, 2)],
+    (4, 9): [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+    (4, 8): [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+}, (32, 16, 4, 1))
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY, prune_configs_by=_DQ_PRUNE)
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA,
                  stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -301,10 +335,15 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
 
 
 # dK/dV: a tall key block (BLOCK_N) keeps both fp32 accumulators resident; the query block is short.
-_DKDV_CONFIGS = _configs([(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 2)], (16, 32, 4, 1))
+_DKDV_CONFIGS, _DKDV_PRUNE = _configs({
+    (2, 9): [(64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 8, 3), (32, 64, 4, 2)],
+    (2, 8): [(64, 64, 8, 3), (32, 32, 4, 2)],
+    (4, 9): [(32, 32, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+    (4, 8): [(32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2)],
+}, (16, 32, 4, 1))
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_DKDV_PRUNE)
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA,
                    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -360,7 +399,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA,
 # ----------------------------------------------------------------------------------------------
 
 def _check_head_dim(D):
-    assert D >= 16 and D & (D - 1) == 0, f"the Triton kernels need a power-of-two head dim >= 16, got {D}"
+    # <= 128: the block configs are checked for shared memory and spills up to 128 (tests/test_aot.py)
+    assert 16 <= D <= 128 and D & (D - 1) == 0, f"the Triton kernels need a power-of-two head dim in [16, 128], got {D}"
 
 
 def _len_bucket(n):
@@ -426,7 +466,7 @@ class _FlashAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def flash_attention(q, k, v, causal=True, sm_scale=None):
+def attention_triton(q, k, v, causal=True, sm_scale=None):
     """Same contract as attention_reference, on Triton kernels (GPU, or CPU under TRITON_INTERPRET=1).
 
     Inputs may be strided views (e.g. (B, T, H, D).transpose(1, 2)); nothing is copied.
@@ -436,6 +476,14 @@ def flash_attention(q, k, v, causal=True, sm_scale=None):
     assert not causal or q.shape[2] <= k.shape[2], "causal attention needs T <= S (bottom-right aligned)"
     sm_scale = q.shape[3] ** -0.5 if sm_scale is None else sm_scale
     return _FlashAttention.apply(q, k, v, causal, sm_scale)
+
+
+def attention(q, k, v, causal=True, sm_scale=None):
+    """Training/prefill attention: attention_triton for CUDA tensors, attention_reference otherwise
+    (AUTOCOA_KERNELS overrides; see kernels/__init__.py)."""
+    if use_triton(q):
+        return attention_triton(q, k, v, causal=causal, sm_scale=sm_scale)
+    return attention_reference(q, k, v, causal=causal, sm_scale=sm_scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,9 +555,9 @@ def _bench_prefill(B, T, Hq, Hkv, D):
     q, k, v = (torch.randn(B, h, T, D, device=dev, dtype=dt, requires_grad=True) for h in (Hq, Hkv, Hkv))
     do = torch.randn(B, Hq, T, D, device=dev, dtype=dt)
     kx, vx = (x.detach().repeat_interleave(Hq // Hkv, 1).requires_grad_() for x in (k, v))  # outside timing
-    fwd = _time_ms(lambda: flash_attention(q, k, v))
+    fwd = _time_ms(lambda: attention_triton(q, k, v))
     fwd_ref = _time_ms(lambda: F.scaled_dot_product_attention(q, kx, vx, is_causal=True))
-    fb = _time_ms(lambda: torch.autograd.grad(flash_attention(q, k, v), (q, k, v), do))
+    fb = _time_ms(lambda: torch.autograd.grad(attention_triton(q, k, v), (q, k, v), do))
     fb_ref = _time_ms(lambda: torch.autograd.grad(
         F.scaled_dot_product_attention(q, kx, vx, is_causal=True), (q, kx, vx), do))
     flops = 4 * B * Hq * T * T * D / 2  # causal: half the matrix; backward = 2.5x forward
@@ -526,7 +574,7 @@ def _sanity_cpu():
     q = torch.randn(B, Hq, T, D, requires_grad=True)
     k, v = (torch.randn(B, Hkv, S, D, requires_grad=True) for _ in range(2))
     do = torch.randn(B, Hq, T, D)
-    ours = flash_attention(q, k, v, causal=True)
+    ours = attention_triton(q, k, v, causal=True)
     ref = attention_reference(q, k, v, causal=True)
     g_ours = torch.autograd.grad(ours, (q, k, v), do)
     g_ref = torch.autograd.grad(ref, (q, k, v), do)

@@ -1,11 +1,11 @@
 """Attention of a few new tokens against a KV cache with per-row lengths (flash-decoding).
 
-  decode_attention(q, k_cache, v_cache, start)
+  decode_attention_triton(q, k_cache, v_cache, start)
       q (B, Hq, T, D); k_cache/v_cache (B, Hkv, S_max, D) already holding the new keys at
       start[b] .. start[b]+T-1; start (B,) int. Query i of row b sees keys j <= start[b] + i.
       The key axis is split into chunks handled by separate programs (so batch 1 with a 32k cache
       still fills the GPU), each writing a partial output plus its log-sum-exp; a small second
-      kernel merges the chunks. The PyTorch reference, cached_attention_reference, is also the CPU
+      kernel merges the chunks. The PyTorch reference, decode_attention_reference, is also the CPU
       fallback (kernels.cached_attention picks one).
 
 Conventions (the same as kernels/attention.py, whose _check / _check_head_dim this file shares):
@@ -20,8 +20,8 @@ Simplified on purpose (vs FlashDecoding / FlashInfer):
   - The key axis is split by the cache capacity S_max, not each row's length (that would need a
     host sync); rows shorter than a chunk's start exit at once. Pass a cache view trimmed to the
     longest row for best speed.
-  - At most 64 chunks (the combine kernel holds them all in one tile); fixed block sizes (64 keys
-    on CUDA, 16 under the CPU interpreter), no autotuning; no paged cache, no FP8 cache.
+  - At most 64 chunks (the combine kernel holds them all in one tile); block sizes picked by dtype
+    and row count (_decode_config), no autotuning; no paged cache, no FP8 cache.
 
 Run:
   python -m kernels.decode                      # CUDA: bf16 check + benchmark vs SDPA; CPU: tiny sanity run
@@ -35,14 +35,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.attention import LOG2E, _INTERPRET, _ON_GPU, _check, _check_head_dim, _rel_err, _time_ms
+from kernels import use_triton
+from kernels.attention import LOG2E, _INTERPRET, _check, _check_head_dim, _rel_err, _time_ms
 
 
 # ----------------------------------------------------------------------------------------------
 # PyTorch reference (also the CPU fallback)
 # ----------------------------------------------------------------------------------------------
 
-def cached_attention_reference(q, k_cache, v_cache, start, sm_scale=None):
+def decode_attention_reference(q, k_cache, v_cache, start, sm_scale=None):
     """Attention of T new tokens per row over a KV cache whose rows have different lengths.
 
     q (B, Hq, T, D); k_cache/v_cache (B, Hkv, S_max, D) already holding the new keys at
@@ -158,12 +159,27 @@ def _num_sms(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _decode_config(element_size, rows):
+    """(BLOCK_R, BLOCK_N, num_warps, num_stages) for `rows` = group x new tokens of one kv head.
+
+    Rows per program: all of them up to 128 (tl.dot needs >= 16). fp32 inputs double every tile,
+    so they get 32-key blocks and 2 stages (64 keys and 3 stages would need more than sm_90's
+    shared memory at head_dim 128); 8 warps from 64 rows on, or the accumulators spill. Every
+    choice fits sm_90 and sm_80 without spills at every head dim up to 128 (checked by
+    tests/test_aot.py). Interpreter: 16-key blocks, so small test caches span many blocks.
+    """
+    block_r = max(16, min(128, triton.next_power_of_2(rows)))
+    warps = 4 if block_r <= 32 else 8
+    if _INTERPRET:
+        return block_r, 16, warps, 1
+    return (block_r, 64, warps, 3) if element_size <= 2 else (block_r, 32, warps, 2)
+
+
 def _decode(q, k_cache, v_cache, start, sm_scale):
     B, Hq, T, D = q.shape
     Hkv, S_max = k_cache.shape[1], k_cache.shape[2]
     G = Hq // Hkv
-    block_n = 64 if _ON_GPU else 16
-    block_r = max(16, min(128, triton.next_power_of_2(G * T)))  # tl.dot needs >= 16 rows
+    block_r, block_n, warps, stages = _decode_config(q.element_size(), G * T)
     row_blocks = triton.cdiv(G * T, block_r)  # > 1 only for long T (prefill through the cache)
     # Chunk the key axis so that about 2 programs per SM are busy; cap the chunks at 64 so the
     # combine kernel holds them all in one tile.
@@ -176,7 +192,7 @@ def _decode(q, k_cache, v_cache, start, sm_scale):
     _decode_split[(splits, row_blocks, B * Hkv)](
         q, k_cache, v_cache, start, o_part, lse_part, *q.stride(), *k_cache.stride(), *v_cache.stride(),
         Hkv, T, S_max, chunk, splits, sm_scale * LOG2E,
-        GROUP=G, HEAD_DIM=D, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4 if block_r <= 64 else 8)
+        GROUP=G, HEAD_DIM=D, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     out = torch.empty_like(q)
     _decode_combine[(B * Hq * T,)](o_part, lse_part, out, *out.stride(), Hq, T, splits,
                                    HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits))
@@ -184,16 +200,24 @@ def _decode(q, k_cache, v_cache, start, sm_scale):
 
 
 # ----------------------------------------------------------------------------------------------
-# Public entry point (forward only: no autograd Function)
+# Public entry points (forward only: no autograd Function)
 # ----------------------------------------------------------------------------------------------
 
-def decode_attention(q, k_cache, v_cache, start, sm_scale=None):
-    """Same contract as cached_attention_reference, on Triton kernels; forward only (inference)."""
+def decode_attention_triton(q, k_cache, v_cache, start, sm_scale=None):
+    """Same contract as decode_attention_reference, on Triton kernels; forward only (inference)."""
     _check(q, k_cache, v_cache)
     _check_head_dim(q.shape[3])
     assert start.shape == (q.shape[0],) and not start.is_floating_point(), "start must be (B,) integers"
     sm_scale = q.shape[3] ** -0.5 if sm_scale is None else sm_scale
     return _decode(q, k_cache, v_cache, start.to(q.device), sm_scale)
+
+
+def decode_attention(q, k_cache, v_cache, start, sm_scale=None):
+    """Decode attention over a KV cache: decode_attention_triton for CUDA tensors,
+    decode_attention_reference otherwise (AUTOCOA_KERNELS overrides; see kernels/__init__.py)."""
+    if use_triton(q):
+        return decode_attention_triton(q, k_cache, v_cache, start, sm_scale=sm_scale)
+    return decode_attention_reference(q, k_cache, v_cache, start, sm_scale=sm_scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +246,7 @@ def _check_bf16(Hq, Hkv, D):
     start = torch.tensor([5, 2500], device=dev)
     for T_new in (1, 3):
         qd = torch.randn(B, Hq, T_new, D, device=dev, dtype=dt)
-        err = _rel_err(decode_attention(qd, kc, vc, start), cached_attention_reference(qd, kc, vc, start))
+        err = _rel_err(decode_attention_triton(qd, kc, vc, start), decode_attention_reference(qd, kc, vc, start))
         print(f"bf16 decode T={T_new} rel err vs reference: {err:.1e}", "OK" if err <= 1e-2 else "FAIL")
 
 
@@ -233,7 +257,7 @@ def _bench_decode(B, L, Hq, Hkv, D):
     qd = torch.randn(B, Hq, 1, D, device=dev, dtype=dt)
     start = torch.full((B,), L - 1, device=dev)
     kx, vx = (x.repeat_interleave(Hq // Hkv, 1) for x in (kc, vc))  # outside timing
-    ours = _time_ms(lambda: decode_attention(qd, kc, vc, start), reps=20)
+    ours = _time_ms(lambda: decode_attention_triton(qd, kc, vc, start), reps=20)
     ref = _time_ms(lambda: F.scaled_dot_product_attention(qd, kx, vx), reps=20)
     gbs = 2 * kc.numel() * kc.element_size() / ours / 1e6  # K and V, bytes / ms -> GB/s
     print(f"{B:>5} {L:>6} | {ours:8.3f} {ref:8.3f} {gbs:6.0f} {ref / ours:5.2f}x")
@@ -246,7 +270,7 @@ def _sanity_cpu():
     k, v = (torch.randn(B, Hkv, S, D) for _ in range(2))
     start = torch.tensor([S - 3])  # the last 3 keys are the new tokens
     qd = torch.randn(B, Hq, 3, D)
-    err = _rel_err(decode_attention(qd, k, v, start), cached_attention_reference(qd, k, v, start))
+    err = _rel_err(decode_attention_triton(qd, k, v, start), decode_attention_reference(qd, k, v, start))
     print(f"decode rel err vs reference: {err:.1e}")
     ok = err < 1e-4
     print("OK" if ok else "FAIL")

@@ -45,6 +45,8 @@ from torch.utils.checkpoint import checkpoint
 import triton
 import triton.language as tl
 
+from kernels import use_triton
+
 
 # ----------------------------------------------------------------------------------------------
 # PyTorch reference (also the CPU fallback used in training)
@@ -228,6 +230,14 @@ def masked_logprobs_triton(hidden, weight, targets, mask, chunk_rows=2048):
     d_weight addmm_ compute-bound (K = 2048) while the buffer stays ~0.6 GB at V = 152k in bf16.
     """
     return MaskedLogprobs.apply(hidden, weight, targets, mask, chunk_rows)
+
+
+def masked_logprobs(hidden, weight, targets, mask):
+    """Masked token log-probs: masked_logprobs_triton for CUDA tensors, masked_logprobs_reference
+    otherwise (AUTOCOA_KERNELS overrides; see kernels/__init__.py)."""
+    if use_triton(hidden):
+        return masked_logprobs_triton(hidden, weight, targets, mask)
+    return masked_logprobs_reference(hidden, weight, targets, mask)
 
 
 # ----------------------------------------------------------------------------------------------

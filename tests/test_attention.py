@@ -9,15 +9,19 @@ The interpreter uses small blocks (32 x 16 forward), so T, S in {1, 7, 65, 130} 
 ragged last blocks, several blocks per program and both the masked and unmasked loops.
 Run: python -m pytest -q tests/test_attention.py
 """
+import inspect
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.attention import attention_reference, flash_attention  # noqa: E402
-from attn_oracle import TOL, make_qkv, rel_err, sdpa_oracle  # noqa: E402  (tests/ is on sys.path)
+from kernels.attention import attention_reference, attention_triton  # noqa: E402
+from attn_oracle import (TOL, TOL_CUDA, make_qkv, needs_cuda, needs_interpreter, rel_err,  # noqa: E402
+                         sdpa_oracle)  # (tests/ is on sys.path)
 
 
 
@@ -47,11 +51,12 @@ CASES = [
 ]
 
 
+@needs_interpreter
 @pytest.mark.parametrize("T,S,D,group,causal,dtype", CASES)
-def test_flash_attention_matches_sdpa_and_reference(T, S, D, group, causal, dtype):
+def test_attention_triton_matches_sdpa_and_reference(T, S, D, group, causal, dtype):
     Hkv = 1 if group == 7 else 2
     q, k, v, do = make_qkv(1, Hkv * group, Hkv, T, S, D, dtype, seed=T * 1000 + S)
-    ours = out_and_grads(flash_attention, q, k, v, do, causal=causal)
+    ours = out_and_grads(attention_triton, q, k, v, do, causal=causal)
     oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=causal)
     ref = out_and_grads(attention_reference, q, k, v, do, causal=causal)
     assert ours[0].dtype == dtype and ours[0].shape == q.shape
@@ -62,7 +67,8 @@ def test_flash_attention_matches_sdpa_and_reference(T, S, D, group, causal, dtyp
         assert rel_err(a, r) < 2 * TOL[dtype], (name, rel_err(a, r))
 
 
-def test_flash_attention_batch_strides_and_scale():
+@needs_interpreter
+def test_attention_triton_batch_strides_and_scale():
     """B > 1, inputs as (B, T, H, D).transpose(1, 2) views (the model's layout), custom scale."""
     B, Hq, Hkv, T, S, D = 2, 4, 2, 33, 40, 32
     g = torch.Generator().manual_seed(1)
@@ -71,20 +77,20 @@ def test_flash_attention_batch_strides_and_scale():
     v = torch.randn(B, S, Hkv, D, generator=g).transpose(1, 2)
     do = torch.randn(B, Hq, T, D, generator=g)
     assert not q.is_contiguous()
-    ours = out_and_grads(flash_attention, q, k, v, do, causal=True, sm_scale=0.3)
+    ours = out_and_grads(attention_triton, q, k, v, do, causal=True, sm_scale=0.3)
     oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=True, sm_scale=0.3)
     for name, a, b in zip(("o", "dq", "dk", "dv"), ours, oracle):
         assert rel_err(a, b) < TOL[torch.float32], (name, rel_err(a, b))
     # rows of different batch entries must not mix: perturbing batch 1 leaves batch 0 unchanged
     k2 = k.clone()
     k2[1] += 1.0
-    assert torch.equal(flash_attention(q, k, v)[0], flash_attention(q, k2, v)[0])
+    assert torch.equal(attention_triton(q, k, v)[0], attention_triton(q, k2, v)[0])
 
 
 def test_causal_needs_t_le_s():
     q, k, v, _ = make_qkv(1, 2, 2, 8, 4, 32, torch.float32)
     with pytest.raises(AssertionError):
-        flash_attention(q, k, v, causal=True)
+        attention_triton(q, k, v, causal=True)
     with pytest.raises(AssertionError):
         attention_reference(q, k, v, causal=True)
 
@@ -104,13 +110,92 @@ def test_reference_matches_oracle(T, S, group, causal):
     assert rel_err(attention_reference(q, k, v, causal=causal), sdpa_oracle(q, k, v, causal)) < 1e-12
 
 
-def test_flash_attention_every_diagonal_offset():
+@needs_interpreter
+def test_attention_triton_every_diagonal_offset():
     """Causal T < S for every S - T modulo the block sizes (16 and 32 under the interpreter): the
     split between masked and unmasked blocks moves with the offset, in forward and backward."""
     T, D = 40, 16
     for diag in range(0, 33):
         q, k, v, do = make_qkv(1, 1, 1, T, T + diag, D, torch.float32, seed=diag)
-        ours = out_and_grads(flash_attention, q, k, v, do, causal=True)
+        ours = out_and_grads(attention_triton, q, k, v, do, causal=True)
         oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=True)
         for name, a, b in zip(("o", "dq", "dk", "dv"), ours, oracle):
             assert rel_err(a, b) < TOL[torch.float32], (diag, name, rel_err(a, b))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch: by the tensor's device, not by the machine
+# ----------------------------------------------------------------------------------------------
+
+def test_dispatch_follows_the_tensor_not_the_machine(monkeypatch):
+    """On a GPU machine CPU tensors must still take the references; AUTOCOA_KERNELS overrides."""
+    import kernels.attention as A
+    import kernels.decode as Dm
+    import kernels.logprobs as L
+    assert inspect.ismodule(A) and inspect.ismodule(Dm) and inspect.ismodule(L)  # not shadowed by functions
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+    for mod, name in ((A, "attention_triton"), (Dm, "decode_attention_triton"), (L, "masked_logprobs_triton")):
+        monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: calls.append(_n) or "triton")
+    q, k, v, _ = make_qkv(1, 4, 2, 5, 5, 16, torch.float32)
+    start = torch.tensor([0])
+    h, w = torch.randn(3, 16), torch.randn(11, 16)
+    t, m = torch.tensor([1, 2, 3]), torch.tensor([True, False, True])
+
+    def run_all():
+        return (A.attention(q, k, v), Dm.decode_attention(q, k, v, start), L.masked_logprobs(h, w, t, m))
+
+    for choice in (None, "auto", "torch"):
+        if choice is None:
+            monkeypatch.delenv("AUTOCOA_KERNELS", raising=False)
+        else:
+            monkeypatch.setenv("AUTOCOA_KERNELS", choice)
+        o, od, lp = run_all()
+        assert calls == []
+        assert torch.equal(o, A.attention_reference(q, k, v))
+        assert torch.equal(od, Dm.decode_attention_reference(q, k, v, start))
+        assert torch.equal(lp, L.masked_logprobs_reference(h, w, t, m))
+    monkeypatch.setenv("AUTOCOA_KERNELS", "triton")
+    assert run_all() == ("triton",) * 3
+    assert calls == ["attention_triton", "decode_attention_triton", "masked_logprobs_triton"]
+    monkeypatch.setenv("AUTOCOA_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="AUTOCOA_KERNELS"):
+        A.attention(q, k, v)
+
+
+def test_importing_kernels_prints_nothing():
+    code = "import kernels, kernels.attention, kernels.decode, kernels.logprobs"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: the compiled kernels (bf16 included, which the interpreter cannot run) vs the fp64 oracle
+# ----------------------------------------------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("T,S,D,causal", [(1000, 1000, 128, True), (300, 1111, 64, True), (77, 1000, 128, False)])
+def test_cuda_attention_matches_fp64_oracle(dtype, T, S, D, causal):
+    """7B's 28/4 heads; ours must be within TOL_CUDA, or within twice SDPA's own error in this dtype."""
+    import kernels.attention as A
+    q, k, v, do = make_qkv(2, 28, 4, T, S, D, dtype, seed=T + S, device="cuda")
+    oracle = out_and_grads(sdpa_oracle, q, k, v, do, causal=causal)
+    ours = out_and_grads(A.attention, q, k, v, do, causal=causal)  # CUDA tensors: dispatched to Triton
+    sdpa = out_and_grads(sdpa_oracle, q, k, v, do, causal=causal, dtype=dtype)
+    for name, a, b, s in zip(("o", "dq", "dk", "dv"), ours, oracle, sdpa):
+        assert a.dtype == dtype and torch.isfinite(a).all(), name
+        err, bound = rel_err(a, b), max(TOL_CUDA[dtype], 2 * rel_err(s, b))
+        assert err <= bound, (name, err, bound)
+
+
+@needs_cuda
+def test_cuda_dispatch_sends_cuda_tensors_to_triton(monkeypatch):
+    import kernels.attention as A
+    monkeypatch.delenv("AUTOCOA_KERNELS", raising=False)
+    calls = []
+    monkeypatch.setattr(A, "attention_triton", lambda *a, **k: calls.append(1) or "triton")
+    q, k, v, _ = make_qkv(1, 4, 2, 16, 16, 64, torch.bfloat16, device="cuda")
+    assert A.attention(q, k, v) == "triton" and calls == [1]

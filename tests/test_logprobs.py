@@ -14,8 +14,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels.logprobs import masked_logprobs_reference, masked_logprobs_triton  # noqa: E402
+from attn_oracle import needs_cuda, needs_interpreter  # noqa: E402  (tests/ is on sys.path)
 
 IMPLS = {"reference": masked_logprobs_reference, "triton": masked_logprobs_triton}
+IMPL_PARAMS = ["reference", pytest.param("triton", marks=needs_interpreter)]
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}  # fp16 logits are rounded before the lse
 
 
@@ -58,7 +60,7 @@ def assert_close(actual, expected, tol, what):
     assert err <= tol * scale, f"{what}: max abs err {err:.3e} > {tol * scale:.3e}"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("N,H,V,mask_kind", [
     (19, 32, 1000, "mixed"),
@@ -83,7 +85,7 @@ def test_matches_cross_entropy(impl, dtype, N, H, V, mask_kind):
         assert out[mask].lt(0).all()  # a real log-prob, not a default 0
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_max_moves_into_the_last_tile(impl, dtype):
     # The online log-sum-exp must rescale its running sum when a later tile holds a larger logit.
@@ -103,7 +105,7 @@ def test_max_moves_into_the_last_tile(impl, dtype):
     assert_close(d_w, ref_w, tol, "d_weight")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("chunk_rows", [1, 3, 64])
 def test_chunking_does_not_change_the_result(impl, chunk_rows):
     hidden, weight, targets, mask, d_out = make_inputs(11, 32, 1000, torch.float32, "mixed", seed=1)
@@ -114,7 +116,7 @@ def test_chunking_does_not_change_the_result(impl, chunk_rows):
     assert_close(d_w, ref_w, 1e-4, "d_weight")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_unmasked_rows_never_reach_the_matmul(impl):
     # NaN in every masked-out hidden row: if those rows were multiplied by the weight, NaN would
     # spread into their outputs and, through the weight gradient, into every row of d_weight.
@@ -131,7 +133,7 @@ def test_unmasked_rows_never_reach_the_matmul(impl):
     assert_close(d_w, ref_w, 1e-4, "d_weight")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_forward_only_under_no_grad(impl):
     # GRPO's reference-model log-probs run without autograd.
     hidden, weight, targets, mask, d_out = make_inputs(10, 32, 1000, torch.float32, "mixed", seed=3)
@@ -142,6 +144,7 @@ def test_forward_only_under_no_grad(impl):
     assert_close(out, ref, 1e-4, "logp")
 
 
+@needs_interpreter
 def test_only_hidden_needs_grad_triton():
     # A frozen lm_head: backward must skip d_weight and still get d_hidden right.
     hidden, weight, targets, mask, d_out = make_inputs(8, 32, 1000, torch.float32, "mixed", seed=4)
@@ -160,3 +163,24 @@ def test_reference_gradcheck_fp64():
     mask = torch.tensor([True, False, True, True, False, True])
     assert torch.autograd.gradcheck(
         lambda h, w: masked_logprobs_reference(h, w, targets, mask, chunk_rows=2), (hidden, weight))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_matches_cross_entropy(dtype):
+    """The compiled kernels on a vocabulary that is not a multiple of the 4096-wide tile. The oracle
+    rounds the logits to the input dtype like both implementations do, then works in fp32."""
+    from kernels.logprobs import masked_logprobs
+    hidden, weight, targets, mask, d_out = make_inputs(600, 256, 32003, dtype, "mixed", seed=7)
+    hidden, weight, targets, mask, d_out = (x.cuda() for x in (hidden, weight, targets, mask, d_out))
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = masked_logprobs(h, w, targets, mask)  # CUDA tensors: dispatched to Triton
+    out.backward(d_out)
+    h32, w32 = hidden.float().requires_grad_(), weight.float().requires_grad_()
+    logits = (h32 @ w32.T).to(dtype).float()  # (N, V) rounded like ours
+    ref = -F.cross_entropy(logits, torch.where(mask, targets, -100), ignore_index=-100, reduction="none")
+    ref.backward(d_out)
+    assert_close(out, ref.detach(), {torch.bfloat16: 2e-3, torch.float16: 5e-4}[dtype], "logp")  # ~ulps
+    for name, a, b in (("d_hidden", h.grad, h32.grad), ("d_weight", w.grad, w32.grad)):
+        err = ((a.float() - b).norm() / b.norm()).item()
+        assert err < 2e-2, (name, err)
