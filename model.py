@@ -15,8 +15,8 @@ Benchmark against transformers: `python bench/bench_model.py`.
 """
 import json
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -345,6 +345,10 @@ def checkpoint_files(path):
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+        for name, fname in weight_map.items():  # a shard is a file of this checkpoint, nowhere else
+            if not isinstance(fname, str) or os.path.isabs(fname) or ".." in re.split(r"[/\\]", fname):
+                raise CheckpointError(f"{index}: shard path {fname!r} (holding {name}) is not a relative path "
+                                      f"inside {path}")
         files = {name: os.path.join(path, fname) for name, fname in weight_map.items()}
         for name, file in files.items():
             if not os.path.isfile(file):
@@ -354,6 +358,23 @@ def checkpoint_files(path):
         with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+
+
+FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}  # safetensors -> torch
+
+
+def first_nonfinite(named_tensors):
+    """Name of the first tensor holding a NaN or Inf, or None. One max |x| per tensor (a fused multi-tensor
+    kernel on CUDA; NaN propagates through max, and unlike a sum or an L2 norm it cannot overflow on finite
+    values) and one host sync for all of them. DTensors (FSDP2) are checked on this rank's shard."""
+    named = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named_tensors]
+    named = [(n, t.detach()) for n, t in named if t.numel()]
+    if not named:
+        return None
+    ok = torch.stack([m.float() for m in torch._foreach_norm([t for _, t in named], float("inf"))]).isfinite()
+    if bool(ok.all()):  # the one sync
+        return None
+    return named[int((~ok).nonzero()[0, 0])][0]
 
 
 def _open_safetensors(file, device="cpu"):
@@ -373,7 +394,12 @@ def load_pretrained(cls, path, device=None, dtype=None):
     by_file = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
-    # Pass 1: headers only.
+    # Pass 1: headers only. Every weight is floating point and all share one dtype (an I32 tensor among
+    # BF16 ones is a broken or quantized checkpoint, which casting to --dtype would silently garble).
+    cfg_dtype = cfg.extra.get("torch_dtype") or cfg.extra.get("dtype")
+    if cfg_dtype is not None and cfg_dtype not in FLOAT_DTYPES.values():
+        raise CheckpointError(f"{path}/config.json: torch_dtype {cfg_dtype!r} is not a floating-point type")
+    first = None  # (dtype, tensor, file) of the first weight seen: the others must match it
     for file, names in by_file.items():
         with _open_safetensors(file) as f:
             present = set(f.keys())
@@ -387,6 +413,14 @@ def load_pretrained(cls, path, device=None, dtype=None):
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != want[name]:
                     raise CheckpointError(f"{file}: tensor {name} has shape {shape}, config.json implies {want[name]}")
+                dt = f.get_slice(name).get_dtype()  # safetensors' code: "BF16", "F32", "I32", ...
+                if dt not in FLOAT_DTYPES:
+                    raise CheckpointError(f"{file}: tensor {name} has dtype {dt}, but a Qwen2's weights are floating "
+                                          f"point (config.json's torch_dtype: {cfg_dtype})")
+                first = first or (dt, name, file)
+                if dt != first[0]:
+                    raise CheckpointError(f"{file}: tensor {name} has dtype {dt}, but {first[1]} (in {first[2]}) "
+                                          f"has {first[0]}: a checkpoint's weights share one dtype")
     missing = sorted(set(want) - set(files))
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
@@ -396,7 +430,7 @@ def load_pretrained(cls, path, device=None, dtype=None):
         model = cls(cfg)
     for file, names in by_file.items():
         with _open_safetensors(file, device) as f:
-            state = {}
+            state, peaks = {}, []
             for name in names:
                 if name not in want:
                     continue
@@ -404,7 +438,11 @@ def load_pretrained(cls, path, device=None, dtype=None):
                     t = f.get_tensor(name)
                 except (SafetensorError, RuntimeError, OSError) as e:
                     raise CheckpointError(f"{file}: cannot read tensor {name} ({e})") from None
+                peaks.append(torch.linalg.vector_norm(t, float("inf")).float())  # max |x|; NaN and Inf survive it
                 state[name] = t.to(dtype) if dtype is not None else t
+            finite = torch.stack(peaks).isfinite() if peaks else torch.ones(0, dtype=torch.bool)
+            if not bool(finite.all()):  # one host sync per file: weights holding NaN/Inf are refused, by name
+                raise CheckpointError(f"{file}: tensor {list(state)[int((~finite).nonzero()[0, 0])]} holds NaN or Inf")
             model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -431,7 +469,10 @@ def save_pretrained(model, path, max_shard_bytes=4 * 2**30):
         size += nbytes
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(os.path.abspath(path)) + "-", dir=parent)
+    # Not tempfile.mkdtemp: its 0700 would make the checkpoint unreadable to other users of a shared machine.
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(path))}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save of this pid's predecessor
+    os.makedirs(tmp)  # mode 0777 minus the umask, as any directory
     try:
         weight_map = {}
         for i, names in enumerate(shards):
@@ -447,6 +488,9 @@ def save_pretrained(model, path, max_shard_bytes=4 * 2**30):
         d["torch_dtype"] = d["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(d, f, indent=2)
+        mode = os.stat(os.path.join(tmp, "config.json")).st_mode & 0o777  # 0666 minus the umask, as open() made it
+        for fname in set(weight_map.values()):
+            os.chmod(os.path.join(tmp, fname), mode)  # safetensors writes its files 0600
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -454,8 +498,10 @@ def save_pretrained(model, path, max_shard_bytes=4 * 2**30):
 
 
 def replace_dir(src, dst):
-    """Move directory src to dst, replacing dst. Between the two renames dst briefly does not exist,
-    but its old contents survive under dst + '.old' until the new one is in place."""
+    """Move directory src to dst, replacing dst. Between the two renames dst briefly does not exist (POSIX
+    cannot swap two directories in one rename), but its old contents survive under dst + '.old' until the
+    new one is in place. So a directory that a pointer names (a training run's `latest`) must never be
+    replaced this way: common.save_checkpoint writes such a step under another name, then switches."""
     old = dst.rstrip("/") + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(dst):
