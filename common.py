@@ -6,16 +6,20 @@ Checkpoint layout (`--out DIR`):
     DIR/step_000100/          Hugging Face layout (config.json, model.safetensors, tokenizer.json)
                               + trainer_state.pt (optimizer, step, RNG) + args.json
     DIR/latest                the name of the newest complete step directory, replaced atomically
-    DIR/metrics.jsonl         one JSON object per logged step
+    DIR/metrics.jsonl         one JSON object per logged step (a resumed run first drops the steps it redoes)
 A step directory is written under a temporary name and renamed when complete, and `latest` is only
 switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable
-(the next save removes what a killed one left half-written).
+(the next save removes what a killed one left half-written); the directory `latest` names is never
+replaced in place. Weights are checked finite after every optimizer step and before every save, and a
+NaN/Inf loss or gradient stops the run naming the last checkpoint whose weights gave a finite loss.
+A new run refuses an --out that holds another run's checkpoints unless given --resume or --overwrite.
 """
 import contextlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -23,7 +27,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from model import Qwen2, num_params, replace_dir
+from model import Qwen2, Qwen2Config, first_nonfinite, num_params, replace_dir
 import env
 from tokenizer import Tokenizer
 
@@ -37,6 +41,8 @@ def add_common_args(ap, out, lr, steps, batch_size):
                     "embedded world, runs/world; with --init it is required, e.g. from data/distill.py)")
     ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start over in an --out that holds another run: delete its checkpoints and metrics first")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (sequences or prompts)")
     ap.add_argument("--lr", type=float, default=lr, help="peak learning rate")
@@ -243,30 +249,67 @@ def lr_at(step, args):
 
 
 def clip_and_step(model, opt, step, args):
-    """Set this step's lr, clip, and step; a non-finite gradient stops the run before it reaches the weights."""
+    """Set this step's lr, clip, and step. A non-finite gradient stops the run before it reaches the weights;
+    weights the step made non-finite (an lr so large that the update overflows) stop it before any save."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, args)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
     norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    check_finite(norm, step, args.out, what="gradient norm")
-    opt.step()
+    updated = [(n, p) for n, p in model.named_parameters() if p.grad is not None]  # what opt.step() changes
+    if not math.isfinite(norm):
+        bad = first_nonfinite((n, p.grad) for n, p in updated)
+        check_finite(norm, step, args.out, what="gradient norm", detail=bad and f"first non-finite gradient: {bad}")
+    try:
+        opt.step()
+    except RuntimeError as e:  # AdamW's step size lr / (1 - beta1^t) beyond the dtype's range
+        if "overflow" not in str(e):
+            raise
+        stop(f"the optimizer step of step {step} overflowed ({e})", step + 1, args.out)
+    bad = first_nonfinite(updated)  # one fused max |w| over the updated weights, one sync
+    if dist.is_initialized():  # every rank stops together, or the others would wait in the next collective
+        flag = torch.tensor(float(bad is not None), device=updated[0][1].device if updated else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bad or ("a weight on another rank" if flag.item() else None)
+    if bad is not None:
+        stop(f"non-finite weight {bad} after the optimizer step of step {step}", step + 1, args.out)
     opt.zero_grad(set_to_none=True)
     return norm
 
 
-def check_finite(value, step, out, what="loss"):
-    """A NaN or Inf loss (or gradient) stops the run; the last good checkpoint in `out` is left untouched."""
+def check_finite(value, step, out, what="loss", detail=None):
+    """A NaN or Inf loss (or gradient) at `step` stops the run. The weights it was computed with are those
+    of checkpoint `step` (saved after `step` updates), so that checkpoint is not a good one to resume from."""
     if not math.isfinite(value):
-        last = latest_checkpoint(out)
-        raise FloatingPointError(f"non-finite {what} {value} at step {step}; stopping. Last good checkpoint: "
-                                 f"{last or 'none'} (resume with --resume after fixing the cause)")
+        stop(f"non-finite {what} {value} at step {step}" + (f" ({detail})" if detail else ""), step, out)
+
+
+def stop(msg, bad_step, out):
+    """Raise FloatingPointError(msg), naming the last good checkpoint: the newest one from before `bad_step`,
+    whose weights are finite (checked before every save) and gave a finite loss (checked at its step).
+    If `latest` names the checkpoint of bad_step (saved before its loss was seen), rank 0 points `latest`
+    back at the last good one and removes it."""
+    live = latest_checkpoint(out)
+    last = live
+    if live and (step_of(os.path.basename(live)) or 0) >= bad_step:
+        earlier = sorted((step_of(d), d) for d in os.listdir(out) if (step_of(d) or bad_step) < bad_step)
+        last = os.path.join(out, earlier[-1][1]) if earlier else None
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            if last:
+                point_latest(out, os.path.basename(last))
+            else:
+                os.remove(os.path.join(out, "latest"))
+            shutil.rmtree(live, ignore_errors=True)
+        msg += f"; removed {live}, whose weights gave it"
+    raise FloatingPointError(f"{msg}; stopping. Last good checkpoint: " + (
+        f"{last} (resume with --resume after fixing the cause)" if last else "none (start again after fixing the cause)"))
 
 
 # -----------------------------------------------------------------------------
 # metrics and checkpoints
 
 class Metrics:
-    """Append-only JSONL log (rank 0 only) plus a progress bar."""
+    """Append-only JSONL log (rank 0 only) plus a progress bar. A run that starts at step `start` (a resumed
+    one) first drops the rows of steps >= start, which it is about to log again: one row per step."""
 
     def __init__(self, run, out, total, start, desc):
         self.run = run
@@ -275,6 +318,12 @@ class Metrics:
         self.bar = None
         if run.master:
             os.makedirs(out, exist_ok=True)
+            if os.path.isfile(self.path):
+                with open(self.path) as f:
+                    lines = f.readlines()
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(line for line in lines if _logged_before(line, start))
+                os.replace(self.path + ".tmp", self.path)
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stdout,
                             disable=None)
@@ -296,6 +345,31 @@ class Metrics:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+def _logged_before(line, start):
+    """Whether a metrics.jsonl line is a whole row of a step before `start` (a line cut by a kill is not)."""
+    try:
+        return json.loads(line)["step"] < start
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def step_of(name):
+    """The step of a checkpoint directory's name: step_000100 -> 100, and step_000100_1 (a re-save of the
+    step `latest` named, see save_checkpoint) -> 100; None for any other name."""
+    m = re.fullmatch(r"step_(\d+)(_1)?", name)
+    return int(m[1]) if m else None
+
+
+def point_latest(out, name):
+    """Switch out/latest to `name` atomically (write a temporary file, then rename it over the pointer)."""
+    tmp = os.path.join(out, ".latest.tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out, "latest"))
 
 
 def latest_checkpoint(out):
@@ -325,11 +399,20 @@ def optimizer_state(model, opt):
 
 
 def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
-    """Write out/step_{step}: HF layout + trainer_state.pt + args.json, atomically; then point `latest` at it."""
+    """Write out/step_{step}: HF layout + trainer_state.pt + args.json, atomically; then point `latest` at it.
+    Non-finite weights are never saved. The directory `latest` names is never replaced in place (its
+    replacement would leave `latest` dangling for a moment): a re-save of that step (GRPO's RL-1 checkpoint
+    after a resume) goes to step_{step}_1, or back, and the old one is removed after the switch."""
     state, ostate = full_state(model), optimizer_state(model, opt)  # collective under FSDP: all ranks
+    bad = first_nonfinite(state.items())  # every rank holds the full state: all stop together
+    if bad is not None:
+        stop(f"non-finite weight {bad} at the save of step {step}", step, out)
     if run.master:
         name = f"step_{step:06d}"
         os.makedirs(out, exist_ok=True)
+        live = latest_checkpoint(out)
+        if live and os.path.basename(live) == name:
+            name += "_1"
         tmp = os.path.join(out, f".tmp-{name}")
         for d in os.listdir(out):  # left by a save killed half-way (never pointed to; a model's size each)
             if d.startswith(".tmp-"):
@@ -340,15 +423,14 @@ def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
                     "python_rng": random.getstate(), "extra": extra or {}}, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
-        replace_dir(tmp, os.path.join(out, name))
-        ptr_tmp = os.path.join(out, ".latest.tmp")
-        with open(ptr_tmp, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(ptr_tmp, os.path.join(out, "latest"))  # the atomic switch
-        old = sorted(d for d in os.listdir(out) if d.startswith("step_") and d != name)
-        for d in old[:max(0, len(old) - (keep - 1))]:
+        replace_dir(tmp, os.path.join(out, name))  # `latest` does not name `name`: no reader can miss it
+        point_latest(out, name)  # the atomic switch
+        # Removed now: debris of a killed replace_dir, the superseded copy of this step, and all but the
+        # newest keep - 1 earlier checkpoints. Later steps (a run resumed from an earlier `latest`) are left.
+        others = [d for d in os.listdir(out) if d.startswith("step_") and d != name]
+        earlier = sorted((step_of(d), d) for d in others if step_of(d) is not None and step_of(d) < step)
+        remove = [d for d in others if step_of(d) in (None, step)] + [d for _, d in earlier[:max(0, len(earlier) - (keep - 1))]]
+        for d in remove:
             shutil.rmtree(os.path.join(out, d), ignore_errors=True)
     if run.distributed:
         dist.barrier()
@@ -394,7 +476,7 @@ def ensure(path, run):
     if run.distributed:
         raise FileNotFoundError(f"{path} is missing: run `python {' '.join(PIPELINE[path])}` first")
     import subprocess
-    cmd = [sys.executable] + PIPELINE[path]
+    cmd = [sys.executable] + PIPELINE[path] + (["--overwrite"] if PIPELINE[path][0].endswith(".py") else [])
     run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd)}")
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
 
@@ -417,6 +499,36 @@ def resume_or_init(run, args, default_init):
     return path, None
 
 
+def claim_out(run, args):
+    """Call first thing: a run never writes into another run's --out by accident. An --out that holds
+    checkpoints (a `latest` or step directories) is continued with --resume, or started over with
+    --overwrite, which first deletes them, metrics.jsonl and nested runs (GRPO's rl1); otherwise refused."""
+    if args.resume:
+        if args.overwrite:
+            raise SystemExit("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+        return
+    held = sorted(d for d in os.listdir(args.out) if d == "latest" or d.startswith("step_")) \
+        if os.path.isdir(args.out) else []
+    if not held:
+        return
+    if not args.overwrite:
+        raise SystemExit(f"--out {args.out} already holds a run ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''})"
+                         f": pass --resume to continue it, or --overwrite to delete it and start over")
+    init = os.path.abspath(resolve_checkpoint(args.init) or args.init) if args.init else ""
+    if init.startswith(os.path.abspath(args.out) + os.sep):
+        raise SystemExit(f"--init {args.init} lies inside --out {args.out}, which --overwrite would delete")
+    if run.master:
+        for d in os.listdir(args.out):
+            p = os.path.join(args.out, d)
+            if os.path.isdir(p) and (d.startswith(("step_", ".tmp-")) or os.path.isfile(os.path.join(p, "latest"))):
+                shutil.rmtree(p)
+            elif d in ("latest", ".latest.tmp", "metrics.jsonl"):
+                os.remove(p)
+        run.print(f"[out] --overwrite: deleted the run that was in {args.out}")
+    if run.distributed:
+        dist.barrier()
+
+
 def restore(model, opt, state):
     """Load optimizer and RNG state from a trainer_state (the weights were loaded with the model)."""
     if any(hasattr(p, "full_tensor") for p in model.parameters()):
@@ -429,18 +541,88 @@ def restore(model, opt, state):
     return state["step"]
 
 
-def read_jsonl(path):
-    rows = []
-    with open(path) as f:
+# -----------------------------------------------------------------------------
+# data files: every stage checks its rows up front, before the model loads
+
+# What each stage's JSONL rows must hold, written out as data: field -> type; "name?" is optional (null counts
+# as absent); [spec] is a non-empty list of spec; {...} an object. Other fields are allowed and ignored.
+BASE_ROWS = {"text": str, "question?": str, "response?": str}  # pretrain.py: base.jsonl
+PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
+             "direction?": str}
+TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  # sft_coa.py: stage2, workflow
+                   "kind?": str}
+QUESTION_ROWS = {"id": (str, int), "question": str, "answers": [str], "hops?": int}  # grpo.py, eval.py
+
+
+def schema_error(value, spec, field=""):
+    """The first way `value` departs from `spec`, as text naming the field, or None."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{f'field {field!r}' if field else 'the row'} should be an object, got {type(value).__name__}"
+        for key, sub in spec.items():
+            name = key.rstrip("?")
+            path = f"{field}.{name}" if field else name
+            if value.get(name) is None:
+                if key.endswith("?"):
+                    continue
+                return f"missing field {path!r}"
+            err = schema_error(value[name], sub, path)
+            if err:
+                return err
+        return None
+    if isinstance(spec, list):
+        if not isinstance(value, list) or not value:
+            return f"field {field!r} should be a non-empty list, got {json.dumps(value)[:40]}"
+        return next((e for i, v in enumerate(value) if (e := schema_error(v, spec[0], f"{field}[{i}]"))), None)
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # JSON true is no int
+        return f"field {field!r} should be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}"
+    return None
+
+
+class Rows(list):
+    """A JSONL file's rows, each remembering its line: rows.where(i) is "path:line", for error messages."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.lines = path, []
+
+    def where(self, i):
+        return f"{self.path}:{self.lines[i]}"
+
+
+def read_jsonl(path, schema=None):
+    """Rows of a JSONL file (blank lines skipped), each checked against `schema` if given: a bad row is
+    a ValueError naming the file, line and field."""
+    rows = Rows(path)
+    with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: invalid JSON ({e})") from None
+                err = schema and schema_error(row, schema)
+                if err:
+                    raise ValueError(f"{path}:{i}: {err}")
+                rows.append(row)
+                rows.lines.append(i)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+def check_prompts(rows, ckpt):
+    """Refuse a question whose prompt does not fit the checkpoint's context (config.json's
+    max_position_embeddings), naming file and line. Reads only the config and tokenizer, so it runs before
+    the model loads, and long before the sampler would size a KV cache for the whole prompt."""
+    context = Qwen2Config.from_json(os.path.join(ckpt, "config.json")).max_position_embeddings
+    tok = Tokenizer.from_pretrained(ckpt)
+    for i, row in enumerate(rows):
+        n = len(encode_prompt(tok, row["question"]))
+        if n >= context:
+            raise ValueError(f"{rows.where(i)}: the question's prompt is {n} tokens, and the model's context "
+                             f"(max_position_embeddings in {ckpt}/config.json) is {context}: no room to answer")
 
 
 def evenly_spaced(rows, n):

@@ -499,10 +499,11 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     print(f"[eval] device {args.device}, dtype {dtype}, checkpoint {ckpt}, split {split}")
     print("[eval] args " + json.dumps(vars(args)))
+    rows = common.read_jsonl(os.path.join(args.data, f"{split}.jsonl"), common.QUESTION_ROWS)
+    common.check_prompts(rows, ckpt)  # before the model loads; a question beyond the context fails here
+    rows = common.evenly_spaced(rows, args.limit)
     model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
     tok = Tokenizer.from_pretrained(ckpt)
-    rows = common.read_jsonl(os.path.join(args.data, f"{split}.jsonl"))
-    rows = common.evenly_spaced(rows, args.limit)
     needs_tool = args.probe or any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real")
                                    for p in args.policy)
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None

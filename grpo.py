@@ -144,11 +144,21 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
+    common.claim_out(run, args)
     run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
+
+    # -------------------------------------------------------------------------
+    # data, checked before the model loads: a row without answers would otherwise stop the run at the
+    # step that draws it, and a question longer than the context would size a KV cache for it
+    common.ensure(args.data, run)
+    prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"), common.QUESTION_ROWS)
+    dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl"), common.QUESTION_ROWS) if args.val_prompts else []
 
     # -------------------------------------------------------------------------
     # model + tokenizer, and the frozen reference (the policy at its initialisation)
     path, state = common.resume_or_init(run, args, default_init="runs/sft3")
+    for rows in (prompts, dev):
+        common.check_prompts(rows, path)
     model, tok = common.load_model(path, run, args.grad_checkpointing)
     ref_path = state["extra"]["reference"] if state else path
     ref, _ = common.load_model(ref_path, run)
@@ -166,12 +176,9 @@ def main():
 
     # -------------------------------------------------------------------------
     # data and the search tool
-    common.ensure(args.data, run)
-    prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"))
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
-    dev = common.evenly_spaced(common.read_jsonl(os.path.join(args.data, "dev.jsonl")), args.val_prompts) \
-        if args.val_prompts else []
+    dev = common.evenly_spaced(dev, args.val_prompts)
 
     def log_validation(step):
         metrics.log(step, **{k: v for k, v in validate(model, tok, dev, tool, args, run).items() if v is not None})

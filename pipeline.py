@@ -89,7 +89,8 @@ def jobs(limit, batch_size, skip_train):
         if common.have(os.path.join(ROOT, key)):
             print(f"[pipeline] {key}: already done, skipping")
             continue
-        out.append((key, cmd, needs, key))
+        # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
+        out.append((key, cmd + ["--overwrite"] if cmd[0].endswith(".py") else cmd, needs, key))
     for name, ckpt, policy, made_by in ROWS:
         if skip_train and not common.have(os.path.join(ROOT, ckpt)):
             print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")

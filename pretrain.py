@@ -63,13 +63,17 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
+    common.claim_out(run, args)
 
     # -------------------------------------------------------------------------
     # data: base text, rendered as documents and as chat-format reasoning traces
     common.ensure(args.data, run)
-    rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"))
-    texts = [r["text"] if r.get("kind") == "doc"  # reasoning and reading traces: the same chat frame as at run time
-             else chat_prompt(r["question"], env.INSTRUCTION) + r["response"] for r in rows]
+    rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"), common.BASE_ROWS)
+    for i, r in enumerate(rows):
+        if r.get("response") is not None and r.get("question") is None:
+            raise ValueError(f"{rows.where(i)}: a reasoning trace ('response') needs its 'question'")
+    texts = [chat_prompt(r["question"], env.INSTRUCTION) + r["response"] if r.get("response") is not None
+             else r["text"] for r in rows]  # reasoning and reading traces: the same chat frame as at run time
 
 
     # -------------------------------------------------------------------------

@@ -50,6 +50,12 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
+    common.claim_out(run, args)
+
+    # -------------------------------------------------------------------------
+    # data, checked before the model loads: a bad row stops the run in seconds, naming its line
+    common.ensure(args.data, run)
+    rows = common.read_jsonl(os.path.join(args.data, args.file), common.TRAJECTORY_ROWS)
 
     # -------------------------------------------------------------------------
     # model + tokenizer
@@ -59,14 +65,17 @@ def main():
 
     # -------------------------------------------------------------------------
     # data
-    common.ensure(args.data, run)
-    rows = common.read_jsonl(os.path.join(args.data, args.file))
-    encoded = [common.encode_trajectory(tok, r, args.mask_obs, args.max_len) for r in rows]
+    full = [common.encode_trajectory(tok, r, args.mask_obs, None) for r in rows]
+    encoded = [(ids[:args.max_len], mask[:args.max_len]) for ids, mask in full]
+    for i, (_, mask) in enumerate(encoded):
+        if not any(mask[1:]):  # a row with no trained token left would add nothing but padding
+            raise ValueError(f"{rows.where(i)}: --max-len {args.max_len} cuts away every trained token "
+                             f"(the first is token {full[i][1].index(1)})")
     kinds = " + ".join(f"{n} {k}" for k, n in sorted(collections.Counter(r.get("kind", "unlabelled")
                                                                          for r in rows).items()))
     run.print(f"[data] stage {stage}, {args.file}: {kinds} trajectories, "
               f"{sum(len(i) for i, _ in encoded)} tokens, {sum(sum(m) for _, m in encoded)} scored "
-              f"(mask-obs={args.mask_obs})")
+              f"(mask-obs={args.mask_obs}); {sum(len(i) > args.max_len for i, _ in full)} cut to --max-len {args.max_len}")
 
     # -------------------------------------------------------------------------
     # loss: masked NLL, mean over the scored tokens of the global batch

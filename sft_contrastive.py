@@ -49,6 +49,12 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
+    common.claim_out(run, args)
+
+    # -------------------------------------------------------------------------
+    # data, checked before the model loads: a bad row stops the run in seconds, naming its line
+    common.ensure(args.data, run)
+    pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"), common.PAIR_ROWS)
 
     # -------------------------------------------------------------------------
     # model + tokenizer
@@ -58,17 +64,21 @@ def main():
 
     # -------------------------------------------------------------------------
     # data: (prompt + prefix, continuation) token runs; the continuation alone is scored
-    common.ensure(args.data, run)
-    pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"))
+    cut = [False] * len(pairs)  # pairs that --max-len shortens
 
-    def encode(row, continuation):
+    def encode(i, row, continuation):
         context = common.encode_prompt(tok, row["question"]) + tok.encode(row["prefix"])
         cont = tok.encode(continuation)
+        if len(context) >= args.max_len:  # P(x) would be a mean over no token: the pair would teach nothing
+            raise ValueError(f"{pairs.where(i)}: prompt + prefix are {len(context)} tokens, so --max-len "
+                             f"{args.max_len} cuts the whole continuation away")
+        cut[i] |= len(context) + len(cont) > args.max_len
         return (context + cont)[:args.max_len], ([0] * len(context) + [1] * len(cont))[:args.max_len]
 
-    encoded = [(encode(r, r["chosen"]), encode(r, r["rejected"])) for r in pairs]
+    encoded = [(encode(i, r, r["chosen"]), encode(i, r, r["rejected"])) for i, r in enumerate(pairs)]
     run.print(f"[data] {len(pairs)} pairs: " + ", ".join(
-        f"{d} {sum(r['direction'] == d for r in pairs)}" for d in ("search", "answer")))
+        f"{d} {sum(r.get('direction') == d for r in pairs)}" for d in ("search", "answer")) +
+        f"; {sum(cut)} cut to --max-len {args.max_len}")
 
     # -------------------------------------------------------------------------
     # loss on a batch of pairs: a pair's chosen and rejected rows go through one forward together

@@ -107,7 +107,7 @@ def weights(path):
 def assert_complete_checkpoint(path, step):
     """Every file of a checkpoint is there, the weights load strictly and are finite, and the trainer
     state is the one of `step`."""
-    assert os.path.basename(path) == f"step_{step:06d}"
+    assert re.fullmatch(rf"step_{step:06d}(_1)?", os.path.basename(path)), path  # _1: common.save_checkpoint
     for f in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "args.json"):
         assert os.path.isfile(os.path.join(path, f)), f"{path} lacks {f}"
     state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
@@ -158,7 +158,7 @@ def sft1(tmp, world, base):
     out = str(tmp / "sft1")
     # the whole set (16 pairs) every step, so the logged loss is one objective going down, not batch noise
     run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 20,
-               "--batch-size", 16, "--lr", 1e-2, "--warmup", 0, "--max-len", 256)
+               "--batch-size", 16, "--lr", 1e-2, "--warmup", 0, "--max-len", 512)  # 256 would cut pairs' continuations
     return out
 
 
@@ -431,7 +431,7 @@ def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
     for mt in (2, 100_000):
         runs[mt] = out = str(tmp / f"sft1_micro{mt}")
         run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 4,
-                   "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--max-len", 256, "--micro-tokens", mt)
+                   "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--max-len", 512, "--micro-tokens", mt)
     one, many = metrics(runs[100_000]), metrics(runs[2])
     for r1, r2 in zip(one, many, strict=True):
         for k in ("loss", "logp_chosen", "logp_rejected", "acc", "grad_norm"):
@@ -702,7 +702,9 @@ def test_crash_mid_save_keeps_last_checkpoint(tmp_path, tok, monkeypatch, where)
     path, _ = latest_step(out)
     assert_complete_checkpoint(path, 4)
     assert save_debris(out) == []
-    assert {d for d in os.listdir(out) if d.startswith("step_")} == {"step_000003", "step_000004"}
+    # a save of the step `latest` already names goes to step_N_1, never replacing that directory in place
+    new = "step_000004_1" if where == "old checkpoint cleanup" else "step_000004"
+    assert {d for d in os.listdir(out) if d.startswith("step_")} == {"step_000003", new}
 
 
 SFT_RESUME = ["--mask-obs", "--batch-size", 2, "--lr", 1e-2, "--warmup", 60, "--max-len", 256, "--steps", 60]
@@ -850,7 +852,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1):
     shutil.copytree(sft1, out)
     before = weights(common.latest_checkpoint(out))
     p = run_script("sft_contrastive.py", "--data", world, "--out", out, "--resume", "--steps", 40,
-                   "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 256, "--save-every", 100,
+                   "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100,
                    check=False)
     assert p.returncode != 0
     good = os.path.join(out, "step_000020")

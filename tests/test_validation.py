@@ -1,0 +1,253 @@
+"""Every stage checks its data before the model loads: each JSONL row's required fields and types (file,
+line and field named), questions that do not fit the model's context, and rows that --max-len would cut
+down to nothing to train.
+
+    python -m pytest -q tests/test_validation.py
+
+The stage scripts run in-process (main() with sys.argv set), with the model loader replaced by one that
+fails the test: a check that passes must have run before the model was loaded. Their data is the tiny
+world of tests/test_stages.py with one row made bad.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import common
+import eval as ev
+import grpo
+import pretrain
+import sft_coa
+import sft_contrastive
+from data.build import build
+from tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("valid") / "world")
+    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
+          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ckpt(world, tmp_path_factory):
+    """A tiny checkpoint of the world (pretrain.py, 1 step): its tokenizer and config are what the checks read."""
+    out = tmp_path_factory.mktemp("valid") / "base"
+    p = subprocess.run([sys.executable, "pretrain.py", "--data", world, "--out", str(out), "--hidden", "16",
+                        "--intermediate", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq-len", "32",
+                        "--vocab-size", "300", "--steps", "1", "--batch-size", "2"], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return common.latest_checkpoint(str(out))
+
+
+@pytest.fixture
+def data(world, tmp_path):
+    """data({file: edit, ...}) -> a fresh copy of the world whose files have their rows passed through edit(rows)."""
+    copies = []
+
+    def make(edits):
+        out = tmp_path / f"data{len(copies)}"
+        copies.append(out)
+        shutil.copytree(world, out)
+        for file, edit in edits.items():
+            with open(out / file) as f:
+                rows = [json.loads(line) for line in f]
+            with open(out / file, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in edit(rows))
+        return str(out)
+    return make
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: whatever the stage reports must come from the checks before it."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the data was checked")
+    monkeypatch.setattr(common, "load_model", refuse)
+    monkeypatch.setattr(ev.Qwen2, "from_pretrained", refuse)
+    monkeypatch.setattr(pretrain, "train_tokenizer", refuse)
+
+
+def run_main(module, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
+    module.main()
+
+
+def replace(i, **fields):
+    """An edit of the rows: row i updated with `fields` (None removes a field)."""
+    def edit(rows):
+        rows[i] = {k: v for k, v in {**rows[i], **fields}.items() if v is not None}
+        return rows
+    return edit
+
+
+# ============================================================================= the schema helper
+
+GOOD = {"QUESTION_ROWS": {"id": "q0", "question": "Who?", "answers": ["Ada"], "hops": None},  # null: absent
+        "TRAJECTORY_ROWS": {"question": "Who?", "segments": [{"text": "a", "tool": True}]},
+        "PAIR_ROWS": {"question": "Who?", "prefix": "", "chosen": "a", "rejected": "b", "extra": [1]},
+        "BASE_ROWS": {"text": "Ada is a person."}}
+
+
+@pytest.mark.parametrize("schema, row, said", [
+    ("QUESTION_ROWS", {"id": "q1", "question": "Who?"}, "missing field 'answers'"),
+    ("QUESTION_ROWS", {"id": "q1", "question": "Who?", "answers": None}, "missing field 'answers'"),
+    ("QUESTION_ROWS", {"id": "q1", "question": "Who?", "answers": "Ada"},
+     "field 'answers' should be a non-empty list, got \"Ada\""),
+    ("QUESTION_ROWS", {"id": "q1", "question": "Who?", "answers": []}, "field 'answers' should be a non-empty list"),
+    ("QUESTION_ROWS", {"id": "q1", "question": "Who?", "answers": ["Ada", 7]},
+     "field 'answers[1]' should be str, got int"),
+    ("QUESTION_ROWS", {"id": True, "question": "Who?", "answers": ["Ada"]}, "field 'id' should be str or int, got bool"),
+    ("QUESTION_ROWS", {"id": 3, "question": "Who?", "answers": ["Ada"], "hops": "2"}, "field 'hops' should be int, got str"),
+    ("QUESTION_ROWS", ["Who?", ["Ada"]], "the row should be an object, got list"),
+    ("TRAJECTORY_ROWS", {"question": "Who?", "segments": [{"text": "a", "tool": False}, {"text": "b", "tool": "yes"}]},
+     "field 'segments[1].tool' should be bool, got str"),
+    ("TRAJECTORY_ROWS", {"question": "Who?", "segments": [{"tool": False}]}, "missing field 'segments[0].text'"),
+    ("TRAJECTORY_ROWS", {"question": "Who?", "segments": [[]]}, "field 'segments[0]' should be an object, got list"),
+    ("PAIR_ROWS", {"question": "Who?", "prefix": "", "chosen": "a", "rejected": 1}, "field 'rejected' should be str"),
+    ("BASE_ROWS", {"kind": "doc"}, "missing field 'text'"),
+])
+def test_a_bad_row_names_file_line_and_field(tmp_path, schema, row, said):
+    path, good = tmp_path / "rows.jsonl", GOOD[schema]
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")  # the blank line counts: line 3
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: {said}")):
+        common.read_jsonl(str(path), getattr(common, schema))
+    rows = common.read_jsonl(str(path))  # no schema: any JSON; the good row alone passes its schema
+    assert rows.where(1) == f"{path}:3" and rows[0] == good
+    path.write_text(json.dumps(good) + "\n")
+    assert common.read_jsonl(str(path), getattr(common, schema)) == [good]
+
+
+def test_invalid_json_and_empty_files_name_the_file(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(ValueError, match=f"^{path}:2: invalid JSON"):
+        common.read_jsonl(str(path), common.BASE_ROWS)
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match=f"^{path}: no rows"):
+        common.read_jsonl(str(path), common.BASE_ROWS)
+
+
+def test_check_prompts_allows_exactly_what_leaves_room_to_answer(tmp_path, ckpt):
+    """A question's prompt of n tokens needs a context of at least n + 1 (one token to write)."""
+    tok = Tokenizer.from_pretrained(ckpt)
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "question": q, "answers": ["x"]}) + "\n"
+                            for i, q in enumerate(["Who is Ada?", "Who is Ada? " * 20])))
+    rows = common.read_jsonl(str(path), common.QUESTION_ROWS)
+    n = len(common.encode_prompt(tok, rows[1]["question"]))
+    for context in (n + 1, n):
+        small = tmp_path / f"ctx{context}"
+        shutil.copytree(ckpt, small)
+        cfg = json.loads((small / "config.json").read_text())
+        (small / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": context}))
+        if context > n:
+            common.check_prompts(rows, str(small))
+        else:
+            with pytest.raises(ValueError, match=f"^{path}:2: the question's prompt is {n} tokens, and the model's "
+                                                 f"context .* is {n}: no room to answer"):
+                common.check_prompts(rows, str(small))
+
+
+# ============================================================================= each stage, before its model loads
+
+def test_grpo_refuses_a_row_without_answers_before_loading(tmp_path, ckpt, data, monkeypatch, no_model):
+    """The reported crash: a bare KeyError at the GRPO step that drew the row. Now: file, line, field, at once."""
+    d = data({"rl.jsonl": replace(6, answers=None)})
+    with pytest.raises(ValueError, match=f"^{d}/rl.jsonl:7: missing field 'answers'$"):
+        run_main(grpo, monkeypatch, "--data", d, "--init", ckpt, "--out", tmp_path / "rl")
+    assert not os.path.exists(tmp_path / "rl" / "metrics.jsonl")
+
+
+def test_grpo_and_eval_refuse_a_question_beyond_the_context(tmp_path, ckpt, data, monkeypatch, no_model):
+    """The reported allocation: a 1 MB question made eval size a KV cache for it. Now refused by line, from the
+    tokenizer and config alone (the model is never loaded)."""
+    huge = "Who is Ada? " * 100_000  # ~1.2 MB
+    d = data({"test.jsonl": replace(4, question=huge), "dev.jsonl": replace(2, question=huge)})
+    with pytest.raises(ValueError, match=f"^{d}/test.jsonl:5: the question's prompt is \\d+ tokens, and the model's "
+                                         f"context .* is 4096: no room to answer"):
+        ev.main(["--ckpt", ckpt, "--data", d, "--policy", "none", "--out", str(tmp_path / "e.jsonl")])
+    with pytest.raises(ValueError, match=f"^{d}/dev.jsonl:3: the question's prompt"):
+        run_main(grpo, monkeypatch, "--data", d, "--init", ckpt, "--out", tmp_path / "rl")
+
+
+def test_eval_refuses_a_question_row_of_the_wrong_shape(tmp_path, ckpt, data, no_model):
+    d = data({"test.jsonl": replace(0, answers=["fine", ["nested"]])})
+    with pytest.raises(ValueError, match=rf"^{d}/test.jsonl:1: field 'answers\[1\]' should be str, got list$"):
+        ev.main(["--ckpt", ckpt, "--data", d, "--policy", "none", "--out", str(tmp_path / "e.jsonl")])
+
+
+def test_pretrain_checks_base_text_before_the_tokenizer(tmp_path, data, monkeypatch, no_model):
+    d = data({"base.jsonl": replace(3, text=None)})
+    with pytest.raises(ValueError, match=f"^{d}/base.jsonl:4: missing field 'text'$"):
+        run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base")
+    d = data({"base.jsonl": lambda rows: rows + [{"text": "x", "response": "y"}]})
+    with pytest.raises(ValueError, match=r"base.jsonl:\d+: a reasoning trace \('response'\) needs its 'question'"):
+        run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base")
+
+
+def test_plain_text_rows_are_enough_for_pretrain(tmp_path, monkeypatch):
+    """base.jsonl rows with only "text" (no kind, no question) pretrain as plain documents."""
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "base.jsonl").write_text("".join(json.dumps({"text": f"Ada {i} is a person."}) + "\n" for i in range(40)))
+    (d / "corpus.jsonl").write_text(json.dumps({"id": "1", "contents": "Ada is a person."}) + "\n")
+    (d / "meta.json").write_text("{}")
+    run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base", "--hidden", 16, "--intermediate", 32,
+             "--layers", 1, "--heads", 2, "--kv-heads", 1, "--seq-len", 16, "--vocab-size", 300, "--steps", 1,
+             "--batch-size", 2)
+    assert common.latest_checkpoint(str(tmp_path / "base"))
+
+
+def test_sft_coa_checks_segments_before_loading(tmp_path, ckpt, data, monkeypatch, no_model):
+    def bad_tool(rows):
+        rows[2]["segments"] = [{"text": "I need it.", "tool": False}, {"text": "<search_result>", "tool": "true"}]
+        return rows
+    d = data({"stage2.jsonl": bad_tool})
+    with pytest.raises(ValueError, match=rf"^{d}/stage2.jsonl:3: field 'segments\[1\]\.tool' should be bool, got str$"):
+        run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+
+
+def test_sft_coa_reports_cut_rows_and_refuses_one_with_nothing_left(tmp_path, ckpt, data, monkeypatch, capsys):
+    """--max-len cuts: the count is reported; a row whose trained tokens are all cut away (a question longer
+    than --max-len) is refused by line before the first step."""
+    tok = Tokenizer.from_pretrained(ckpt)
+    d = data({"stage2.jsonl": lambda rows: rows[:3]})
+    lengths = [len(common.encode_trajectory(tok, r, True, None)[0])
+               for r in common.read_jsonl(os.path.join(d, "stage2.jsonl"))]
+    max_len = sorted(lengths)[1]  # the longest row is cut, the others fit
+    args = ["--mask-obs", "--init", ckpt, "--steps", 1, "--batch-size", 3, "--max-len", max_len]
+    run_main(sft_coa, monkeypatch, *args, "--data", d, "--out", tmp_path / "ok")
+    assert f"; 1 cut to --max-len {max_len}" in capsys.readouterr().out
+    d = data({"stage2.jsonl": lambda rows: replace(1, question="Who is Ada? " * 200)(rows[:3])})
+    with pytest.raises(ValueError, match=rf"^{d}/stage2.jsonl:2: --max-len {max_len} cuts away every trained token"):
+        run_main(sft_coa, monkeypatch, *args, "--data", d, "--out", tmp_path / "cut")
+    assert not os.path.exists(tmp_path / "cut" / "metrics.jsonl")  # no step ran
+
+
+def test_sft_contrastive_refuses_a_pair_whose_continuation_is_cut_away(tmp_path, ckpt, data, monkeypatch, capsys,
+                                                                     no_model):
+    d = data({"stage1.jsonl": replace(0, rejected=None)})
+    with pytest.raises(ValueError, match=f"^{d}/stage1.jsonl:1: missing field 'rejected'$"):
+        run_main(sft_contrastive, monkeypatch, "--data", d, "--init", ckpt, "--out", tmp_path / "s1")
+    monkeypatch.undo()  # the model may load now: the next check needs its tokenizer
+    long_chosen = {"chosen": "I know this one. " * 300}
+    d = data({"stage1.jsonl": lambda rows: [rows[0], {**rows[1], **long_chosen},
+                                            {**rows[2], "prefix": "Let me think. " * 300}]})
+    args = ["--data", d, "--init", ckpt, "--steps", 1, "--batch-size", 2, "--max-len", 1024]
+    with pytest.raises(ValueError, match=f"^{d}/stage1.jsonl:3: prompt \\+ prefix are \\d+ tokens, so --max-len "
+                                         f"1024 cuts the whole continuation away$"):
+        run_main(sft_contrastive, monkeypatch, *args, "--out", tmp_path / "s1")
+    assert not os.path.exists(tmp_path / "s1" / "metrics.jsonl")
+    d = data({"stage1.jsonl": lambda rows: [rows[0], {**rows[1], **long_chosen}]})  # pair 2 is cut, not refused
+    run_main(sft_contrastive, monkeypatch, "--data", d, *args[2:], "--out", tmp_path / "s1")
+    assert "; 1 cut to --max-len 1024" in capsys.readouterr().out
