@@ -75,8 +75,8 @@ def test_chatml_facts(dirs):
     generation prompt followed by `<think>\\n`."""
     tok = Tokenizer.from_pretrained(dirs["chatml"])
     text = tok.agent_prompt("Who?", "Answer.")
-    assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                    "<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+                    "<|im_end|>\n<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
     ids = tok.encode(text)
     assert ids == hf_ids(dirs["chatml"], [{"role": "user", "content": "Answer.\nWho?"}]) + tok.encode("<think>\n")
     assert ids[0] == 151644 and ids.count(151645) == 2 and tok.eos_id == 151645
@@ -131,7 +131,7 @@ def test_bad_configs_name_the_file(dirs, tmp_path):
     with pytest.raises(ValueError, match="tokenizer_config.json: no eos_token"):
         Tokenizer.from_pretrained(str(tmp_path))
     cfg.unlink()  # no config and no R1 end-of-sentence token: the embedded defaults cannot apply
-    with pytest.raises(ValueError, match=r"tokenizer.json: no tokenizer_config.json, and the embedded world's eos_token"):
+    with pytest.raises(ValueError, match=r"tokenizer.json: no tokenizer_config.json, and the embedded world's eos"):
         Tokenizer.from_pretrained(str(tmp_path))
     cfg.write_text("{")
     with pytest.raises(ValueError, match="tokenizer_config.json: invalid JSON"):

@@ -1,0 +1,234 @@
+"""The real path, end to end, on realistic stand-ins (tests/qwen_standin.py: a tiny random Qwen2 with the real
+Qwen BPE, R1-Distill's tokens and template; and a ChatML one): a HotpotQA-format file -> data/convert.py ->
+data/distill.py (the stand-in as a checkpoint teacher, and a scripted OpenAI-compatible teacher that acts
+correctly) -> SFT-1/2/3 -> GRPO (a simulated step, then a real one against `python env.py serve`) -> eval ->
+the result loads in transformers with the same chat template. One step of each: what is checked is the
+plumbing (formats, files, ids), not learning."""
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import common
+import env
+from data import convert, distill
+from qwen_standin import standin_checkpoint
+from tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", AUTOCOA_KERNELS="torch")
+ARTHUR = ["Arthur's Magazine", ["Arthur's Magazine was an American literary periodical.", " It started in 1844.",
+                                " It was edited by T. S. Arthur."]]
+WOMEN = ["First for Women", ["First for Women is a woman's magazine.", " It started in 1989."]]
+TSA = ["T. S. Arthur", ["Timothy Shay Arthur was an American writer.", " He edited Arthur's Magazine."]]
+HOTPOT = [
+    {"_id": "5a7a06935542990198eaf050", "question": "Which magazine was started first, Arthur's Magazine or First "
+     "for Women?", "answer": "Arthur's Magazine", "type": "comparison", "level": "medium",
+     "supporting_facts": [["Arthur's Magazine", 1], ["First for Women", 1]], "context": [ARTHUR, WOMEN]},
+    {"_id": "5a879ab05542996e4f30887e", "question": "Who edited the periodical that started in 1844?",
+     "answer": "T. S. Arthur", "type": "bridge", "level": "hard",
+     "supporting_facts": [["Arthur's Magazine", 2], ["T. S. Arthur", 0]], "context": [ARTHUR, TSA, WOMEN]},
+]
+QUERY = {r["question"]: r["supporting_facts"][0][0] for r in HOTPOT}
+ANSWER = {r["question"]: r["answer"] for r in HOTPOT}
+
+
+def run(*args, timeout=300):
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(map(str, args))}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+class ScriptedTeacher(BaseHTTPRequestHandler):
+    """/v1/chat/completions that acts correctly on even seeds (searches the gold paragraph's title, then answers
+    right once it has read the result) and recalls a wrong answer on odd ones. It continues a partial assistant
+    message (continue_final_message) and never writes the stop string, as a real server."""
+    requests = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ScriptedTeacher.requests.append(body)
+        question = body["messages"][0]["content"].split("\n")[-1]
+        partial = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
+        assert body["stop"] == [env.TAGS.search_close] and (not partial or partial.startswith("<think>\n"))
+        if env.TAGS.result_close in partial:
+            a = ANSWER[question]
+            text = f"The result names {a}.\nSo the answer is {a}.\n</think>\n\n\\boxed{{{a}}}"
+        elif body["seed"] % 2 == 0:
+            text = f"Let me search. {env.TAGS.search_open} {QUERY[question]} "
+        else:
+            text = "I recall that the answer is Paris.\n</think>\n\n\\boxed{Paris}"
+        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
+                                       "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    data = tmp_path_factory.mktemp("hotpotqa")
+    src = data / "hotpot_train.json"
+    src.write_text(json.dumps(HOTPOT))
+    for split in ("train", "rl", "dev", "test"):
+        convert.main(["hotpotqa", str(src), "--out", str(data), "--split", split])
+    teacher = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedTeacher)
+    threading.Thread(target=teacher.serve_forever, daemon=True).start()
+    search = subprocess.Popen([sys.executable, "env.py", "serve", "--corpus", str(data / "corpus.jsonl"),
+                               "--port", "0"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    line = ""
+    while "serving on" not in line:
+        line = search.stdout.readline()
+        assert line, "env.py serve exited"
+    yield data, f"http://127.0.0.1:{teacher.server_address[1]}", line.split("serving on ")[1].strip()
+    teacher.shutdown()
+    search.terminate()
+    search.wait()
+
+
+@pytest.fixture(scope="module")
+def r1(tmp_path_factory):
+    return standin_checkpoint(str(tmp_path_factory.mktemp("r1")), "r1")
+
+
+def test_convert_keeps_one_corpus(servers):
+    data, _, _ = servers
+    corpus = [json.loads(line) for line in open(data / "corpus.jsonl")]
+    assert [c["id"] for c in corpus] == ["hotpotqa-train-0", "hotpotqa-train-1", "hotpotqa-train-2"]
+    test = [json.loads(line) for line in open(data / "test.jsonl")]
+    assert test[1]["gold_ids"] == ["hotpotqa-train-0", "hotpotqa-train-2"]
+
+
+def test_distill_and_import(servers, r1):
+    """Sampling from both teachers: the scripted one's right trajectory is kept with the real tool's exact
+    observation; stage-1 pairs oppose its search to the wrong recalls (its own and the stand-in's) from the
+    same (empty) prefix. Importing the kept rows as chat messages gives the same segments back."""
+    data, teacher, _ = servers
+    out = data / "distilled"
+    distill.main(["sample", "--questions", str(data / "train.jsonl"), "--teacher", r1, "--teacher", teacher,
+                  "--search", str(data / "corpus.jsonl"), "--out", str(out), "--samples", "2", "--branches", "1",
+                  "--max-new-tokens", "12", "--temperature", "1.0", "--pairs-per-question", "4"])
+    stage2 = [json.loads(line) for line in open(out / "stage2.jsonl")]
+    stage1 = [json.loads(line) for line in open(out / "stage1.jsonl")]
+    meta = json.load(open(out / "distill.json"))
+    assert meta["samples"] == 2 * 2 * 2 and meta["right"] == 2 and (meta["tool"], meta["cot"]) == (2, 0)
+    bm25 = env.BM25Search.from_jsonl(str(data / "corpus.jsonl"))
+    for row, q in zip(stage2, HOTPOT):
+        assert row["kind"] == "tool" and row["answers"] == [q["answer"]] and row["question"] == q["question"]
+        model1, obs, model2 = row["segments"]
+        assert model1 == {"text": f"Let me search. <begin_search> {QUERY[q['question']]} </end_search>", "tool": False}
+        assert obs == {"text": env.format_observation(bm25.search([QUERY[q["question"]]], 3)[0]), "tool": True}
+        assert model2["text"].endswith(f"\\boxed{{{q['answer']}}}")
+        assert env.reward("".join(s["text"] for s in row["segments"]), row["answers"]) == 1.0
+    assert len(stage1) >= 4 and {p["direction"] for p in stage1} == {"search"}
+    for p in stage1:  # chosen: the scripted search; rejected: a recall that failed (the stand-in's count too)
+        assert p["prefix"] == "" and p["chosen"].startswith("Let me search. <begin_search>")
+        assert env.TAGS.search_open not in p["rejected"]
+    recalls = [p["question"] for p in stage1 if p["rejected"] == "I recall that the answer is Paris.\n"]
+    assert sorted(recalls) == sorted(ANSWER)  # once per question: the same failed step is not paired twice
+    # import: the kept trajectories written as chat messages, once with the observation inside the assistant text
+    # and once as a tool message, read back to the same segments
+    chat = out / "chat.jsonl"
+    with open(chat, "w") as f:
+        for row in stage2:
+            user = {"role": "user", "content": f"{env.INSTRUCTION}\n{row['question']}"}
+            s = row["segments"]
+            f.write(json.dumps({"messages": [user, {"role": "assistant", "content": "<think>\n" +
+                                                    "".join(x["text"] for x in s)}]}) + "\n")
+            f.write(json.dumps({"messages": [user, {"role": "assistant", "content": s[0]["text"]},
+                                             {"role": "tool", "content": s[1]["text"]},
+                                             {"role": "assistant", "content": s[2]["text"]}]}) + "\n")
+    distill.main(["import", str(chat), "--out", str(out), "--name", "imported.jsonl"])
+    imported = [json.loads(line) for line in open(out / "imported.jsonl")]
+    for i, row in enumerate(imported):
+        want = stage2[i // 2]
+        assert {k: row[k] for k in ("question", "answers", "kind", "segments")} == \
+            {k: want[k] for k in ("question", "answers", "kind", "segments")}
+    chat.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    with pytest.raises(ValueError, match=r"chat.jsonl:1: needs a user message followed by"):
+        distill.import_chat(str(chat))
+
+
+def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
+    """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in; the result is an ordinary HF
+    checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt."""
+    data, teacher, search = servers
+    d = data / "distilled"
+    if not (d / "stage2.jsonl").exists():
+        pytest.skip("needs test_distill_and_import's files")
+    for f in ("rl", "dev", "test", "corpus"):
+        (d / f"{f}.jsonl").write_bytes((data / f"{f}.jsonl").read_bytes())
+    tiny = ["--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256, "--data", d]
+    n = len(open(d / "stage1.jsonl").readlines())
+    out = run("sft_contrastive.py", "--init", r1, "--out", tmp_path / "sft1", *tiny)
+    assert f"{n} pairs: search {n}, answer 0" in out
+    run("sft_coa.py", "--mask-obs", "--init", tmp_path / "sft1", "--out", tmp_path / "sft2", *tiny)
+    run("sft_coa.py", "--init", tmp_path / "sft2", "--out", tmp_path / "sft3", *tiny)
+    run("grpo.py", "--init", tmp_path / "sft3", "--out", tmp_path / "rl", "--sim-ratio", 1, "--group-size", 2,
+        "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
+        "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
+    metrics = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
+    assert [m["mode"] for m in metrics if "mode" in m] == ["sim", "real"]
+    run("eval.py", "--ckpt", tmp_path / "rl", "--data", d, "--search", search, "--limit", 2, "--max-new-tokens", 16,
+        "--out", tmp_path / "eval.jsonl")
+    assert len(open(tmp_path / "eval.jsonl").readlines()) == 2
+    out = run("sample.py", "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
+              "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
+    assert "=== " + HOTPOT[0]["question"] in out
+    ckpt = common.latest_checkpoint(str(tmp_path / "rl"))
+    assert_ordinary_checkpoint(ckpt, r1)
+
+
+def assert_ordinary_checkpoint(ckpt, source):
+    """transformers reads ckpt with the ids, special tokens and template of `source`, and our prompt is its own."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert os.path.isfile(os.path.join(ckpt, name)), name
+    AutoModelForCausalLM.from_pretrained(ckpt)
+    ours, theirs, orig = Tokenizer.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt), \
+        AutoTokenizer.from_pretrained(source)
+    assert (len(theirs), theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.chat_template) == \
+        (len(orig), orig.bos_token_id, orig.eos_token_id, orig.pad_token_id, orig.chat_template)
+    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
+    ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
+    assert prompt == ids or prompt == ids + ours.encode("<think>\n")
+    with open(os.path.join(source, "generation_config.json")) as f, \
+            open(os.path.join(ckpt, "generation_config.json")) as g:
+        assert json.load(f) == json.load(g)
+
+
+def test_chatml_sft_to_transformers(servers, tmp_path):
+    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2: trajectories end with its eos, <|im_end|>, and the
+    saved checkpoint keeps its template for transformers."""
+    data, _, _ = servers
+    d = data / "distilled"
+    if not (d / "stage2.jsonl").exists():
+        pytest.skip("needs test_distill_and_import's files")
+    src = standin_checkpoint(str(tmp_path / "chatml"), "chatml")
+    tok = Tokenizer.from_pretrained(src)
+    row = json.loads(open(d / "stage2.jsonl").readline())
+    ids, mask = common.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
+    assert ids[-1] == tok.token_id("<|im_end|>") == 151645 and mask[-1] == 1
+    assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
+    run("sft_coa.py", "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
+        "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
+    assert_ordinary_checkpoint(common.latest_checkpoint(str(tmp_path / "sft2")), src)
+
+
+def test_init_without_data_is_an_error(r1, tmp_path):
+    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--out", str(tmp_path / "x")], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and f"--init {r1} needs --data" in p.stderr
+    assert not os.path.exists(tmp_path / "x")
