@@ -162,7 +162,7 @@ def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_ne
     if policy == "rag":  # one batched search, the question as the query; the block opens the completion
         for r, q, docs in zip(rolls, questions, tool.search(questions, topk)):
             inject(r, observation_ids(tok, docs, obs_max_tokens, lead=False), max_new_tokens)
-            r.n_actions, r.n_tool_calls, r.queries = 1, 1, [q]
+            r.n_actions, r.n_tool_calls, r.n_failed_calls, r.queries = 1, 1, int(docs is None), [q]
         live = [r for r in rolls if r.finish is None]
         if live:
             continue_rows(model, tok, live, max_new_tokens, gen, inner=logits_processor)
@@ -177,6 +177,7 @@ def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_ne
                 for (r, line), docs in zip(acting, results):
                     r.n_actions += 1
                     r.n_tool_calls += 1
+                    r.n_failed_calls += docs is None
                     r.queries.append(line)
                     inject(r, observation_ids(tok, docs, obs_max_tokens), max_new_tokens)
             live = [r for r, _ in acting if r.finish is None]
@@ -239,10 +240,12 @@ def score(records, name=""):
             "when_to_act": when_to_act(records)}
 
 
-def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, world=None, **kw):
+def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, world=None, max_search_failures=None,
+             **kw):
     """Run `policy` on question rows ({"question", "answers", "hops", "type"}) in batches ->
     (summary dict, per-question records). world: the embedded world's world.json (for when_to_act), or
-    None. kw: run_policy's (mode, max_new_tokens, max_actions, topk, obs_max_tokens, trigger,
+    None. max_search_failures: stop (env.SearchError) when more than this fraction of a batch's searches
+    fail; None: no limit. kw: run_policy's (mode, max_new_tokens, max_actions, topk, obs_max_tokens, trigger,
     logits_processor)."""
     known = {e["name"]: e["known"] for e in world["entities"]} if world else {}
     lookups = world["question_lookups"] if world else {}
@@ -250,17 +253,24 @@ def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, worl
     def first(row):  # (name, known) of the entity the question's first lookup is about, or None
         name = lookups[row["id"]][0][0] if row.get("id") in lookups else None
         return (name, known[name]) if name else None
-    records, t0 = [], time.perf_counter()
+    records, t0, n_failed = [], time.perf_counter(), 0
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
         rolls = run_policy(policy, model, tok, prompts, [row["question"] for row in batch], tool, **kw)
+        calls, failed = sum(r.n_tool_calls for r in rolls), sum(r.n_failed_calls for r in rolls)
+        n_failed, last_error = n_failed + failed, getattr(tool, "last_error", None)
+        if failed:
+            print(f"[{policy}] {failed} of {calls} searches failed; last error: {last_error}", file=sys.stderr)
+        if max_search_failures is not None:
+            env.check_failures(failed, calls, max_search_failures,
+                               f"[eval {policy}] questions {i + 1}-{i + len(batch)}", last_error)
         records += [record(row, policy, r, first(row) if policy == "agent" else None)  # only an agent decides
                     for row, r in zip(batch, rolls)]
         print(f"[{policy}] {len(records)}/{len(rows)}  EM {bucket(records)['em']:.3f}", file=sys.stderr)
     summary = score(records, name or policy)
     summary.update(policy=policy, mode=kw.get("mode", "real") if policy == "agent" else None,
-                   seconds=round(time.perf_counter() - t0, 2))
+                   seconds=round(time.perf_counter() - t0, 2), failed_search_calls=n_failed)
     return summary, records
 
 
@@ -466,6 +476,8 @@ def main(argv=None):
     ap.add_argument("--mode", choices=("real", "sim"), default="real",
                     help="agent only: real tool calls, or the model writes its own observations")
     ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    ap.add_argument("--max-search-failures", type=float, default=0.1,
+                    help="stop when more than this fraction of a batch's searches fail (the tool is down)")
     ap.add_argument("--obs-max-tokens", type=int, default=512, help="longest observation (cut and closed beyond)")
     ap.add_argument("--trigger", default=WORKFLOW_TRIGGER, help="workflow: regex on the current line that "
                                                                 "makes the controller search")
@@ -507,6 +519,8 @@ def main(argv=None):
     needs_tool = args.probe or any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real")
                                    for p in args.policy)
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None
+    if tool is not None:
+        print(f"[eval] search tool: {tool.check()}")  # raises SearchError: no evaluation on a dead tool
     gen = dict(max_new_tokens=args.max_new_tokens, max_actions=args.max_actions, topk=args.topk,
                obs_max_tokens=args.obs_max_tokens)
 
@@ -528,7 +542,8 @@ def main(argv=None):
     for policy in args.policy:
         label = f"{name}:{policy}" + ("-sim" if policy == "agent" and args.mode == "sim" else "")
         s, recs = evaluate(model, tok, rows, policy, tool, name=label, batch_size=args.batch_size,
-                           mode=args.mode, trigger=args.trigger, world=world, **gen)
+                           mode=args.mode, trigger=args.trigger, world=world,
+                           max_search_failures=args.max_search_failures, **gen)
         summaries.append(s)
         records += recs
     write_jsonl(out, records)

@@ -15,7 +15,9 @@ rollouts the tool wrote them, in simulated ones the model did, and neither is tr
 
 --sim-ratio N stages the run as the paper does: the first N/(N+1) of --steps are simulated (RL-1: no
 real tool call at all), the rest real (RL-2). --sim-ratio 0 is all-real. The number of real search
-calls is logged every step and saved with each checkpoint.
+calls is logged every step and saved with each checkpoint, and so is the number of those that failed
+(failed_search_calls): a rollout that saw a failed search is left out of the loss, and a step where
+more than --max-search-failures of the searches fail stops the run.
 
 What is trained (--trainable): on the embedded world, only the final RMSNorm's scale (128 numbers), a
 per-channel inverse temperature of the logits. bench/grpo_signal.py measures why: on the 1.65M-parameter
@@ -48,10 +50,24 @@ from sample import sample
 # -----------------------------------------------------------------------------
 # loss (pure, so tests can check it by hand)
 
-def group_advantages(rewards, G):
-    """(P*G,) rewards -> (P*G,) advantages normalised within each group of G; all-equal groups give 0."""
+def group_advantages(rewards, G, keep=None):
+    """(P*G,) rewards -> (P*G,) advantages normalised within each group of G; all-equal groups give 0.
+    keep: (P*G,) bool, False for a rollout left out of training (it saw a failed retrieval, so its reward
+    says nothing about the policy): its advantage is 0 and it counts in neither its group's mean nor std."""
     r = rewards.view(-1, G)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
+    k = (torch.ones_like(rewards) if keep is None else keep.to(rewards.dtype)).view(-1, G)
+    n = k.sum(1, keepdim=True)
+    mean = (r * k).sum(1, keepdim=True) / n.clamp(min=1)
+    std = (((r - mean) ** 2 * k).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
+    return ((r - mean) / (std + 1e-6) * k).view(-1)
+
+
+def loss_sequences(rolls):
+    """(token ids, loss mask) per rollout: prompt + completion, the mask 1 on the tokens the policy wrote.
+    A rollout that saw a failed search gets an all-zero mask: "Retrieval failed." is no search result, and
+    what the policy wrote after it is not trained on as if it were."""
+    return [(r.prompt + r.completion, [0] * (len(r.prompt) + len(r.completion)) if r.n_failed_calls
+             else [0] * len(r.prompt) + r.policy_mask) for r in rolls]
 
 
 def policy_loss(lp, old_lp, ref_lp, adv, m, norm, clip, kl_coef, per_sequence=False):
@@ -95,8 +111,9 @@ def validate(model, tok, rows, tool, args, run):
         return run.all_sum(sum(env.reward(r.text, g) for r, g in zip(rolls, golds))) / max(1, run.all_sum(len(golds)))
 
     calls = run.all_sum(sum(r.n_tool_calls for r in list(greedy) + list(drawn)))
+    failed = run.all_sum(sum(r.n_failed_calls for r in list(greedy) + list(drawn)))
     return {"val_reward": mean_reward(drawn, k) if k else None, "val_greedy": mean_reward(greedy, 1),
-            "val_search_calls": int(calls)}
+            "val_search_calls": int(calls), "val_failed_search_calls": int(failed)}
 
 
 def main():
@@ -131,6 +148,8 @@ def main():
     ap.add_argument("--val-every", type=int, default=0, help="validate every N steps too (0 = start and end only)")
     ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
                                                    "(default: the world's corpus.jsonl)")
+    ap.add_argument("--max-search-failures", type=float, default=0.1,
+                    help="stop when more than this fraction of a step's searches fail (the tool is down)")
     ap.set_defaults(warmup=0, save_every=8, batch_size=16)
     args = ap.parse_args()
     if args.group_size < 2:
@@ -177,17 +196,21 @@ def main():
     # -------------------------------------------------------------------------
     # data and the search tool
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
-    run.print(f"[data] {len(prompts)} RL prompts; tool {type(tool).__name__}")
+    run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")  # check(): SearchError if it does not answer
     dev = common.evenly_spaced(dev, args.val_prompts)
 
     def log_validation(step):
-        metrics.log(step, **{k: v for k, v in validate(model, tok, dev, tool, args, run).items() if v is not None})
+        val = validate(model, tok, dev, tool, args, run)
+        env.check_failures(val["val_failed_search_calls"], val["val_search_calls"], args.max_search_failures,
+                           f"[grpo] validation after step {step}", tool.last_error)
+        metrics.log(step, **{k: v for k, v in val.items() if v is not None})
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
     opt = common.make_optimizer(model, args)
     start = common.restore(model, opt, state) if state else 0
     real_calls = state["extra"]["real_search_calls"] if state else 0
+    failed_calls = state["extra"].get("failed_search_calls", 0) if state else 0  # of real_calls
 
     # -------------------------------------------------------------------------
     # loop
@@ -207,13 +230,24 @@ def main():
         model.train()
         golds = [p["answers"] for p in batch for _ in range(args.group_size)]
         rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
-        adv = group_advantages(rewards, args.group_size)
-        real_calls += int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+        calls = int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+        real_calls += calls
+        # ---- failed searches: too many stop the run; a rollout that saw one is left out of the loss, since
+        # "Retrieval failed." is no search result and its reward is no verdict on the policy
+        failed = int(run.all_sum(sum(r.n_failed_calls for r in rolls)))
+        env.check_failures(failed, calls, args.max_search_failures, f"[grpo] step {step}", tool.last_error)
+        failed_calls += failed
+        keep = torch.tensor([r.n_failed_calls == 0 for r in rolls])
+        excluded = int(run.all_sum(len(rolls) - int(keep.sum())))
+        if failed:
+            run.print(f"[grpo] step {step}: {failed} of {calls} searches failed, {excluded} rollouts left out of "
+                      f"the loss; last error: {tool.last_error}")
+        adv = group_advantages(rewards, args.group_size, keep)
 
-        # ---- sequences: prompt + completion; only policy-written tokens are scored
-        seqs = [(r.prompt + r.completion, [0] * len(r.prompt) + r.policy_mask) for r in rolls]
+        # ---- sequences: prompt + completion; only policy-written tokens of kept rollouts are scored
+        seqs = loss_sequences(rolls)
         n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
-        n_seq, per_seq = run.all_sum(len(seqs)), args.loss_agg == "sequence"
+        n_seq, per_seq = max(run.all_sum(int(keep.sum())), 1), args.loss_agg == "sequence"
         micro = common.length_batches([len(ids) for ids, _ in seqs], args.micro_tokens, run)  # gradient accumulation
         padded = [(common.pad([seqs[i][0] for i in mb]), common.pad([seqs[i][1] for i in mb])) for mb in micro]
         with torch.no_grad():  # reference log-probs, once per batch
@@ -239,13 +273,15 @@ def main():
         metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
                     actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
                     length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
-                    real_search_calls=real_calls, kl=kl_mean, pg=pg_mean, grad_norm=gnorm,
+                    real_search_calls=real_calls, failed_search_calls=failed_calls, excluded_rollouts=excluded,
+                    kl=kl_mean, pg=pg_mean, grad_norm=gnorm,
                     lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
         # ---------------------------------------------------------------------
         # save
         if dev and (step + 1 == args.steps or (args.val_every and (step + 1) % args.val_every == 0)):
             log_validation(step + 1)  # after step + 1 updates
-        extra = {"real_search_calls": real_calls, "reference": os.path.abspath(ref_path)}
+        extra = {"real_search_calls": real_calls, "failed_search_calls": failed_calls,
+                 "reference": os.path.abspath(ref_path)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)
         if step + 1 == n_sim < args.steps:  # the end of RL stage 1 (simulated only): the paper's "RL-1" model

@@ -58,6 +58,7 @@ class Rollout:
     queries: list[str] = field(default_factory=list)       # one per action ("" when it had no open tag)
     n_actions: int = 0               # closed actions, refused ones past max_actions included
     n_tool_calls: int = 0            # queries actually sent to the tool
+    n_failed_calls: int = 0          # of those, the ones it failed to answer (observation "Retrieval failed.")
     finish: str | None = None        # "eos" | "length" (max_new_tokens reached); None while sampling
     phase: str = "policy"            # "policy" | "observation" (writing a simulated one) | "done"
     text: str = ""                   # the decoded completion
@@ -72,6 +73,7 @@ class SampleStats:
     total_s: float = 0.0
     steps: int = 0
     tool_calls: int = 0      # batched tool.search calls
+    failed_calls: int = 0    # queries the tool failed to answer (Rollout.n_failed_calls, summed)
     tokens_generated: int = 0  # sampled tokens (policy and simulated observations)
     tokens_injected: int = 0   # observation tokens appended by the sampler
     tokens_forwarded: int = 0  # tokens pushed through the model: what re-prefilling inflates
@@ -347,6 +349,9 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
                 raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
             for (s, _, tail), docs in zip(searches, results):
                 s.r.n_tool_calls += 1
+                if docs is None:  # the tool failed (RemoteSearch never raises): count it apart
+                    s.r.n_failed_calls += 1
+                    stats.failed_calls += 1
                 observe(s, format_observation(docs, tags=tags), tail)
 
         # ---- cache housekeeping
@@ -426,6 +431,8 @@ def main(argv=None):
     model = Qwen2.from_pretrained(ckpt, device=a.device, dtype=dtype).eval()
     tok = Tokenizer.from_pretrained(ckpt)
     tool = env.make_search_tool(spec) if spec and mode == "real" else None
+    if tool is not None:
+        print(f"search tool: {tool.check()}", file=sys.stderr)  # raises SearchError: refuse to start
     prompts = [tok.encode(tok.agent_prompt(q, env.INSTRUCTION)) for q in a.prompt]
     out = sample(model, tok, prompts, tool=tool, mode=mode, max_new_tokens=a.max_new_tokens,
                  max_actions=a.max_actions, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
@@ -438,6 +445,8 @@ def main(argv=None):
     s = out.stats
     print(f"prefill {s.prefill_s:.2f}s  extend {s.extend_s:.2f}s  decode {s.decode_s:.2f}s  tool {s.tool_s:.2f}s  "
           f"total {s.total_s:.2f}s  {s.tokens_generated} tokens generated ({s.tokens_per_s:.1f}/s)")
+    if s.failed_calls:
+        print(f"{s.failed_calls} searches failed; last error: {tool.last_error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -112,23 +112,38 @@ class RetrievalServer:
     async def _connection(self, reader, writer):
         if self.connections >= self.max_connections:
             writer.write(response(503, {"error": f"more than {self.max_connections} connections"}, False))
-            writer.close()
+            await self._close(reader, writer)
             return
         self.connections += 1
         try:
             while await self._exchange(reader, writer):
                 pass
-        except (ConnectionError, TimeoutError):  # the client went away, or would not read our answer
+        except (ConnectionError, asyncio.TimeoutError):  # the client went away, or would not read our answer
             pass
         finally:
             self.connections -= 1
-            writer.close()
+            await self._close(reader, writer)
+
+    @staticmethod
+    async def _close(reader, writer):
+        """Close without losing the last answer: closing a socket that holds unread input makes the kernel
+        send a reset, which can overtake the answer still in flight. So end our side first, discard what
+        the client still sends (for at most a second), then close."""
+        async def discard():
+            while await reader.read(1 << 16):
+                pass
+        try:
+            writer.write_eof()
+            await asyncio.wait_for(discard(), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        writer.close()
 
     async def _exchange(self, reader, writer):
         """Read one request, answer it; False when the connection is to be closed."""
         try:  # an idle keep-alive connection costs nothing: wait long for the next request's first byte
             first = await asyncio.wait_for(reader.read(1), self.idle_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # (an alias of TimeoutError from Python 3.11)
             return False
         if not first:
             return False  # closed by the client between requests
@@ -138,7 +153,7 @@ class RetrievalServer:
             status, payload = await self._loop.run_in_executor(self._pool, self._answer, method, path, headers, body)
         except BadRequest as e:
             status, payload, keep_alive = e.status, {"error": str(e)}, not e.close
-        except TimeoutError:
+        except asyncio.TimeoutError:
             status, payload, keep_alive = 408, {"error": f"request not complete {self.request_timeout}s after "
                                                          "its first byte"}, False
         except asyncio.IncompleteReadError as e:  # the client closed its side mid-request

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -30,8 +31,9 @@ import common
 import env
 import model as model_mod
 from data.build import build
-from grpo import group_advantages, policy_loss, validate
+from grpo import group_advantages, loss_sequences, policy_loss, validate
 from model import Qwen2, Qwen2Config
+from sample import Rollout
 from sft_coa import masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
 from tokenizer import Tokenizer, chat_prompt
@@ -521,12 +523,15 @@ def check_grpo_run(out, spy, init, n_sim, n_steps):
     assert all(math.isfinite(r[k]) for r in rows for k in ("kl", "pg", "grad_norm", "reward"))
     assert [r["real_search_calls"] for r in rows[:n_sim]] == [0] * n_sim
     assert sum(r["actions"] for r in rows[:n_sim]) > 0  # it did act while simulating: the 0 above means something
-    # every real call counted: training calls in real_search_calls, validation calls apart
-    assert rows[-1]["real_search_calls"] + sum(r["val_search_calls"] for r in val) == len(spy.queries)
+    # every real call counted: training calls in real_search_calls, validation calls apart, and apart from
+    # those the start-up check of each rank (env.RemoteSearch.check), which is no call of the run
+    calls = [q for q in spy.queries if q != "start-up check"]
+    assert rows[-1]["real_search_calls"] + sum(r["val_search_calls"] for r in val) == len(calls)
     _, sim_state = assert_complete_checkpoint(os.path.join(out, f"step_{n_sim:06d}"), n_sim)  # end of RL-1
     assert sim_state["extra"]["real_search_calls"] == 0
     _, state = assert_complete_checkpoint(common.latest_checkpoint(out), n_steps)
-    assert state["extra"] == {"real_search_calls": rows[-1]["real_search_calls"], "reference": os.path.abspath(init)}
+    assert state["extra"] == {"real_search_calls": rows[-1]["real_search_calls"], "failed_search_calls": 0,
+                              "reference": os.path.abspath(init)}
     return rows
 
 
@@ -950,3 +955,121 @@ def test_unsharded_lets_ranks_run_different_numbers_of_forwards(tmp, base):
     assert [r for r, _, _ in found] == ["0", "1"], p.stdout
     (_, before0, after0), (_, before1, after1) = found
     assert before0 == before1 and after0 == after1 and float(after0) < float(before0)  # one model, and it learned
+
+
+# ============================================================================= 8. failed searches are loud
+
+class ScriptedRetrieval(BaseHTTPRequestHandler):
+    """POST /retrieve over the world's BM25, except that server.fail(n, queries) (n: the request's number,
+    from 0) may name an error status to answer instead. The server logs every request as (status, queries)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        req, srv = json.loads(self.rfile.read(int(self.headers["Content-Length"]))), self.server
+        with srv.lock:
+            status = srv.fail(len(srv.log), req["queries"]) or 200
+            srv.log.append((status, req["queries"]))
+        body = {"error": "scripted failure"} if status != 200 else {"result": [
+            [{"document": {"id": h["id"], "contents": h["contents"]}, "score": h["score"]} for h in hits]
+            for hits in srv.bm25.search(req["queries"], req["topk"])]}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def scripted(world):
+    """scripted(fail) -> (url, log): a live retrieval server that fails the requests `fail` says."""
+    servers = []
+
+    def make(fail):
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedRetrieval)
+        srv.bm25, srv.fail, srv.log, srv.lock = env.BM25Search.from_jsonl(os.path.join(world, "corpus.jsonl")), \
+            fail, [], threading.Lock()
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/retrieve", srv.log
+    yield make
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_group_advantages_leave_out_rollouts_that_saw_a_failed_search():
+    r = torch.tensor([1.0, 0.0, 0.0, 5.0, 1.0, 1.0, 0.0, 0.0])
+    keep = torch.tensor([True, True, True, False, True, False, False, False])
+    # group 1, kept rewards 1, 0, 0: mean 1/3, unbiased std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3); the
+    # left-out 5.0 moves neither. Group 2 keeps one rollout: nothing to compare it with, so 0.
+    s = (1 / 3) ** 0.5
+    torch.testing.assert_close(group_advantages(r, 4, keep), torch.tensor([2 / 3 / s, -1 / 3 / s, -1 / 3 / s, 0,
+                                                                           0, 0, 0, 0]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(group_advantages(r, 4, torch.ones(8, dtype=torch.bool)), group_advantages(r, 4))
+
+
+def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted):
+    """A server that answers 500: eval, GRPO and the sampler's CLI each stop at their start-up check, saying
+    which server and why, before any work (only the check's 3 attempts reach the server)."""
+    url, log = scripted(lambda n, queries: 500)
+    init = common.latest_checkpoint(sft3[0])
+    said = f"search server {url} failed its start-up check: HTTPStatusError: HTTP 500"
+    runs = [("eval.py", "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
+             "--out", tmp / "eval_dead" / "x.jsonl"),
+            ("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_dead", "--search", url),
+            ("sample.py", "--ckpt", init, "--prompt", "Who is Reget Nadit?", "--search-url", url)]
+    for args in runs:
+        p = run_script(*args, check=False)
+        assert p.returncode != 0 and said in p.stderr, (args[0], p.stderr[-2000:])
+    assert len(log) == 3 * len(runs)
+    assert not os.path.exists(tmp / "eval_dead" / "x.jsonl") and not os.path.exists(tmp / "rl_dead" / "metrics.jsonl")
+
+
+def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted):
+    """The check passes, then the server answers 500: the first batch's searches all fail, and eval stops
+    with the count, the limit and the last error instead of scoring "Retrieval failed." as answers."""
+    url, log = scripted(lambda n, queries: 500 if n > 0 else None)
+    out = tmp / "eval_failing" / "x.jsonl"
+    p = run_script("eval.py", "--ckpt", common.latest_checkpoint(sft3[0]), "--data", world, "--policy", "rag",
+                   "--search", url, "--limit", 4, "--batch-size", 4, "--out", out, check=False)
+    assert p.returncode != 0 and ("[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures "
+                                  "0.1; last error: HTTPStatusError: HTTP 500") in p.stderr, p.stderr[-2000:]
+    assert [s for s, _ in log] == [200, 500, 500, 500] and not os.path.exists(out)  # one call, 3 attempts
+
+
+def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
+    url, log = scripted(lambda n, queries: 500 if n > 0 else None)
+    out = tmp / "rl_failing"
+    p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", common.latest_checkpoint(sft3[0]),
+                   "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
+                   "--val-prompts", 0, "--search", url, check=False)
+    found = re.search(r"\[grpo\] step 0: (\d+) of (\d+) searches failed, more than --max-search-failures 0\.1; "
+                      r"last error: HTTPStatusError: HTTP 500", p.stderr)
+    assert p.returncode != 0 and found and found[1] == found[2], p.stderr[-2000:]
+    assert int(found[1]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
+    assert common.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
+
+
+def test_loss_sequences_zero_the_mask_of_rollouts_that_saw_a_failed_search():
+    ok = Rollout(0, [1, 2], completion=[3, 4, 5], policy_mask=[1, 0, 1], n_tool_calls=1)
+    failed = Rollout(1, [1, 2], completion=[6, 7, 8], policy_mask=[1, 0, 1], n_tool_calls=2, n_failed_calls=1)
+    assert loss_sequences([ok, failed]) == [([1, 2, 3, 4, 5], [0, 0, 1, 0, 1]), ([1, 2, 6, 7, 8], [0, 0, 0, 0, 0])]
+
+
+def test_grpo_leaves_rollouts_with_failed_searches_out_of_the_loss(tmp, world, sft3, grpo_act, scripted):
+    """Every search after the start-up check is refused (a 422: not retried) and the limit is off: the run
+    goes on, counts each refused query as failed, and leaves the rollouts that saw one out of the loss."""
+    url, log = scripted(lambda n, queries: 422 if n > 0 else None)
+    out, init = str(tmp / "rl_some_failing"), common.latest_checkpoint(sft3[0])
+    run_script(grpo_act, "--sim-ratio", 0, "--data", world, "--init", init, "--out", out, "--steps", 3,
+               "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--val-prompts", 0, "--search", url,
+               "--max-search-failures", 1.0, "--save-every", 3)
+    rows = metrics(out)
+    refused = sum(len(q) for s, q in log if s == 422)
+    assert refused > 0 and rows[-1]["failed_search_calls"] == rows[-1]["real_search_calls"] == refused, log
+    failed = [b["failed_search_calls"] - a for a, b in zip([0] + [r["failed_search_calls"] for r in rows], rows)]
+    assert all((f > 0) == (r["excluded_rollouts"] > 0) and r["excluded_rollouts"] <= f for f, r in zip(failed, rows))
+    _, state = assert_complete_checkpoint(common.latest_checkpoint(out), 3)
+    assert state["extra"]["failed_search_calls"] == refused
