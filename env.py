@@ -209,7 +209,7 @@ class RemoteSearch:
         path = parts.path.rstrip("/")
         path = path if path.endswith("/retrieve") else path + "/retrieve"
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
-        self.host, self.path, self.tls = parts.hostname, path, parts.scheme == "https"
+        self.host, self.netloc, self.path, self.tls = parts.hostname, parts.netloc, path, parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.calls = self.failed_calls = 0
@@ -271,13 +271,14 @@ class RemoteSearch:
             if t <= 0:
                 raise TimeoutError(f"no complete answer within {self.timeout}s")
             return t
-        head = (f"POST {self.path} HTTP/1.0\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        head = (f"POST {self.path} HTTP/1.0\r\nHost: {self.netloc}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         data, end, status, length = bytearray(), -1, None, None
         try:
-            with socket.create_connection((self.host, self.port), timeout=left()) as sock:
-                if self.tls:
-                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            sock = socket.create_connection((self.host, self.port), timeout=left())
+            if self.tls:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            with sock:
                 sock.settimeout(left())
                 sock.sendall(head + body)  # one timeout for the whole sendall (Python >= 3.5)
                 while length is None or len(data) < end + 4 + length:  # until Content-Length bytes, or EOF

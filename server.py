@@ -13,7 +13,8 @@ How it is built, and why:
     hundred clients that each send one byte every few seconds hold every thread.
   - A deadline per request, not per read: from its first byte, a request has `request_timeout`
     seconds to arrive whole, or it gets 408 and the connection is closed. A per-read timeout never
-    fires on a client that sends one byte just before it would.
+    fires on a client that sends one byte just before it would. A new connection must start its first
+    request within `request_timeout`; a kept-alive one may wait `idle_timeout` for its next.
   - At most `max_connections` connections at once (more get 503); the listen backlog is as large,
     so a burst of connects waits in the kernel instead of being dropped and retried a second later.
   - One write per response, headers and body together, on a TCP_NODELAY socket (asyncio sets it):
@@ -116,8 +117,9 @@ class RetrievalServer:
             return
         self.connections += 1
         try:
-            while await self._exchange(reader, writer):
-                pass
+            if await self._exchange(reader, writer, self.request_timeout):  # a new connection has no idle time
+                while await self._exchange(reader, writer, self.idle_timeout):
+                    pass
         except (ConnectionError, asyncio.TimeoutError):  # the client went away, or would not read our answer
             pass
         finally:
@@ -139,10 +141,11 @@ class RetrievalServer:
             pass
         writer.close()
 
-    async def _exchange(self, reader, writer):
-        """Read one request, answer it; False when the connection is to be closed."""
-        try:  # an idle keep-alive connection costs nothing: wait long for the next request's first byte
-            first = await asyncio.wait_for(reader.read(1), self.idle_timeout)
+    async def _exchange(self, reader, writer, idle_timeout):
+        """Read one request, answer it; False when the connection is to be closed. idle_timeout: how long
+        to wait for the request's first byte (between keep-alive requests, a connection costs nothing)."""
+        try:
+            first = await asyncio.wait_for(reader.read(1), idle_timeout)
         except asyncio.TimeoutError:  # (an alias of TimeoutError from Python 3.11)
             return False
         if not first:

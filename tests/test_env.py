@@ -419,6 +419,19 @@ def test_server_request_deadline_is_per_request_not_per_read(index):
     assert statuses(out) == [408] and 1.0 <= elapsed < 2.0, (out, elapsed)
 
 
+def test_server_closes_a_new_connection_that_sends_nothing(index):
+    """Idle time is for kept-alive connections: a new one that sends nothing is closed at the request
+    deadline, so connections opened and left silent cannot pile up to max_connections."""
+    srv = start(RetrievalServer(index, port=0, request_timeout=0.5, idle_timeout=60))
+    t0 = time.monotonic()
+    with socket.create_connection(srv.server_address, timeout=5) as sock:
+        assert sock.recv(1) == b""  # closed by the server, no answer: there was no request
+    elapsed = time.monotonic() - t0
+    srv.shutdown()
+    srv.server_close()
+    assert 0.5 <= elapsed < 1.5, elapsed
+
+
 def test_server_bounded_worker_pool(index):
     """8 requests at once to a server with 2 workers: never more than 2 searches run together, all answered."""
     class Slow:
