@@ -1,5 +1,6 @@
-"""Tests for env.py: BM25 against hand computation, the server schema and its 4xx handling, the client's
-failure modes, observation sanitising, answer extraction, EM/F1 and the reward. Tiny corpora only."""
+"""Tests for env.py and server.py: BM25 against hand computation, the server schema, its 4xx handling and
+its behaviour under abuse (slow, silent, malformed and smuggling clients), the client's failure modes and
+deadline, observation sanitising, answer extraction, EM/F1 and the reward. Tiny corpora only."""
 import http.client
 import json
 import math
