@@ -1,39 +1,46 @@
 """Write the embedded world's files for every AutoCoA stage (formats: data/README.md).
 
-    python -m data.build --out runs/world --seed 0        # ~2 s on one CPU core
+    python -m data.build --out runs/world --seed 0
 
 One seed -> one world -> byte-identical files:
-    corpus.jsonl  the search tool's corpus: every entity's page, known or not, plus distractors
+    corpus.jsonl  the search tool's corpus: every entity's page, held-out ones included, plus distractors
     base.jsonl    pretraining text for the tiny base model (stands in for R1-Distill): pages of the
                   KNOWN entities, pure reasoning traces over them answered from memory, and
                   reading traces from a parallel world (copying facts out of injected results)
-    stage1.jsonl  contrastive pairs at a decision point ("when to act", paper §3.1, SFT stage 1)
-    stage2.jsonl  SFT trajectories, tool and pure-CoT at 5:1 as in the paper (SFT stages 2 and 3)
+    stage1.jsonl  contrastive pairs from the teacher's mistakes ("when to act", paper §3.1, SFT stage 1)
+    stage2.jsonl  the teacher's right trajectories, tool and pure-CoT at 5:1 as in the paper (SFT stages 2, 3)
     workflow.jsonl  stage 2's questions in the workflow's format (the workflow baseline's model)
     rl.jsonl, dev.jsonl, test.jsonl   questions with gold answers (RL prompts and evaluation)
-    world.json    entities, facts, known flags, and the lookups behind every rl/dev/test question
-    meta.json     seed, arguments, counts per file and retrieval hit rates
+    test_cf.jsonl, corpus_cf.jsonl    the counterfactual check: held-out entities' facts changed in a copy
+                  of the corpus, and the test questions whose gold changes with it (eval.py reports how
+                  often a model follows the corpus rather than what it remembers)
+    world.json    entities with their split, facts, and the lookups behind every rl/dev/test question
+    meta.json     seed, arguments, counts per file, retrieval hit rates, the teacher's statistics and
+                  the held-out leak check
 
-Every question is in exactly one of: test, dev, rl, or the training pool that stage1, stage2 and the
-base traces draw from; so no dev/test question text is ever trained on. test/dev/rl are stratified
-over the five strata (composition with 1, 2, 3, 4 hops, and comparison).
+Held out by entity, not only by question (data/world.py): dev and test questions start from dev and test
+entities, whose names and facts appear in no training file (base, stage1, stage2, workflow, rl; checked
+here and in meta.json), so the tool is the only way to answer them. A share of test and dev questions
+is about known entities only (recalling is right there; the "when to act" measurement needs both).
 
-Observations in stage2 (and in stage1 prefixes) are env.format_observation of what
-env.BM25Search returns on corpus.jsonl for the trajectory's query, with the same top-k the sampler
-uses, so what the model trains on is what the tool gives it at run time. A trajectory whose search
-does not retrieve the subject's page is dropped (meta.json counts them).
+Training observations are env.format_observation of what env.BM25Search returns for the trajectory's
+query, with the sampler's top-k, over the corpus without the held-out pages (a training observation
+must not show a held-out page as a lower-ranked hit); at run time the tool searches the whole corpus.
 """
 import argparse
 import json
 import os
 import random
+import re
 
 import env
-from data.world import DEFAULT_SIZES, RELATIONS, TYPES, document, make_questions, make_world, unknown_lookups
-from data.trajectories import contrastive_pair, need, query_for, trajectory, workflow_trajectory
+from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity, distinct_years, document, make_questions,
+                        make_world, unknown_lookups)
+from data.trajectories import Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory
 
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
+TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
 
 
 def stratified(groups, n, rng):
@@ -48,8 +55,10 @@ def stratified(groups, n, rng):
     return out
 
 
-def question_row(id_, q):
-    return {"id": id_, "question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type}
+def question_row(id_, q, world):
+    """A question file's row; held_out: it needs a fact of a dev or test entity (only the tool has it)."""
+    return {"id": id_, "question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
+            "held_out": world.split_of(q) != "train"}
 
 
 def write_jsonl(path, rows):
@@ -58,90 +67,142 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, topk=3, n_test=400,
-          n_dev=200, n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400):
-    """Build the world for `seed` and write every file into out_dir; returns the meta dict."""
+def counterfactual(world, rng):
+    """A copy of the world's facts in which every held-out entity's facts have other values of the same kind
+    (an entity it may point at, or a year no other fact has) -> {name: facts}."""
+    facts = {e.name: dict(e.facts) for e in world.entities}
+    years = {v for e in world.entities for v in e.facts.values() if isinstance(v, int)}
+    for e in world.real():
+        if not e.held_out:
+            continue
+        for rel, value in e.facts.items():
+            obj = RELATIONS[rel][1]
+            if obj == "year":
+                facts[e.name][rel] = distinct_years(rng, 1, value - 40, 80, years)[0]
+            else:
+                others = [x.name for x in world.real(obj) if x.name != value and (not x.held_out or x.split == e.split)]
+                facts[e.name][rel] = rng.choice(others)
+    return facts
+
+
+def answer_with(facts, q):
+    """q's answer when the world's facts are `facts` (the chain is followed again: a changed fact can lead
+    to other entities). None if the chain breaks (an entity without that relation)."""
+    if q.type == "comparison":
+        (a, rel), (b, _) = q.lookups
+        ya, yb = facts[a][rel], facts[b][rel]
+        return a if (ya < yb) == (q.compare == "earlier") else b
+    cur = q.lookups[0][0]
+    for _, rel in q.lookups:
+        if rel not in facts.get(cur, {}):
+            return None
+        cur = facts[cur][rel]
+    return str(cur)
+
+
+def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=3, n_test=800, n_dev=200,
+          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400, known_share=0.2,
+          teacher=None, attempts=2):
+    """Build the world for `seed` and write every file into out_dir; returns the meta dict.
+    known_share: the share of test and dev questions about known entities only (the rest start from a
+    held-out entity). teacher: data.trajectories.Teacher (its mistake rates); attempts: teacher runs per
+    question (the first right one goes to stage 2, each wrong one gives a stage-1 pair)."""
     # -------------------------------------------------------------------- world and splits
-    world = make_world(seed, sizes, known_fraction, n_distractors)
+    world = make_world(seed, sizes, fractions, n_distractors=n_distractors)
     rng = random.Random(f"build-{seed}")  # str seeds are hashed with sha512: stable across runs
     strata = make_questions(world, rng)
-    for key in sorted(strata):
-        rng.shuffle(strata[key])
-    splits = {"test": [], "dev": [], "rl": []}
-    for name, n in (("test", n_test), ("dev", n_dev), ("rl", n_rl)):
-        per = -(-n // len(strata))  # ceil: every stratum gets the same share
-        for key in sorted(strata):
-            if len(strata[key]) < per:
-                raise ValueError(f"stratum {key} has {len(strata[key])} questions left, {name} needs {per}")
-            splits[name] += strata[key][:per]
-            strata[key] = strata[key][per:]
-        splits[name] = splits[name][:n]
-    pool = strata  # what is left trains stage1, stage2 and the base traces
+    by_split = {s: {k: [q for q in v if world.split_of(q) == s] for k, v in sorted(strata.items())}
+                for s in ("train", "dev", "test")}
+    all_known = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in by_split["train"].items()}
+    taken = set()
+
+    def draw(groups, n):
+        qs = stratified({k: [q for q in v if q.question not in taken] for k, v in groups.items()}, n, rng)
+        taken.update(q.question for q in qs)
+        return qs
+
+    splits = {}
+    for name, n in (("test", n_test), ("dev", n_dev)):
+        n_known = round(known_share * n)
+        splits[name] = draw(by_split[name], n - n_known) + draw(all_known, n_known)
+    splits["rl"] = draw({k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in by_split["train"].items()}, n_rl)
+    pool = {k: [q for q in v if q.question not in taken] for k, v in by_split["train"].items()}  # trains the rest
 
     # -------------------------------------------------------------------- the search tool
     corpus = [{"id": e.id, "contents": document(e)} for e in world.entities]
-    searcher = env.BM25Search(corpus)
-    lookups = [(e.name, r) for e in world.real() for r in RELATIONS if r in e.facts]
-    queries = [query_for(n, r) for n, r in lookups]
-    results = dict(zip(queries, searcher.search(queries, topk=topk)))  # one batch: every lookup
-    decisions = [need(n, r) for n, r in lookups]  # the workflow's queries: the decision sentences
-    results.update(zip(decisions, searcher.search(decisions, topk=topk)))
+    full = env.BM25Search(corpus)
+    training = env.BM25Search([row for row, e in zip(corpus, world.entities) if not e.held_out])
+    cache = {}
 
-    def observe(query):
-        docs = results[query] if query in results else searcher.search([query], topk=topk)[0]
+    def observe(query):  # what training text shows: the corpus without held-out pages
+        if query not in cache:
+            cache[query] = training.search([query], topk=topk)[0]
+        docs = cache[query]
         return env.format_observation(docs), [d["id"] for d in docs]
 
+    lookups = [(e.name, r) for e in world.real() for r in RELATIONS if r in e.facts]
     gold = [world.by_name[n].id for n, _ in lookups]
-    hit1 = sum(results[q][:1] != [] and results[q][0]["id"] == g for q, g in zip(queries, gold))
-    hitk = sum(g in [d["id"] for d in results[q]] for q, g in zip(queries, gold))
+    retrieval = {}
+    for label, make_query in (("full name", query_for), ("last word only", short_query)):
+        results = full.search([make_query(n, r) for n, r in lookups], topk=topk)
+        retrieval[label] = {"top1": round(sum(bool(d) and d[0]["id"] == g for d, g in zip(results, gold)) / len(gold), 4),
+                            f"top{topk}": round(sum(g in [x["id"] for x in d] for d, g in zip(results, gold)) / len(gold), 4)}
 
-    # -------------------------------------------------------------------- stage 2: tool + CoT
+    # -------------------------------------------------------------------- stage 2 and stage 1: the teacher
+    teacher = teacher or Teacher()
+    trng = random.Random(f"teacher-{seed}")
+    names_of = {t: [e.name for e in world.real(t) if not e.held_out] for t in TYPES}
+
+    def wrong_value(name, rel):  # a made-up fact of the right kind, never the true one
+        value, obj = world.fact(name, rel), RELATIONS[rel][1]
+        if obj == "year":
+            return value + trng.choice((-1, 1)) * trng.randint(1, 60)
+        return trng.choice([x for x in names_of[obj] if x != value])
+
     tool_groups = {k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in pool.items()}
     cot_groups = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}
-    stage2, stage2_questions, dropped, n_search, n_search_top1 = [], [], 0, 0, 0
+    stage2, stage2_questions = [], []
+    by_id = {e.id: e for e in world.entities}
+    runs = {"runs": 0, "right": 0, "kept_not_canonical": 0, "kept_searches": 0, "kept_short_queries": 0}
+    pairs = {"search": [], "answer": []}  # at most half of n_pairs each way; "answer" mistakes are rarer
     for q in stratified(tool_groups, sum(map(len, tool_groups.values())), rng):  # all, in stratified order
-        if len(stage2) == n_tool:
+        if len(stage2) >= n_tool and len(pairs["search"]) >= n_pairs // 2 and (
+                len(pairs["answer"]) >= n_pairs // 2 or runs["runs"] >= 10 * n_tool):  # "answer" mistakes are rare
             break
-        segments, searches = trajectory(world, q, observe)
-        if any(g not in ids for _, g, ids in searches):
-            dropped += 1
-            continue
-        n_search += len(searches)
-        n_search_top1 += sum(ids[0] == g for _, g, ids in searches)
-        stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
-                       "kind": "tool", "segments": segments})
-        stage2_questions.append(q)
+        for _ in range(attempts):
+            out = teacher_run(world, q, observe, trng, teacher, wrong_value)
+            runs["runs"] += 1
+            if not out["right"]:
+                if out["error"] is None:
+                    continue
+                prefix, chosen, rejected, direction = out["error"]
+                if len(pairs[direction]) < n_pairs // 2:
+                    pairs[direction].append({"question": q.question, "prefix": prefix, "chosen": chosen,
+                                             "rejected": rejected, "direction": direction, "hops": q.hops})
+                continue
+            runs["right"] += 1
+            if len(stage2) < n_tool:
+                text = "".join(s["text"] for s in out["segments"])
+                runs["kept_not_canonical"] += text != "".join(s["text"] for s in trajectory(world, q, observe)[0])
+                runs["kept_searches"] += len(out["searches"])
+                runs["kept_short_queries"] += sum(not query.startswith(by_id[g].name + " ") for query, g, _ in out["searches"])
+                stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
+                               "kind": "tool", "segments": out["segments"]})
+                stage2_questions.append(q)
+            break
     for q in stratified(cot_groups, n_cot, rng):
         segments, _ = trajectory(world, q, observe, use_tool=False)
         stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
                        "kind": "cot", "segments": segments})
         stage2_questions.append(q)
+    stage1 = pairs["search"] + pairs["answer"]
     rng.shuffle(stage2)
+    rng.shuffle(stage1)
     # The workflow baseline's model trains on the same questions in the workflow's format (eval.py):
     # the controller retrieves after every decision sentence, known facts included; the model reads.
     workflow = [{"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type, "kind": "workflow",
                  "segments": workflow_trajectory(world, q, observe)} for q in stage2_questions]
     random.Random(f"workflow-{seed}").shuffle(workflow)
-
-    # -------------------------------------------------------------------- stage 1: pairs
-    stage1 = []
-    names_of = {t: [e.name for e in world.real(t)] for t in TYPES}
-    for direction, want_known in (("search", False), ("answer", True)):
-        groups = {k: [q for q in v if any(world.by_name[n].known == want_known for n, _ in q.lookups)]
-                  for k, v in pool.items()}
-        for q in stratified(groups, n_pairs // 2, rng):
-            k = rng.choice([i for i, (n, _) in enumerate(q.lookups) if world.by_name[n].known == want_known])
-            name, rel = q.lookups[k]
-            value, obj = world.fact(name, rel), RELATIONS[rel][1]
-            if obj == "year":  # a wrong fact of the right kind, never the true one
-                wrong = value + rng.choice((-1, 1)) * rng.randint(1, 60)
-            else:
-                wrong = rng.choice([x for x in names_of[obj] if x != value])
-            prefix, chosen, rejected, got = contrastive_pair(world, q, k, observe, wrong)
-            assert got == direction
-            stage1.append({"question": q.question, "prefix": prefix, "chosen": chosen,
-                           "rejected": rejected, "direction": direction, "hops": q.hops})
-    rng.shuffle(stage1)
 
     # -------------------------------------------------------------------- base pretraining text
     base = [{"text": document(e), "kind": "doc"} for e in world.real() if e.known]
@@ -150,15 +211,14 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
                      "question": q.question, "response": response})
-    # Reading traces from a parallel world (another seed, its own corpus): after a decision sentence
-    # an external controller has put a result block, and the trace copies the fact out of it. They are
-    # meant to teach the base model to READ retrieved text, as R1-Distill can, but never to ACT (no action
-    # tags appear), and nothing about this world. At 1.65M parameters it does not learn to read from them
-    # (eval.py has the figures), so the workflow baselines use a model fine-tuned on workflow.jsonl.
-    other = make_world(seed + 1_000_003, sizes, 1.0, n_distractors)
+    # Reading traces from a parallel world (another seed, names from the same word pool but none of this
+    # world's): after a decision sentence an external controller has put a result block, and the trace
+    # copies the fact out of it. They teach the base model to READ retrieved text, as R1-Distill can,
+    # but never to ACT (no action tags appear), and nothing about this world.
+    other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
+                       words=world.words, avoid=[e.name for e in world.entities])
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
-    other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs
-                  if not any(n in world.by_name for n, _ in q.lookups)]
+    other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs]
 
     def observe_other(query):
         return env.format_observation(other_search.search([query], topk)[0]), None
@@ -169,10 +229,25 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
                      "question": q.question, "response": response})
     rng.shuffle(base)
 
+    # -------------------------------------------------------------------- the counterfactual check
+    cf_facts = counterfactual(world, random.Random(f"counterfactual-{seed}"))
+    corpus_cf = [{"id": e.id, "contents": document(Entity(e.id, e.name, e.type, facts=cf_facts[e.name]))}
+                 for e in world.entities]
+    test_rows = [question_row(f"test-{i:05d}", q, world) for i, q in enumerate(splits["test"])]
+    test_cf = []
+    for row, q in zip(test_rows, splits["test"]):
+        new = answer_with(cf_facts, q)
+        if new is not None and new != q.answer:
+            test_cf.append({**row, "answers": [new], "original_answers": [q.answer]})
+
     # -------------------------------------------------------------------- write
     os.makedirs(out_dir, exist_ok=True)
-    rows = {name: [question_row(f"{name}-{i:05d}", q) for i, q in enumerate(qs)] for name, qs in splits.items()}
-    files = {"corpus": corpus, "base": base, "stage1": stage1, "stage2": stage2, "workflow": workflow, **rows}
+    rows = {name: [question_row(f"{name}-{i:05d}", q, world) for i, q in enumerate(qs)] for name, qs in splits.items()}
+    files = {"corpus": corpus, "base": base, "stage1": stage1, "stage2": stage2, "workflow": workflow, **rows,
+             "test_cf": test_cf, "corpus_cf": corpus_cf}
+    leaks = held_out_leaks(world, {name: files[name] for name in TRAINING_FILES})
+    if leaks:
+        raise AssertionError(f"held-out names in training files: {leaks}")
     for name, data in files.items():
         write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), data)
     world_json = world.to_json()
@@ -181,21 +256,36 @@ def build(out_dir, seed=0, sizes=None, known_fraction=0.5, n_distractors=40, top
     with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
         json.dump(world_json, f, ensure_ascii=False, indent=1)
     meta = {
-        "seed": seed, "topk": topk, "known_fraction": known_fraction, "distractors": n_distractors,
-        "sizes": {**DEFAULT_SIZES, **(sizes or {})},
+        "seed": seed, "topk": topk, "distractors": n_distractors, "sizes": {**DEFAULT_SIZES, **(sizes or {})},
+        "entities": {s: sum(e.split == s for e in world.real()) for s in SPLITS}, "name_words": len(world.words),
         "counts": {name: len(data) for name, data in files.items()},
+        "questions_needing_a_held_out_fact": {name: sum(world.split_of(q) == name for q in splits[name])
+                                              for name in ("test", "dev")},
+        "held_out_names_in_training_files": 0,
         "stage2_kinds": {k: sum(r["kind"] == k for r in stage2) for k in ("tool", "cot")},
-        "stage2_dropped_retrieval_miss": dropped,
         "stage1_directions": {d: sum(r["direction"] == d for r in stage1) for d in ("search", "answer")},
+        "teacher": {**vars(teacher), **runs},
         "hops": {name: {h: sum(r["hops"] == h for r in rs) for h in (1, 2, 3, 4)} for name, rs in rows.items()},
-        "retrieval": {"lookups": len(lookups), "top1": round(hit1 / len(lookups), 4),
-                      f"top{topk}": round(hitk / len(lookups), 4),
-                      "stage2_searches": n_search,
-                      "stage2_top1": round(n_search_top1 / max(n_search, 1), 4)},
+        "retrieval": {"lookups": len(lookups), **retrieval},
     }
     with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def held_out_leaks(world, files):
+    """{file: [held-out names found in it]}: the static check that no training file mentions a dev or test
+    entity (by name; its facts cannot appear without its name)."""
+    held = sorted(e.name for e in world.real() if e.held_out)
+    if not held:
+        return {}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, held)) + r")\b")
+    out = {}
+    for name, rows in files.items():
+        found = sorted(set(pattern.findall(json.dumps(rows, ensure_ascii=False))))
+        if found:
+            out[name] = found
+    return out
 
 
 def main():
@@ -204,23 +294,31 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="world seed; same seed -> byte-identical files")
     for t, flag in PLURALS.items():
         ap.add_argument(f"--{flag}", type=int, default=DEFAULT_SIZES[t], help=f"number of real {t} entities")
-    ap.add_argument("--known-fraction", type=float, default=0.5, help="share of entities in pretraining")
-    ap.add_argument("--distractors", type=int, default=40, help="similar-name distractor pages")
+    for split, f in DEFAULT_SPLIT_FRACTIONS.items():
+        ap.add_argument(f"--{split}-fraction", type=float, default=f, help=f"share of each type's entities in {split}")
+    ap.add_argument("--distractors", type=int, default=40, help="extra corpus pages never asked about")
     ap.add_argument("--topk", type=int, default=3, help="documents per search (must match the sampler)")
-    ap.add_argument("--n-test", type=int, default=400, help="test questions (stratified)")
+    ap.add_argument("--n-test", type=int, default=800, help="test questions (stratified)")
     ap.add_argument("--n-dev", type=int, default=200, help="dev questions (stratified)")
+    ap.add_argument("--known-share", type=float, default=0.2,
+                    help="share of test/dev questions about known entities only (the rest need a held-out fact)")
     ap.add_argument("--n-rl", type=int, default=500, help="RL prompts (stratified)")
     ap.add_argument("--n-tool", type=int, default=1500, help="stage-2 tool trajectories")
     ap.add_argument("--n-cot", type=int, default=300, help="stage-2 pure-CoT trajectories (paper 5:1)")
-    ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (half each way)")
+    ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (from the teacher's mistakes)")
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
     ap.add_argument("--n-reading", type=int, default=400, help="parallel-world reading traces in base.jsonl")
+    for k, v in vars(Teacher()).items():
+        ap.add_argument(f"--teacher-{k.replace('_', '-')}", type=float, default=v,
+                        help=f"the teacher's mistake rate: {k} (data/trajectories.py Teacher)")
+    ap.add_argument("--attempts", type=int, default=2, help="teacher runs per question")
     args = ap.parse_args()
     print(vars(args))
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
-                 args.known_fraction, args.distractors, args.topk, args.n_test, args.n_dev, args.n_rl,
-                 args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
-                 args.n_reading)
+                 {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.distractors, args.topk,
+                 args.n_test, args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
+                 args.n_reading, args.known_share, Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
+                 args.attempts)
     print(json.dumps(meta, indent=1))
 
 

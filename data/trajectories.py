@@ -16,9 +16,17 @@ page in the top-k (data/build.py measures how often). Observations are produced 
 `observe(query) -> (observation text, retrieved doc ids)`, i.e. the real tool, so training
 observations are exactly what the sampler injects at run time.
 
-What we simplified: the paper's trajectories are sampled from a strong model and filtered; ours are
-written from templates, with the right decision at every step by construction.
+The paper's SFT data are sampled from a strong but fallible model and filtered by the answer; here a
+simulated teacher (`Teacher`, `teacher_run`) plays that model. It has habits that are sometimes wrong:
+it "remembers" facts it never read (years above all), searches with only the last word of a name, and
+searches facts it knows. Filtering by the final answer keeps the runs whose mistakes did not matter (a
+made-up year that still orders a comparison right, a short query that still found the page): stage 2
+inherits those habits, as a distilled model inherits its teacher's. The runs that failed give stage 1
+its pairs by error analysis: at the first wrong decision, the continuation that would have led to the
+right answer (chosen) against the one the teacher wrote (rejected), from the same prefix.
 """
+from dataclasses import dataclass
+
 from env import TAGS
 from data.world import fact_sentence
 
@@ -36,8 +44,13 @@ def recall(name, relation, value):
     return f" I remember that {s[0].lower()}{s[1:]}\n"
 
 
-def act(name, relation):
-    return f" I will search for it. {TAGS.search_open} {query_for(name, relation)} {TAGS.search_close}"
+def act(name, relation, query=None):
+    return f" I will search for it. {TAGS.search_open} {query or query_for(name, relation)} {TAGS.search_close}"
+
+
+def short_query(name, relation):
+    """The teacher's lazy query: the last word of the name only, which other pages share."""
+    return query_for(name.split()[-1], relation)
 
 
 def read(name, relation, value):
@@ -45,13 +58,12 @@ def read(name, relation, value):
     return f"The search result says that {s[0].lower()}{s[1:]}\n"
 
 
-def conclusion(world, q):
-    """The last line of reasoning, the end of thinking and the boxed answer."""
+def conclusion(world, q, values=None):
+    """The last line of reasoning, the end of thinking and the boxed answer. values: the comparison's two
+    years as the reasoning stated them (default: the true ones)."""
     text = ""
     if q.type == "comparison":
-        (a, rel), (b, _) = q.lookups
-        ya, yb = world.fact(a, rel), world.fact(b, rel)
-        lo, hi = sorted((ya, yb))
+        lo, hi = sorted(values or [world.fact(n, r) for n, r in q.lookups])
         text = f"{lo} is earlier than {hi}.\n" if q.compare == "earlier" else f"{hi} is later than {lo}.\n"
     return text + f"So the answer is {q.answer}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{q.answer}}}"
 
@@ -83,19 +95,6 @@ def trajectory(world, q, observe, use_tool=True, upto=None):
     return segments, searches
 
 
-def contrastive_pair(world, q, k, observe, wrong_value):
-    """Stage-1 pair at the decision point of step k -> (prefix, chosen, rejected, direction).
-    The prefix is the reasoning so far, with the real observations of earlier searches.
-    "search": the fact is about an unknown entity; chosen acts, rejected recalls a wrong fact.
-    "answer": the fact is known; chosen recalls it, rejected searches needlessly."""
-    segments, _ = trajectory(world, q, observe, upto=k)
-    prefix = "".join(s["text"] for s in segments)
-    name, rel, value, known = steps(world, q)[k]
-    if known:
-        return prefix, recall(name, rel, value), act(name, rel), "answer"
-    return prefix, act(name, rel), recall(name, rel, wrong_value), "search"
-
-
 def workflow_trajectory(world, q, observe):
     """The workflow's format, as segments: every decision sentence is followed by a result block that an
     external controller retrieved with that sentence as the query (no action tags: the model never acts,
@@ -109,3 +108,62 @@ def workflow_trajectory(world, q, observe):
         text = read(name, rel, value)
     segments.append({"text": text + conclusion(world, q), "tool": False})
     return segments
+
+
+# ----------------------------------------------------------------------------- the fallible teacher
+
+@dataclass
+class Teacher:
+    """How often the simulated teacher makes each mistake, per lookup."""
+    year_recall: float = 0.7   # "remembers" a year of an entity it never read (a made-up year)
+    recall: float = 0.1        # the same for any other fact of an unknown entity
+    short_query: float = 0.25  # searches with the last word of the name only
+    needless: float = 0.15     # searches a fact it knows
+
+
+def teacher_run(world, q, observe, rng, teacher, wrong_value):
+    """One run of the teacher on q -> dict(segments, searches, right, error).
+
+    observe(query) -> (observation text, retrieved doc ids); wrong_value(name, relation) -> a wrong
+    value of the right kind. error is None, or the first mistake of the teacher's that made the answer
+    wrong (not a miss of the tool's on a right query), as the stage-1 pair at that decision point: (prefix, chosen, rejected, direction). A composition stops at
+    its first wrong fact (the chain is broken); a comparison goes on with the wrong year, and is right
+    whenever the years still order the same way."""
+    by_id = {e.id: e for e in world.entities}
+    segments, searches, text, got, error = [], [], "", [], None
+    for name, rel, value, known in steps(world, q):
+        decision = need(name, rel)
+        prefix = "".join(s["text"] for s in segments) + text + decision
+        right_step = recall(name, rel, value) if known else act(name, rel)
+        direction = "answer" if known else "search"
+        made_up = rng.random() < (teacher.year_recall if rel.endswith("year") else teacher.recall)
+        if (known and rng.random() >= teacher.needless) or (not known and made_up):
+            got_value = value if known else wrong_value(name, rel)
+            step = recall(name, rel, got_value)
+            text += decision + step
+        else:
+            query = short_query(name, rel) if rng.random() < teacher.short_query else query_for(name, rel)
+            observation, ids = observe(query)
+            searches.append((query, world.by_name[name].id, ids))
+            top = by_id.get(ids[0]) if ids else None  # it reads the first page, whichever entity it is about
+            got_value = top.facts.get(rel) if top is not None else None
+            step = act(name, rel, query)
+            segments += [{"text": text + decision + step, "tool": False}, {"text": observation, "tool": True}]
+            text = "" if got_value is None else read(name, rel, got_value)
+        got.append(got_value)
+        if got_value != value:
+            if step != right_step:  # a full-name search that the tool answered with another page: no pair
+                error = error or (prefix, right_step, step, direction)
+            if q.type != "comparison" or got_value is None:
+                return {"segments": None, "searches": searches, "right": False, "error": error}
+    answer = q.answer
+    if q.type == "comparison" and got != [v for _, _, v, _ in steps(world, q)]:
+        (a, _), (b, _) = q.lookups
+        earlier = a if got[0] < got[1] else b
+        later = b if earlier == a else a
+        answer = earlier if q.compare == "earlier" else later
+        if answer != q.answer:
+            return {"segments": None, "searches": searches, "right": False, "error": error}
+    segments.append({"text": text + conclusion(world, q, got), "tool": False})
+    return {"segments": segments, "searches": searches, "right": True, "error": None}
+

@@ -1,19 +1,28 @@
 """The embedded fictional world: entities, facts, documents and multi-hop questions.
 
 Nobody here can download R1-Distill or Wikipedia, so every AutoCoA stage runs on a small invented
-world instead. Its answers can only be found by searching (the names are invented), and only the
-`known` half of it is in the base model's pretraining text, so deciding *when* to search is a real
-decision (paper §3.1, "when to act").
+world instead. Every entity belongs to one split, and the split says who may ever see its facts:
+
+    known   its page is in the base model's pretraining text: recalling it is right (paper §3.1)
+    train   unknown to the base; its facts reach the model only through tool results in SFT and RL
+    dev     held out: its name and facts appear in no training file; dev questions start from it
+    test    held out likewise; test questions start from it, so only reading the tool can answer them
+
+Facts of known and train entities point only at known and train entities, so no training text can
+mention a held-out name; a held-out entity's facts may point at anything of its own split or the
+training side. Names are two words drawn from one shared pool, and the known names use every word of
+it, so a held-out name is a new combination of tokens the base model has seen: copying it out of a
+question or a search result is possible, remembering its facts is not.
 
 The language is deliberately regular so that a model of a few million parameters can learn it:
-- names are two invented words built from syllables ("Dorin Kalvet"), unique across the world;
 - every fact is one sentence "The <relation> of <subject> is <object>." and a document is the type
   sentence plus the facts of one entity;
 - a question is a chain "What is the r3 of the r2 of the r1 of X?" (1-4 hops) or a comparison
   "Who was born earlier, A or B?" (2 lookups).
 
-Distractors are extra entities whose names share one word with a real entity; they are only in the
-search corpus, never asked about and never reached by a question's chain.
+Because names share words, a query with only one word of a name ("Kalvet birthplace") can rank another
+entity's page first; the simulated teacher of data/trajectories.py sometimes makes that mistake.
+Distractors are extra corpus pages with names from the same pool; they are never asked about.
 
 Everything is a pure function of the seed: one `random.Random(seed)`, no global state, and sets are
 never iterated, so the same seed gives the same world in any process.
@@ -25,6 +34,7 @@ the real datasets).
     python -m data.world --seed 0     # print a few documents and questions
 """
 import argparse
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -59,7 +69,14 @@ COMPARISONS = {
              "Which book was published later, {a} or {b}?"),
 }
 
-DEFAULT_SIZES = {"person": 100, "org": 40, "city": 40, "country": 10, "book": 40}
+DEFAULT_SIZES = {"person": 800, "org": 300, "city": 240, "country": 12, "book": 300}
+SPLITS = ("known", "train", "dev", "test")
+HELD_OUT = ("dev", "test")
+# share of each type's entities per split; countries are few and only known or train (see make_world)
+# Most entities are `train`: each appears in only a few SFT trajectories, so that copying its facts out of
+# the observation, not remembering them, is what lowers the training loss.
+DEFAULT_SPLIT_FRACTIONS = {"known": 0.1, "train": 0.81, "dev": 0.03, "test": 0.06}
+MAX_COMPARISONS = 20_000  # candidate comparison questions per type (all pairs would be ~n^2 / 2)
 
 
 @dataclass
@@ -67,9 +84,18 @@ class Entity:
     id: str
     name: str
     type: str
-    known: bool = False        # its document is in the base model's pretraining text
+    split: str = "train"       # known | train | dev | test (module docstring); distractors: "train"
     distractor: bool = False   # only in the search corpus; never asked about
     facts: dict = field(default_factory=dict)  # relation -> entity name (str) or year (int)
+
+    @property
+    def known(self):
+        """Its page is in the base model's pretraining text."""
+        return self.split == "known"
+
+    @property
+    def held_out(self):
+        return self.split in HELD_OUT
 
 
 @dataclass
@@ -86,6 +112,7 @@ class Question:
 class World:
     seed: int
     entities: list
+    words: list = field(default_factory=list)  # the name-word pool
 
     def __post_init__(self):
         self.by_name = {e.name: e for e in self.entities}
@@ -96,9 +123,15 @@ class World:
     def real(self, type_=None):
         return [e for e in self.entities if not e.distractor and (type_ is None or e.type == type_)]
 
+    def split_of(self, q):
+        """The held-out split a question touches ("dev" or "test"), else "train" (known and train only)."""
+        splits = {self.by_name[n].split for n, _ in q.lookups}
+        held = [s for s in HELD_OUT if s in splits]
+        return held[0] if held else "train"
+
     def to_json(self):
-        return {"seed": self.seed, "relations": {r: list(st) for r, st in RELATIONS.items()},
-                "entities": [{"id": e.id, "name": e.name, "type": e.type, "known": e.known,
+        return {"seed": self.seed, "relations": {r: list(st) for r, st in RELATIONS.items()}, "words": self.words,
+                "entities": [{"id": e.id, "name": e.name, "type": e.type, "split": e.split, "known": e.known,
                               "distractor": e.distractor, "facts": e.facts} for e in self.entities]}
 
 
@@ -135,12 +168,45 @@ def invent_word(rng):
     return ("".join(syllables) + rng.choice(CODAS)).capitalize()
 
 
-def fresh_word(rng, used):
-    while True:
+def word_pool(rng, n):
+    """n distinct invented words, in the order drawn."""
+    words, seen = [], set()
+    while len(words) < n:
         w = invent_word(rng)
-        if w not in used:
-            used.add(w)
-            return w
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    return words
+
+
+class NameMaker:
+    """Two-word names from the pool, never repeated. `cover()` names walk the pool in a shuffled cycle, so
+    the first len(pool) / 2 of them use every word at least once (the known entities' names: then every
+    word of any later name is a token the base model saw)."""
+
+    def __init__(self, rng, words, taken=()):
+        self.rng, self.words, self.used = rng, words, set(taken)
+        self.cycle = []
+
+    def _next_word(self):
+        if not self.cycle:
+            self.cycle = self.rng.sample(self.words, len(self.words))
+        return self.cycle.pop()
+
+    def cover(self):
+        while True:
+            name = f"{self._next_word()} {self._next_word()}"
+            if name not in self.used and name.split()[0] != name.split()[1]:
+                self.used.add(name)
+                return name
+
+    def random(self):
+        while True:
+            a, b = self.rng.sample(self.words, 2)
+            name = f"{a} {b}"
+            if name not in self.used:
+                self.used.add(name)
+                return name
 
 
 # ----------------------------------------------------------------------------- world
@@ -157,60 +223,94 @@ def distinct_years(rng, n, lo, span, used):
     return out
 
 
-def make_world(seed=0, sizes=None, known_fraction=0.5, n_distractors=40):
-    """Build the world. Real entities' facts only point at real entities, so a question's chain
-    never passes through a distractor."""
+def split_counts(t, n, fractions):
+    """How many entities of type t go to each split. Countries (few, and every city points at one) are only
+    known or train, half each."""
+    if t == "country":
+        k = round(n / 2)
+        return {"known": k, "train": n - k, "dev": 0, "test": 0}
+    # at least one of each where the type has a few entities (a tiny world for tests still has every split)
+    counts = {s: max(round(fractions[s] * n), int(n >= 4 and fractions[s] > 0)) for s in ("known", "dev", "test")}
+    counts["train"] = n - sum(counts.values())
+    if min(counts.values()) < 0:
+        raise ValueError(f"split fractions {fractions} do not fit {n} entities of type {t}")
+    return counts
+
+
+def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=40, words=None, avoid=()):
+    """Build the world. words: the name-word pool (default: n_words fresh words, as many as there are known
+    entities unless given); avoid: names that must not be used (another world's). Facts of known and train
+    entities only point at known and train entities; a dev or test entity's facts may also point at its own
+    split (module docstring)."""
     rng = random.Random(seed)
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
-    assert sizes["person"] >= 1 and sizes["city"] >= sizes["country"] >= 1 and sizes["org"] >= 1
-    used_words, by_type, entities = set(), {}, []
-    for t in TYPES:
-        by_type[t] = []
-        for _ in range(sizes[t]):
-            name = f"{fresh_word(rng, used_words)} {fresh_word(rng, used_words)}"
-            e = Entity(id=f"e{len(entities):04d}", name=name, type=t)
-            by_type[t].append(e)
-            entities.append(e)
+    fractions = {**DEFAULT_SPLIT_FRACTIONS, **(fractions or {})}
+    if not (sizes["person"] >= 1 and sizes["org"] >= 1 and sizes["book"] >= 0 and sizes["country"] >= 1):
+        raise ValueError(f"sizes {sizes}: need at least one person, org and country")
+    plan = [(t, split) for t in TYPES for split, n in split_counts(t, sizes[t], fractions).items() for _ in range(n)]
+    n_known = sum(s == "known" for _, s in plan)
+    if not words:  # as many words as known entities, or enough for three worlds' names if that is more
+        n_words = n_words or min(2 * n_known, max(n_known, math.ceil(math.sqrt(3 * (len(plan) + n_distractors))) + 1))
+        words = word_pool(rng, n_words)
+    words = list(words)
+    if len(words) * (len(words) - 1) < len(plan) + n_distractors + len(avoid):
+        raise ValueError(f"{len(words)} name words cannot name {len(plan) + n_distractors} entities "
+                         f"(+{len(avoid)} taken): more known entities, or fewer entities")
+    names = NameMaker(rng, words, avoid)
+    # known names first: they walk the pool, so every word of every name is in the pretraining text
+    named = {i: names.cover() for i, (t, split) in enumerate(plan) if split == "known"}
+    named.update({i: names.random() for i, (t, split) in enumerate(plan) if split != "known"})
+    entities = [Entity(id=f"e{i:04d}", name=named[i], type=t, split=split) for i, (t, split) in enumerate(plan)]
+    missing = sorted(set(words) - {w for e in entities if e.known for w in e.name.split()})
+    if missing:
+        raise ValueError(f"{len(missing)} name words appear in no known name (e.g. {missing[:3]}): "
+                         f"raise the known fraction or lower the number of words")
+    by_type = {t: [e for e in entities if e.type == t] for t in TYPES}
     person, org, city, country, book = (by_type[t] for t in TYPES)
 
-    # cities: every country gets at least one city, its capital is one of them
-    for i, c in enumerate(city):
+    def objects(t, subject):  # what a subject's fact may point at: never another split's held-out entity;
+        # a known entity's facts point at known ones half the time, so that chains of known facts exist
+        pool = [e for e in by_type[t] if not e.held_out or e.split == subject.split]
+        known = [e for e in pool if e.known]
+        return known if subject.known and known and rng.random() < 0.5 else pool
+
+    # cities: every country gets a known or train city first, and its capital is one of those
+    training_side = [c for c in city if not c.held_out]
+    if len(training_side) < len(country):
+        raise ValueError("fewer known/train cities than countries")
+    for i, c in enumerate(training_side):
         c.facts["country"] = country[i].name if i < len(country) else rng.choice(country).name
-        c.facts["mayor"] = rng.choice(person).name
+    for c in city:
+        if c.held_out:
+            c.facts["country"] = rng.choice(country).name
+        c.facts["mayor"] = rng.choice(objects("person", c)).name
     for k in country:
-        k.facts["capital"] = rng.choice([c for c in city if c.facts["country"] == k.name]).name
+        k.facts["capital"] = rng.choice([c for c in training_side if c.facts["country"] == k.name]).name
     # people, then organisations founded 25-60 years after their founder's birth, books likewise
     years = set()
     for p, y in zip(person, distinct_years(rng, len(person), 1700, 250, years)):
-        p.facts["birthplace"] = rng.choice(city).name
-        p.facts["employer"] = rng.choice(org).name
+        p.facts["birthplace"] = rng.choice(objects("city", p)).name
+        p.facts["employer"] = rng.choice(objects("org", p)).name
         p.facts["birth year"] = y
     for o in org:
-        founder = rng.choice(person)
+        founder = rng.choice(objects("person", o))
         o.facts["founder"] = founder.name
-        o.facts["headquarters"] = rng.choice(city).name
+        o.facts["headquarters"] = rng.choice(objects("city", o)).name
         o.facts["founding year"] = distinct_years(rng, 1, founder.facts["birth year"] + 25, 35, years)[0]
     for b in book:
-        author = rng.choice(person)
+        author = rng.choice(objects("person", b))
         b.facts["author"] = author.name
         b.facts["publication year"] = distinct_years(rng, 1, author.facts["birth year"] + 20, 50, years)[0]
-    for t in TYPES:  # exactly round(fraction * n) known entities per type
-        for e in rng.sample(by_type[t], round(known_fraction * len(by_type[t]))):
-            e.known = True
 
-    # distractors: one word shared with a real entity ("Dorin Kalvet" -> "Dorin Masek"), facts
-    # pointing at real entities, so BM25 must use both words of a name to find the right page
+    # distractors: more pages with names from the same pool, facts pointing at known/train entities
     for _ in range(n_distractors):
         t = rng.choice(("person", "org", "city", "book"))
-        words = rng.choice(by_type[t]).name.split()
-        keep = rng.randrange(2)
-        words[1 - keep] = fresh_word(rng, used_words)
-        e = Entity(id=f"e{len(entities):04d}", name=" ".join(words), type=t, distractor=True)
+        e = Entity(id=f"e{len(entities):04d}", name=names.random(), type=t, distractor=True)
         for r in RELATIONS_OF[t]:
             obj = RELATIONS[r][1]
-            e.facts[r] = 1700 + rng.randrange(300) if obj == "year" else rng.choice(by_type[obj]).name
+            e.facts[r] = 1700 + rng.randrange(300) if obj == "year" else rng.choice(objects(obj, e)).name
         entities.append(e)
-    return World(seed=seed, entities=entities)
+    return World(seed=seed, entities=entities, words=words)
 
 
 # ----------------------------------------------------------------------------- questions
@@ -239,21 +339,27 @@ def composition_questions(world, max_hops=4):
     return out
 
 
-def comparison_questions(world, rng):
-    """One question per unordered pair of same-type entities; earlier/later and order drawn at random
-    (only one variant per pair, so a held-out pair is not answered in training in another order)."""
+def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS):
+    """One question per unordered pair of same-type entities (at most max_per_type pairs drawn at random per
+    type, pairs with a held-out entity first so that dev and test have enough); earlier/later and order
+    drawn at random (only one variant per pair, so a held-out pair is not answered in training in another
+    order)."""
     out = []
     for t, (rel, earlier, later) in COMPARISONS.items():
         ents = world.real(t)
-        for i in range(len(ents)):
-            for j in range(i + 1, len(ents)):
-                a, b = (ents[i], ents[j]) if rng.random() < 0.5 else (ents[j], ents[i])
-                compare = rng.choice(("earlier", "later"))
-                ya, yb = a.facts[rel], b.facts[rel]
-                win = a if (ya < yb) == (compare == "earlier") else b
-                text = (earlier if compare == "earlier" else later).format(a=a.name, b=b.name)
-                out.append(Question(text, win.name, 2, "comparison", [(a.name, rel), (b.name, rel)],
-                                    compare))
+        pairs = [(i, j) for i in range(len(ents)) for j in range(i + 1, len(ents))
+                 if {ents[i].split, ents[j].split} != set(HELD_OUT)]  # one held-out split per question at most
+        held = [p for p in pairs if ents[p[0]].held_out or ents[p[1]].held_out]
+        rest = [p for p in pairs if not (ents[p[0]].held_out or ents[p[1]].held_out)]
+        k = min(len(held), max_per_type // 2)
+        pairs = sorted(rng.sample(held, k) + rng.sample(rest, min(len(rest), max_per_type - k)))
+        for i, j in pairs:
+            a, b = (ents[i], ents[j]) if rng.random() < 0.5 else (ents[j], ents[i])
+            compare = rng.choice(("earlier", "later"))
+            ya, yb = a.facts[rel], b.facts[rel]
+            win = a if (ya < yb) == (compare == "earlier") else b
+            text = (earlier if compare == "earlier" else later).format(a=a.name, b=b.name)
+            out.append(Question(text, win.name, 2, "comparison", [(a.name, rel), (b.name, rel)], compare))
     return out
 
 
@@ -274,8 +380,9 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0, help="world seed")
     args = ap.parse_args()
     w = make_world(args.seed)
-    for e in w.real()[:3] + [e for e in w.entities if e.distractor][:2]:
-        print(document(e), "| known" if e.known else "| unknown", "\n")
+    for split in SPLITS:
+        e = next(e for e in w.real() if e.split == split)
+        print(document(e), f"| {split}\n")
     strata = make_questions(w, random.Random(args.seed))
     for key, qs in sorted(strata.items()):
         print(key, len(qs), "e.g.", qs[0].question, "->", qs[0].answer)
