@@ -286,20 +286,23 @@ def check_finite(value, step, out, what="loss", detail=None):
 def stop(msg, bad_step, out):
     """Raise FloatingPointError(msg), naming the last good checkpoint: the newest one from before `bad_step`,
     whose weights are finite (checked before every save) and gave a finite loss (checked at its step).
-    If `latest` names the checkpoint of bad_step (saved before its loss was seen), rank 0 points `latest`
-    back at the last good one and removes it."""
+    If `latest` names the checkpoint of bad_step that this run saved (before its loss was seen), rank 0
+    points `latest` back at the last good one and removes it; one the run started from is left as it is."""
     live = latest_checkpoint(out)
     last = live
     if live and (step_of(os.path.basename(live)) or 0) >= bad_step:
         earlier = sorted((step_of(d), d) for d in os.listdir(out) if (step_of(d) or bad_step) < bad_step)
         last = os.path.join(out, earlier[-1][1]) if earlier else None
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            if last:
-                point_latest(out, os.path.basename(last))
-            else:
-                os.remove(os.path.join(out, "latest"))
-            shutil.rmtree(live, ignore_errors=True)
-        msg += f"; removed {live}, whose weights gave it"
+        if (os.path.abspath(out), step_of(os.path.basename(live))) not in SAVED:
+            msg += f"; {live}, which this run started from, gave it"
+        else:
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                if last:
+                    point_latest(out, os.path.basename(last))
+                else:
+                    os.remove(os.path.join(out, "latest"))
+                shutil.rmtree(live, ignore_errors=True)
+            msg += f"; removed {live}, whose weights gave it"
     raise FloatingPointError(f"{msg}; stopping. Last good checkpoint: " + (
         f"{last} (resume with --resume after fixing the cause)" if last else "none (start again after fixing the cause)"))
 
@@ -398,6 +401,9 @@ def optimizer_state(model, opt):
     return opt.state_dict()
 
 
+SAVED = set()  # (abspath of an --out, step) of every checkpoint this process wrote: stop() takes back only those
+
+
 def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
     """Write out/step_{step}: HF layout + trainer_state.pt + args.json, atomically; then point `latest` at it.
     Non-finite weights are never saved. The directory `latest` names is never replaced in place (its
@@ -407,6 +413,7 @@ def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
     bad = first_nonfinite(state.items())  # every rank holds the full state: all stop together
     if bad is not None:
         stop(f"non-finite weight {bad} at the save of step {step}", step, out)
+    SAVED.add((os.path.abspath(out), step))
     if run.master:
         name = f"step_{step:06d}"
         os.makedirs(out, exist_ok=True)

@@ -227,6 +227,19 @@ def test_a_non_finite_loss_takes_latest_back_to_the_checkpoint_before(tmp_path, 
     assert common.latest_checkpoint(out) is None and step_dirs(out) == []
 
 
+def test_a_non_finite_loss_leaves_the_checkpoint_the_run_started_from(tmp_path, tok):
+    """A resumed run whose first loss is non-finite (say under a new --dtype) did not write the checkpoint
+    it started from: that one stays, and `latest` with it; the error says which it was."""
+    out, *_ = saved(tmp_path, tok)
+    other = str(tmp_path / "resumed")
+    shutil.copytree(out, other)  # written by "another process": this one never saved there
+    start = os.path.join(other, "step_000001")
+    with pytest.raises(FloatingPointError, match=f"at step 1; {re.escape(start)}, which this run started from, "
+                                                 f"gave it; stopping. Last good checkpoint: none"):
+        common.check_finite(float("nan"), 1, other)
+    assert common.latest_checkpoint(other) == start and step_dirs(other) == ["step_000001"]
+
+
 def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
     """The reported runs: --lr 1e20 (step 0's update makes finite but 1e20-scale weights; step 1's loss is
     NaN) and --lr 3e38 (AdamW's update overflows). Resumed from a good 2-step run and saving every step,
@@ -287,10 +300,10 @@ def test_checkpoints_get_normal_permissions(tmp_path, tok):
         out, *_ = saved(tmp_path, tok)
     finally:
         os.umask(umask)
-    step = os.path.join(out, "step_000001")
-    assert stat.S_IMODE(os.stat(step).st_mode) == 0o755
-    for f in os.listdir(step):
-        assert stat.S_IMODE(os.stat(os.path.join(step, f)).st_mode) == 0o644, f
+    for root, dirs, files in os.walk(os.path.join(out, "step_000001")):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o755, root
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o644, os.path.join(root, f)
 
 
 def test_metrics_keep_one_row_per_step_after_a_resume(tmp_path):
