@@ -3,8 +3,11 @@ model and tokenizer loading, padding and log-prob helpers, the lr schedule, a JS
 checkpoints that are written atomically and resume exactly.
 
 Checkpoint layout (`--out DIR`):
-    DIR/step_000100/          Hugging Face layout (config.json, model.safetensors, tokenizer.json)
-                              + trainer_state.pt (optimizer, step, RNG) + args.json
+    DIR/step_000100/          Hugging Face layout (config.json, model.safetensors, tokenizer.json), the
+                              weights in config.json's torch_dtype (bf16 for R1-Distill), for eval and export
+                              + train_state/ (torch.distributed.checkpoint: the fp32 master weights and the
+                              optimizer state, one file per rank; it loads on any number of ranks)
+                              + trainer_state.pt (step, RNG, the stage's extras) + args.json
     DIR/latest                the name of the newest complete step directory, replaced atomically
     DIR/metrics.jsonl         one JSON object per logged step (a resumed run first drops the steps it redoes)
 A step directory is written under a temporary name and renamed when complete, and `latest` is only
@@ -23,6 +26,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -30,6 +34,9 @@ import torch.distributed as dist
 from model import Qwen2, Qwen2Config, first_nonfinite, num_params, replace_dir
 import env
 from tokenizer import Tokenizer
+
+# torch.distributed.checkpoint on one process (no process group) is intended here: say nothing about it
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 # -----------------------------------------------------------------------------
@@ -131,18 +138,39 @@ class Run:
             dist.destroy_process_group()
 
 
-def load_model(path, run, grad_checkpointing=False):
-    """Model + tokenizer from an HF-layout directory, on run.device in run.dtype, FSDP2-sharded under torchrun."""
-    model = Qwen2.from_pretrained(path, device=run.device, dtype=run.dtype)
+def load_model(path, run, grad_checkpointing=False, frozen=False):
+    """Model + tokenizer from an HF-layout directory on run.device, FSDP2-sharded under torchrun.
+
+    Mixed precision, as large models are trained: the weights a run trains are fp32 master copies, and
+    their gradients and AdamW moments are fp32 too, while forward and backward compute in run.dtype (bf16
+    on CUDA). Why: bf16 keeps 8 significant bits, so an update below half a ulp (~0.2-0.4% of the weight)
+    rounds away; at the paper's lr (5e-6 SFT, 7e-7 RL) most of an AdamW step applied to bf16 weights is lost.
+    One process: torch.autocast runs each matmul in bf16 (`autocast` below; gradients land in the fp32
+    weights' .grad). torchrun: FSDP2's MixedPrecisionPolicy all-gathers bf16 copies of a block's fp32 shards
+    for its forward and backward and reduce-scatters the gradients in fp32. A frozen model (GRPO's
+    reference) has no gradients and no optimizer: it is held in run.dtype."""
+    model = Qwen2.from_pretrained(path, device=run.device, dtype=run.dtype if frozen else torch.float32)
+    model.compute_dtype = run.dtype  # read by autocast(model)
     tok = Tokenizer.from_pretrained(path)
     model.gradient_checkpointing = grad_checkpointing
     if run.distributed:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=run.dtype, reduce_dtype=torch.float32)
         for block in model.model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
     run.print(f"[model] {path}: {num_params(model) / 1e6:.2f}M parameters, vocab {tok.vocab_size}")
     return model, tok
+
+
+def autocast(model):
+    """Run the forwards inside in the model's compute dtype (load_model): torch.autocast to bf16 matmuls over
+    fp32 weights; nothing for fp32. Under FSDP2 the policy already hands the forward bf16 weights, and
+    autocast on top changes nothing but keeps one code path. RMSNorm and the log-softmax stay in fp32
+    (model.py, kernels/logprobs.py)."""
+    dtype = getattr(model, "compute_dtype", torch.float32)
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
 
 
 @contextlib.contextmanager
@@ -206,7 +234,8 @@ def sequence_logprobs(model, ids, mask, device):
     unscored), and the (B, T-1) bool mask aligned with them."""
     ids, mask = ids.to(device), mask.to(device)
     m = mask[:, 1:].bool()
-    lp = model(ids[:, :-1], targets=ids[:, 1:], loss_mask=m)
+    with autocast(model):
+        lp = model(ids[:, :-1], targets=ids[:, 1:], loss_mask=m)
     return lp, m
 
 
@@ -386,48 +415,75 @@ def latest_checkpoint(out):
     return path if os.path.isdir(path) else None
 
 
-def full_state(model):
-    """A full (unsharded) CPU state dict on every rank; under FSDP this gathers the shards."""
-    if any(hasattr(p, "full_tensor") for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def export_dtype(config):
+    """The dtype a checkpoint's weights are exported in: config.json's torch_dtype, i.e. the one the model
+    came in (bf16 for R1-Distill), whatever the masters' dtype; fp32 for a config that names none."""
+    name = config.extra.get("torch_dtype") or config.extra.get("dtype")
+    return getattr(torch, name) if name else torch.float32
 
 
-def optimizer_state(model, opt):
-    if any(hasattr(p, "full_tensor") for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return opt.state_dict()
+def exported_state(run, model):
+    """{name: CPU tensor in export_dtype} on rank 0, {} on the others, gathered one tensor at a time: under
+    FSDP2 no device holds more than one full tensor beyond its shards, and rank 0's host holds the export
+    (2 bytes per weight in bf16), never the full fp32 state."""
+    dtype, state = export_dtype(model.config), {}
+    for name, t in model.state_dict().items():
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t  # an all-gather: every rank, in the same order
+        if run.master:
+            state[name] = t.detach().to(device="cpu", dtype=dtype)
+    return state
+
+
+def train_state(model, opt):
+    """The state a resume needs, as torch.distributed.checkpoint reads and writes it: the fp32 master weights
+    and the optimizer state keyed by parameter name, each rank's own shards (DTensors) under FSDP2, plain
+    tensors on one process. An optimizer that has not stepped yet gets its state initialised (zeros), so that
+    a load has a place for every moment."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, opt)
+    return {"model": msd, "optimizer": osd}
 
 
 SAVED = set()  # (abspath of an --out, step) of every checkpoint this process wrote: stop() takes back only those
 
 
 def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
-    """Write out/step_{step}: HF layout + trainer_state.pt + args.json, atomically; then point `latest` at it.
+    """Write out/step_{step} atomically, then point `latest` at it: the HF-layout export (exported_state),
+    train_state/ (torch.distributed.checkpoint: every rank writes its own shards of the fp32 masters and of
+    the optimizer state, which nobody gathers), trainer_state.pt (step, RNG, extras) and args.json.
     Non-finite weights are never saved. The directory `latest` names is never replaced in place (its
     replacement would leave `latest` dangling for a moment): a re-save of that step (GRPO's RL-1 checkpoint
     after a resume) goes to step_{step}_1, or back, and the old one is removed after the switch."""
-    state, ostate = full_state(model), optimizer_state(model, opt)  # collective under FSDP: all ranks
-    bad = first_nonfinite(state.items())  # every rank holds the full state: all stop together
+    import torch.distributed.checkpoint as dcp
+    bad = first_nonfinite(model.named_parameters())  # this rank's shards
+    if run.distributed:  # every rank stops together, or the others would wait in the next collective
+        flag = torch.tensor(float(bad is not None), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bad or ("a weight on another rank" if flag.item() else None)
     if bad is not None:
         stop(f"non-finite weight {bad} at the save of step {step}", step, out)
     SAVED.add((os.path.abspath(out), step))
+    name = f"step_{step:06d}"
+    live = latest_checkpoint(out)  # every rank reads the same pointer: only the end of this save changes it
+    if live and os.path.basename(live) == name:
+        name += "_1"
+    tmp = os.path.join(out, f".tmp-{name}")
     if run.master:
-        name = f"step_{step:06d}"
         os.makedirs(out, exist_ok=True)
-        live = latest_checkpoint(out)
-        if live and os.path.basename(live) == name:
-            name += "_1"
-        tmp = os.path.join(out, f".tmp-{name}")
         for d in os.listdir(out):  # left by a save killed half-way (never pointed to; a model's size each)
             if d.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    state = exported_state(run, model)  # collective under FSDP: all ranks
+    if run.master:
         save_state_dict_pretrained(model.config, state, tmp)
+    del state
+    if run.distributed:
+        dist.barrier()  # tmp exists before any rank writes into it
+    dcp.save(train_state(model, opt), checkpoint_id=os.path.join(tmp, "train_state"), no_dist=not run.distributed)
+    if run.master:
         tok.save(os.path.join(tmp, "tokenizer.json"))
-        torch.save({"step": step, "optimizer": ostate, "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(), "extra": extra or {}}, os.path.join(tmp, "trainer_state.pt"))
+        torch.save({"step": step, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                    "extra": extra or {}}, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
         replace_dir(tmp, os.path.join(out, name))  # `latest` does not name `name`: no reader can miss it
@@ -495,7 +551,11 @@ def resume_or_init(run, args, default_init):
         path = latest_checkpoint(args.out)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {args.out} (no 'latest' pointer)")
+        if not os.path.isdir(os.path.join(path, "train_state")):
+            raise FileNotFoundError(f"--resume: {path} has no train_state/ (the fp32 weights and optimizer state; "
+                                    f"an older checkpoint layout): start a new run from it with --init {path}")
         state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        state["path"] = path  # restore() reads train_state/ from here
         run.print(f"[resume] {path} at step {state['step']}")
         return path, state
     if args.init is None:
@@ -537,12 +597,15 @@ def claim_out(run, args):
 
 
 def restore(model, opt, state):
-    """Load optimizer and RNG state from a trainer_state (the weights were loaded with the model)."""
-    if any(hasattr(p, "full_tensor") for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    else:
-        opt.load_state_dict(state["optimizer"])
+    """Load the fp32 master weights and the optimizer state from the checkpoint's train_state/, then the RNG
+    state. Each rank reads the parts of the tensors it holds, whatever number of ranks wrote them; the weights
+    the model was loaded with (the export, bf16 for a bf16 model) are replaced by the masters, so a resumed
+    run continues exactly."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+    sd = train_state(model, opt)  # this run's layout: its shards, its parameter names
+    dcp.load(sd, checkpoint_id=os.path.join(state["path"], "train_state"), no_dist=not dist.is_initialized())
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     return state["step"]

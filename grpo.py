@@ -97,7 +97,7 @@ def validate(model, tok, rows, tool, args, run):
     mine = run.shard(rows)
     prompts = [common.encode_prompt(tok, r["question"]) for r in mine]
     k = args.val_samples
-    with torch.no_grad(), common.unsharded(model):
+    with torch.no_grad(), common.unsharded(model), common.autocast(model):
         model.eval()
         kw = dict(tool=tool, mode="real", max_new_tokens=args.max_new_tokens, max_actions=args.max_actions,
                   topk=args.topk)
@@ -180,7 +180,7 @@ def main():
         common.check_prompts(rows, path)
     model, tok = common.load_model(path, run, args.grad_checkpointing)
     ref_path = state["extra"]["reference"] if state else path
-    ref, _ = common.load_model(ref_path, run)
+    ref, _ = common.load_model(ref_path, run, frozen=True)  # in the compute dtype: no optimizer, no masters
     ref.eval().requires_grad_(False)
     # which parameters the update trains (--trainable); the reference is frozen whole
     trained = [p for name, p in model.named_parameters() if trainable.search(name)]
@@ -223,7 +223,8 @@ def main():
         batch = [prompts[i] for i in run.shard(common.epoch_order(len(prompts), step, args.batch_size, args.seed))]
         prompt_ids = [common.encode_prompt(tok, p["question"]) for p in batch for _ in range(args.group_size)]
         model.eval()
-        with torch.no_grad(), common.unsharded(model):  # FSDP2: no collectives inside the sampler
+        # FSDP2: no collectives inside the sampler; it runs in the compute dtype (bf16 KV cache on CUDA)
+        with torch.no_grad(), common.unsharded(model), common.autocast(model):
             rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
                            max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
                            seed=args.seed * 1_000_003 + step * 1009 + run.rank)

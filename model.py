@@ -141,7 +141,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, Hq, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast (fp32 weights, bf16 compute) q and k leave the projections in bf16 and are rotated by
+        # fp32 cos/sin, which promotes them; attention takes all three in the compute dtype, v's.
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if cache is None:
             # Right-padded batches need no mask: causal attention never looks right.
             y = attention(q, k, v, causal=True)  # (B, Hq, T, hd)
@@ -243,8 +245,11 @@ class Qwen2(nn.Module):
         if cache is not None:
             cache.end()
         if targets is not None:
-            lp = masked_logprobs(x.reshape(B * T, -1), self.lm_head.weight,
-                                 targets.reshape(B * T), loss_mask.reshape(B * T))
+            w = self.lm_head.weight
+            if torch.is_autocast_enabled(x.device.type):  # a custom autograd kernel sees no autocast: cast as
+                dt = torch.get_autocast_dtype(x.device.type)  # a matmul would (the log-softmax stays fp32)
+                x, w = x.to(dt), w.to(dt)
+            lp = masked_logprobs(x.reshape(B * T, -1), w, targets.reshape(B * T), loss_mask.reshape(B * T))
             return lp.view(B, T)
         return x if return_hidden else self.lm_head(x)
 

@@ -91,7 +91,9 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         init_dir = os.path.join(args.out, "init")  # saved once so every rank (and FSDP) loads the same weights
         if run.master:
-            Qwen2(cfg).init_weights(seed=args.seed).save_pretrained(init_dir)
+            # in the compute dtype, which becomes config.json's torch_dtype and so the dtype every checkpoint
+            # of this model is exported in (the masters stay fp32 in train_state/)
+            Qwen2(cfg).init_weights(seed=args.seed).to(run.dtype).save_pretrained(init_dir)
             tok.save(os.path.join(init_dir, "tokenizer.json"))
         if run.distributed:
             torch.distributed.barrier()

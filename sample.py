@@ -220,7 +220,10 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     param = model.lm_head_weight
-    device, dtype = param.device, param.dtype
+    device = param.device
+    # The cache holds k and v as the forward makes them: in autocast's dtype when the caller runs the
+    # sampler under torch.autocast (fp32 master weights, bf16 compute; common.autocast).
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
     eos = tokenizer.eos_id if eos_id is None else eos_id
     temperature = 0 if greedy else temperature
     generator = torch.Generator(device=device).manual_seed(seed)
