@@ -17,8 +17,16 @@ rows, then every other row's one token, so that no decoding row is padded to an 
 Three modes: "real" calls the tool (RL stage 2, eval); "sim" lets the model write its own observation
 after the injected opening "\\n\\n<search_result>" (RL stage 1: the model is its own world model);
 "none" treats tags as plain text (baselines). Every observation token gets policy_mask 0, the
-simulated ones included, so GRPO never trains on observations (REFERENCE: "Observation tokens get
-zero advantage in both RL stages").
+simulated ones included, so GRPO never trains on observations (in both of the paper's RL stages,
+observation tokens get zero advantage).
+
+Who decides when to act: the model, by closing an action tag, unless a `controller` does (the paper's
+workflow baselines, eval.py). The controller is asked before a row's first token and after each token the
+policy writes, and may answer with a query; the row then acts right there, in the same batched tool call
+and the same cache as the model's own actions. RAG is a controller that asks once, before the first token;
+a ReAct-style workflow one that asks whenever the current line is a decision sentence. And a prompt may
+end with an action already written (`from_action`: a rollout cut right after one, as probe.py uses to
+ask the model what it would have read there): it is run before the first token.
 
 Text and tokens: an observation is tokenized on its own and appended after the model's own tokens,
 as the SFT data builder tokenizes a trajectory segment by segment; what the model sampled is never
@@ -98,6 +106,7 @@ class _Seq:
     pending: list[int]   # tokens of prompt + completion that are not in the KV cache yet
     scan_from: int = 0   # completion index where the model's current run of text starts (after the
                          # last injected text): closing tags are looked for from here on, never earlier
+    line_from: int = 0   # completion index where its current line starts (what a controller reads)
 
 
 def sample_token(logits, temperature=1.0, top_p=1.0, generator=None):
@@ -194,7 +203,7 @@ def _keep_rows(cache, rows):
 @torch.inference_mode()
 def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=1024, max_actions=10,
            temperature=0.6, top_p=1.0, greedy=False, seed=0, topk=3, obs_max_tokens=512,
-           reprefill=False, logits_processor=None, eos_id=None, tags=TAGS):
+           reprefill=False, logits_processor=None, eos_id=None, tags=TAGS, controller=None, from_action=False):
     """Sample one trajectory per prompt (lists of token ids, already chat-formatted) -> Rollouts.
 
     max_new_tokens  budget per sequence for everything after the prompt, observations included; an
@@ -210,11 +219,22 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
                     on the sequences due a token (rollouts[i] is row i, in progress: completion,
                     masks, n_actions, phase...). Use it to ban or force tokens.
     eos_id          ends a sequence when sampled (default tokenizer.eos_id; an injected one never does).
+    controller      fn(rollout, line_start) -> query or None: who decides when to act, instead of the
+                    model (the model's own tags then act only as `mode` says: "none" for a workflow).
+                    Asked before a row's first token and after each token the policy writes;
+                    rollout.completion[line_start:] is its current line. A query is an action: counted,
+                    sent to `tool` with the step's other queries (max_actions is the controller's to
+                    keep), its observation injected right after. Before the first token the observation
+                    drops its leading blank line (it follows the prompt's `<think>\\n`: RAG).
+    from_action     every prompt ends with a closed action (a rollout cut right after its closing tag):
+                    it is run before the first token, as if the model had just written it.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "real" and tool is None:
         raise ValueError('mode "real" needs a search tool (or use mode "sim" / "none")')
+    if controller is not None and tool is None:
+        raise ValueError("a controller's queries need a search tool")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
@@ -255,7 +275,7 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
         r.policy_mask += [0] * len(kept)
         r.sim_obs_mask += [0] * len(kept)
         s.pending += kept
-        s.scan_from = len(r.completion)
+        s.scan_from = s.line_from = len(r.completion)
         stats.tokens_injected += len(kept)
         if len(ids) >= room:
             finish(s, "length")
@@ -265,6 +285,56 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
         if len(ids) > obs_max_tokens:  # cut the documents, keep the closing tag
             ids = ids[:obs_max_tokens - len(close_ids)] + close_ids
         inject(s, ids)
+
+    def act(acted, asked):
+        """Run this step's actions: the model's (seq, tail, its text since the last observation) where a
+        closing tag completed, then the controller's (seq, query). Refuse past the limit, simulate, or
+        ONE batched tool call for all of them."""
+        searches = []  # (seq, query, tail)
+        for s, tail, text in acted:
+            r = s.r
+            r.n_actions += 1
+            query = extract_query(text, tags)
+            r.queries.append(query or "")
+            if r.n_actions > max_actions:
+                observe(s, format_observation(None, limit_reached=True, tags=tags), tail)
+            elif query is None:  # a closing tag with no opening one: nothing to search for
+                observe(s, format_observation(None, tags=tags), tail)
+            elif mode == "sim":  # inject the opening; the model writes the rest itself
+                s.r.phase = "observation"
+                inject(s, encode_after(f"\n\n{tags.result_open}", tail))
+            else:
+                searches.append((s, query, tail))
+        for s, query in asked:
+            s.r.n_actions += 1
+            s.r.queries.append(query)
+            searches.append((s, query, "" if s.r.completion else "\n\n"))  # "\n\n": skip the leading blank line
+        if searches:
+            t0 = time.perf_counter()
+            results = tool.search([q for _, q, _ in searches], topk)
+            stats.tool_s += time.perf_counter() - t0
+            stats.tool_calls += 1
+            if len(results) != len(searches):
+                raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
+            for (s, _, tail), docs in zip(searches, results):
+                s.r.n_tool_calls += 1
+                if docs is None:  # the tool failed (RemoteSearch never raises): count it apart
+                    s.r.n_failed_calls += 1
+                    stats.failed_calls += 1
+                observe(s, format_observation(docs, tags=tags), tail)
+
+    # ---- before the first token: the actions the prompts end with, and the controller's first word
+    acted, asked = [], []
+    for s in seqs if from_action else []:
+        tail = tag_completed(decode, s.r.prompt, 0, tags.search_close, piece)
+        if tail is None:
+            raise ValueError(f"prompt {s.r.index} does not end with {tags.search_close!r} (from_action)")
+        acted.append((s, tail, decode(s.r.prompt).rpartition(tags.result_close)[2]))  # after its last observation
+    for s in seqs if controller else []:
+        query = controller(s.r, 0)
+        if query is not None:
+            asked.append((s, query))
+    act(acted, asked)
 
     rebuild = True  # the next forward covers whole sequences (the prefill)
     while any(s.r.finish is None for s in rows):
@@ -299,9 +369,10 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
         stats.steps += 1
         stats.tokens_generated += len(ready)
 
-        # ---- append, then look for eos, the budget and closing tags in what the model just wrote
+        # ---- append, then look for eos, the budget and closing tags in what the model just wrote, and ask
+        # the controller (if any) about the policy's token
         injected_before = stats.tokens_injected
-        acted = []  # (seq, text after its closing tag)
+        acted, asked = [], []  # (seq, text after its closing tag, its text), (seq, the controller's query)
         for b, tok in zip(ready, next_ids):
             s = rows[b]
             r = s.r
@@ -322,40 +393,18 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
                 elif len(r.completion) - s.scan_from >= obs_max_tokens:  # close it for the model
                     r.phase = "policy"
                     inject(s, close_ids)
-            elif mode != "none":
-                tail = tag_completed(decode, r.completion, s.scan_from, tags.search_close, piece)
-                if tail is not None:
-                    acted.append((s, tail))
-
-        # ---- actions: refuse past the limit, simulate, or ONE batched tool call for this step
-        searches = []  # (seq, query, tail)
-        for s, tail in acted:
-            r = s.r
-            r.n_actions += 1
-            query = extract_query(decode(r.completion[s.scan_from:]), tags)
-            r.queries.append(query or "")
-            if r.n_actions > max_actions:
-                observe(s, format_observation(None, limit_reached=True, tags=tags), tail)
-            elif query is None:  # a closing tag with no opening one: nothing to search for
-                observe(s, format_observation(None, tags=tags), tail)
-            elif mode == "sim":  # inject the opening; the model writes the rest itself
-                r.phase = "observation"
-                inject(s, encode_after(f"\n\n{tags.result_open}", tail))
             else:
-                searches.append((s, query, tail))
-        if searches:
-            t0 = time.perf_counter()
-            results = tool.search([q for _, q, _ in searches], topk)
-            stats.tool_s += time.perf_counter() - t0
-            stats.tool_calls += 1
-            if len(results) != len(searches):
-                raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
-            for (s, _, tail), docs in zip(searches, results):
-                s.r.n_tool_calls += 1
-                if docs is None:  # the tool failed (RemoteSearch never raises): count it apart
-                    s.r.n_failed_calls += 1
-                    stats.failed_calls += 1
-                observe(s, format_observation(docs, tags=tags), tail)
+                tail = None if mode == "none" else tag_completed(decode, r.completion, s.scan_from,
+                                                                 tags.search_close, piece)
+                if tail is not None:
+                    acted.append((s, tail, decode(r.completion[s.scan_from:])))
+                elif controller is not None:
+                    query = controller(r, s.line_from)
+                    if query is not None:
+                        asked.append((s, query))
+                    elif "\n" in piece(tok):  # the line is over; the next starts after this token
+                        s.line_from = len(r.completion)
+        act(acted, asked)
 
         # ---- cache housekeeping
         keep = [b for b, s in enumerate(rows) if s.r.finish is None]
@@ -380,27 +429,47 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
 
 
 # -----------------------------------------------------------------------------
+# The sampler's flags, defined once: this CLI, grpo.py, eval.py, probe.py and bench/ add them from here
+
+SAMPLING_DEFAULTS = dict(max_new_tokens=1024, temperature=0.6, top_p=1.0, topk=3, max_actions=10,
+                         obs_max_tokens=512)  # sample()'s own defaults (tests/test_sample.py checks)
+
+
+def add_sampling_args(ap, only=None, **defaults):
+    """Add the sampler's flags to an argparse parser: all of them, or the names in `only`. `defaults`
+    override SAMPLING_DEFAULTS (say why where you call it). sampling_kwargs(args) gives them back as
+    sample()'s keyword arguments."""
+    unknown = set(defaults) - set(SAMPLING_DEFAULTS) | set(only or ()) - set(SAMPLING_DEFAULTS)
+    if unknown:
+        raise TypeError(f"add_sampling_args: no sampler flag {sorted(unknown)}; have {sorted(SAMPLING_DEFAULTS)}")
+    d = {**SAMPLING_DEFAULTS, **defaults}
+    flags = {"max_new_tokens": (int, "budget per trajectory after the prompt, observations included"),
+             "temperature": (float, "sampling temperature (0 = greedy)"),
+             "top_p": (float, "nucleus sampling mass (1 = off)"),
+             "topk": (int, "documents per search"),
+             "max_actions": (int, "searches per trajectory; past them the limit message, no search"),
+             "obs_max_tokens": (int, "longest observation (cut and closed beyond)")}
+    group = ap.add_argument_group("sampling (sample.py)")
+    for name, (type_, help_) in flags.items():
+        if only is None or name in only:
+            group.add_argument("--" + name.replace("_", "-"), type=type_, default=d[name], help=help_)
+    return group
+
+
+def sampling_kwargs(args):
+    """The sampler flags found in parsed `args`, as sample()'s keyword arguments."""
+    return {k: getattr(args, k) for k in SAMPLING_DEFAULTS if hasattr(args, k)}
+
+
+# -----------------------------------------------------------------------------
 # Command line
-
-def render(r, decode, color):
-    """The completion with injected text and self-written observations visibly marked."""
-    marks = {(1, 0): ("", ""), (0, 0): ("\x1b[36m", "\x1b[0m") if color else ("[[tool:", "]]"),
-             (0, 1): ("\x1b[33m", "\x1b[0m") if color else ("[[model-written:", "]]")}
-    out, start = [], 0
-    kinds = list(zip(r.policy_mask, r.sim_obs_mask))
-    for i in range(1, len(kinds) + 1):
-        if i == len(kinds) or kinds[i] != kinds[start]:
-            left, right = marks[kinds[start]]
-            out.append(left + decode(r.completion[start:i]) + right)
-            start = i
-    return "".join(out)
-
 
 def main(argv=None):
     import env
     from model import Qwen2
     from common import resolve_checkpoint
     from tokenizer import Tokenizer
+    from viewer import terminal
 
     ap = argparse.ArgumentParser(description="Sample AutoCoA trajectories (KV cache kept across tool calls).")
     ap.add_argument("--ckpt", required=True, help="checkpoint directory, or a stage's --out (its latest checkpoint)")
@@ -408,13 +477,8 @@ def main(argv=None):
     ap.add_argument("--corpus", help="JSONL corpus to search with in-process BM25")
     ap.add_argument("--search-url", help="URL of a Search-R1-compatible /retrieve server")
     ap.add_argument("--mode", choices=MODES, help="real (default with a tool), sim, none (default without)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
-    ap.add_argument("--max-new-tokens", type=int, default=1024, help="budget after the prompt, observations included")
-    ap.add_argument("--max-actions", type=int, default=10, help="searches allowed per sequence")
-    ap.add_argument("--topk", type=int, default=3, help="documents per search")
-    ap.add_argument("--obs-max-tokens", type=int, default=512, help="longest observation (cut and closed beyond)")
+    add_sampling_args(ap, temperature=0.0)  # a trajectory to read: the greedy one unless asked
     ap.add_argument("--reprefill", action="store_true", help="re-prefill after every observation (the peers' way)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
@@ -437,12 +501,11 @@ def main(argv=None):
     if tool is not None:
         print(f"search tool: {tool.check()}", file=sys.stderr)  # raises SearchError: refuse to start
     prompts = [tok.encode(tok.agent_prompt(q, env.INSTRUCTION)) for q in a.prompt]
-    out = sample(model, tok, prompts, tool=tool, mode=mode, max_new_tokens=a.max_new_tokens,
-                 max_actions=a.max_actions, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
-                 topk=a.topk, obs_max_tokens=a.obs_max_tokens, reprefill=a.reprefill)
+    out = sample(model, tok, prompts, tool=tool, mode=mode, seed=a.seed, reprefill=a.reprefill,
+                 **sampling_kwargs(a))
     color = sys.stdout.isatty()
     for q, r in zip(a.prompt, out):
-        print(f"=== {q}\n{render(r, tok.decode, color)}")
+        print(f"=== {q}\n{terminal(r, tok.decode, color)}")
         print(f"--- finish {r.finish}, {len(r.completion)} tokens, {r.n_actions} actions, "
               f"{r.n_tool_calls} searches, queries {r.queries}, answer {env.extract_answer(r.text)!r}")
     s = out.stats

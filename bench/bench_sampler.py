@@ -35,7 +35,7 @@ from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 
 from env import TAGS, format_observation  # noqa: E402
 from model import Qwen2, Qwen2Config  # noqa: E402
-from sample import sample  # noqa: E402
+from sample import add_sampling_args, sample  # noqa: E402
 from tokenizer import EOS, Tokenizer, bytes_to_unicode  # noqa: E402
 
 
@@ -147,34 +147,34 @@ def multi_turn(a, device, dtype, sync):
     model = model.to(device, dtype).eval()
     n = sum(p.numel() for p in model.parameters())
     print(f"model: hidden {a.hidden}, {a.layers} layers, {a.heads}/{a.kv_heads} heads, vocab {a.vocab} "
-          f"({n / 1e6:.1f}M params); prompt {a.prompt_len}, {a.actions} actions, an action every {a.every} "
+          f"({n / 1e6:.1f}M params); prompt {a.prompt_len}, {a.max_actions} actions, an action every {a.every} "
           f"generated tokens, observations of {a.obs_tokens} tokens")
     tool = FixedTool(fixed_observation(tok, a.obs_tokens))
     obs_ids = tok.encode(format_observation([{"contents": tool.contents}]))
     assert len(obs_ids) == a.obs_tokens
-    budget = (a.actions + 1) * a.every + a.actions * a.obs_tokens
+    budget = (a.max_actions + 1) * a.every + a.max_actions * a.obs_tokens
     g = torch.Generator().manual_seed(0)
     for B in a.batches:
         prompts = torch.randint(0, 256, (B, a.prompt_len), generator=g).tolist()
-        kw = dict(tool=tool, mode="real", greedy=True, max_new_tokens=budget, max_actions=a.actions,
-                  logits_processor=ActEvery(tok, a.every, a.actions))
+        kw = dict(tool=tool, mode="real", temperature=a.temperature, top_p=a.top_p, max_new_tokens=budget,
+                  max_actions=a.max_actions, logits_processor=ActEvery(tok, a.every, a.max_actions))
         sample(model, tok, prompts[:1], **dict(kw, max_new_tokens=a.every + 8))  # warm-up
-        generated = B * (a.actions + 1) * a.every
+        generated = B * (a.max_actions + 1) * a.every
         ours, t_ours = timed(lambda: sample(model, tok, prompts, **kw), sync, a.reps)
         peer, t_peer = timed(lambda: sample(model, tok, prompts, reprefill=True, **kw), sync, a.reps)
-        assert all(len(r.completion) == budget and r.n_tool_calls == a.actions for r in ours)
+        assert all(len(r.completion) == budget and r.n_tool_calls == a.max_actions for r in ours)
         same = all(x.completion == y.completion for x, y in zip(ours, peer))
-        print(f"\nbatch {B}: {generated} generated + {B * a.actions * a.obs_tokens} injected tokens "
+        print(f"\nbatch {B}: {generated} generated + {B * a.max_actions * a.obs_tokens} injected tokens "
               f"(kept == re-prefilled trajectories: {same})")
         report("ours, cache kept", generated, t_ours, ours.stats)
         report("re-prefill (peers)", generated, t_peer, peer.stats, f"ours is {t_peer / t_ours:.2f}x faster")
-        kw["logits_processor"] = ActEvery(tok, a.every, a.actions, stagger=B)
+        kw["logits_processor"] = ActEvery(tok, a.every, a.max_actions, stagger=B)
         stag, t_stag = timed(lambda: sample(model, tok, prompts, **kw), sync, a.reps)
-        assert all(len(r.completion) == budget and r.n_tool_calls == a.actions for r in stag)
+        assert all(len(r.completion) == budget and r.n_tool_calls == a.max_actions for r in stag)
         report("ours, rows act at different steps", generated, t_stag, stag.stats)
         if hf is not None:
             with torch.no_grad():
-                _, t_hf = timed(lambda: hf_rollouts(hf, prompts, obs_ids, a.actions + 1, a.every, device), sync,
+                _, t_hf = timed(lambda: hf_rollouts(hf, prompts, obs_ids, a.max_actions + 1, a.every, device), sync,
                                 a.reps)
             report("transformers generate", generated, t_hf, None, f"ours is {t_hf / t_ours:.2f}x faster")
 
@@ -219,7 +219,6 @@ def decode_floor(a, sync):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
-    ap.add_argument("--actions", type=int, default=4, help="tool calls per rollout")
     ap.add_argument("--every", type=int, default=64, help="generated tokens per segment (an action closes each)")
     ap.add_argument("--obs-tokens", type=int, default=100, help="tokens per injected observation")
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens")
@@ -234,6 +233,9 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=256, help="tokens decoded for the 1.5B measurement")
     ap.add_argument("--reps", type=int, default=2, help="runs of each measurement (the best is reported)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch (0: torch's default)")
+    # every rollout acts exactly --max-actions times; greedy by default, so that the kept cache and the
+    # re-prefill can be checked to write the same trajectories (a temperature times the draw too)
+    add_sampling_args(ap, only=("temperature", "top_p", "max_actions"), temperature=0.0, max_actions=4)
     a = ap.parse_args()
     a.batches = [int(b) for b in a.batches.split(",")]
     if a.threads and not torch.cuda.is_available():

@@ -391,3 +391,89 @@ def test_cli(tmp_path, tok, model, capsys):
     assert out.count("=== ") == 2 and "finish length" in out and "tokens generated" in out
     with pytest.raises(SystemExit):
         sample_mod.main(["--help"])
+
+
+# ----------------------------------------------------------------------------- controller and from_action
+
+class LineController:
+    """Acts when the current line is one of `lines` (query "c<row>-<its actions so far>"), and before the
+    first token of the rows in `at_start` ("start-<row>"); records every (row, line) it is asked about."""
+
+    def __init__(self, tok, lines=("ab!", "y!"), at_start=()):
+        self.decode, self.lines, self.at_start, self.asked = tok.decode, set(lines), set(at_start), []
+
+    def __call__(self, r, line_start):
+        line = self.decode(r.completion[line_start:])
+        self.asked.append((r.index, line))
+        if not r.completion:
+            return f"start-{r.index}" if r.index in self.at_start else None
+        return f"c{r.index}-{r.n_actions}" if line in self.lines else None
+
+
+def test_controller_acts_in_the_same_loop_and_cache(tok, model):
+    plan = {0: [(0, ""), (0, "ab!"), (2, EOS)],  # the controller acts before its first token, then after "ab!"
+            1: [(0, "x\ny!"), (1, ACTION.format(7)), (1, EOS)],  # after the line "y!", then the model acts itself
+            2: [(6, EOS)],                                          # no action
+            3: [(0, "ab!"), (1, EOS)],                              # the controller acts at the same step as row 0
+            4: [(0, f"{TAGS.search_open}q{TAGS.search_close}"), (1, EOS)]}  # so does the model, by a tag
+    prompts = prompts_of([4, 6, 3, 5, 2])
+    kw = dict(mode="real", greedy=True, max_new_tokens=300)
+    tool, ctl = RecordingTool(), LineController(tok, at_start={0})
+    out = sample(model, tok, prompts, tool=tool, controller=ctl, logits_processor=Script(tok, plan), **kw)
+    # before the first forward; then ONE batched call for the step's actions, the model's first
+    assert tool.calls == [["start-0"], ["q", "c0-1", "c3-0"], ["c1-0"], ["q7"]]
+    assert [r.queries for r in out] == [["start-0", "c0-1"], ["c1-0", "q7"], [], ["c3-0"], ["q"]]
+    assert [r.n_tool_calls for r in out] == [2, 2, 0, 1, 1] and [r.finish for r in out] == ["eos"] * 5
+    r0 = out[0]
+    start_obs = format_observation(tool.docs("start-0"))
+    assert [tok.decode(ids) for kind, ids in runs(r0) if kind == (0, 0)] == \
+        [start_obs[2:], format_observation(tool.docs("c0-1"))]  # before the first token: no blank line
+    assert r0.text.startswith(start_obs[2:] + "ab!" + format_observation(tool.docs("c0-1")))
+    # the controller reads the current line only: it starts after a newline and after an observation
+    assert (1, "x\n") in ctl.asked and (1, "y!") in ctl.asked and (0, "a") in ctl.asked
+    # the same trajectories when every row is re-prefilled after each observation
+    again = sample(model, tok, prompts, tool=RecordingTool(), controller=LineController(tok, at_start={0}),
+                   reprefill=True, logits_processor=Script(tok, plan), **kw)
+    assert [(r.completion, r.policy_mask, r.queries) for r in out] == \
+        [(r.completion, r.policy_mask, r.queries) for r in again]
+    with pytest.raises(ValueError, match="controller"):
+        sample(model, tok, prompts, mode="none", controller=ctl)
+
+
+@pytest.mark.parametrize("mode", ["real", "sim"])
+def test_from_action_continues_as_if_the_model_had_just_acted(tok, model, mode):
+    """A rollout cut right after its second action and resumed with from_action goes on exactly as the
+    whole rollout did (greedy): the same observation (the tool's, or the model's own in sim mode) and after."""
+    plan = {0: [(2, ACTION.format(0)), (3, ACTION.format(1)), (4, EOS)],
+            1: [(1, ACTION.format(2)), (2, ACTION.format(3)), (1, EOS)]}
+    prompts = prompts_of([3, 5])
+    kw = dict(tool=RecordingTool(), mode=mode, greedy=True, max_new_tokens=200, obs_max_tokens=12)
+    whole = sample(model, tok, prompts, logits_processor=Script(tok, plan, sim_close={0: 4}), **kw)
+    cut = [next(k for k in range(len(r.completion)) if r.n_actions and
+                tok.decode(r.completion[:k + 1]).count(TAGS.search_close) == 2) + 1 for r in whole]
+    later = {i: [(0, "")] * 2 + steps[2:] for i, steps in plan.items()}  # the script's steps after the 2nd action
+    resumed = sample(model, tok, [r.prompt + r.completion[:k] for r, k in zip(whole, cut)], from_action=True,
+                     logits_processor=Script(tok, {i: steps[1:] for i, steps in later.items()}, sim_close={0: 4}),
+                     **kw)
+    for r, k, again in zip(whole, cut, resumed):
+        assert again.completion == r.completion[k:] and again.policy_mask == r.policy_mask[k:]
+        assert again.sim_obs_mask == r.sim_obs_mask[k:] and again.queries == r.queries[1:2]
+    with pytest.raises(ValueError, match="does not end with"):
+        sample(model, tok, prompts, from_action=True, **kw)
+
+
+def test_sampling_flags_defined_once():
+    import argparse
+    import inspect
+    defaults = {k: v.default for k, v in inspect.signature(sample).parameters.items()}
+    assert {k: defaults[k] for k in sample_mod.SAMPLING_DEFAULTS} == sample_mod.SAMPLING_DEFAULTS
+    ap = argparse.ArgumentParser()
+    sample_mod.add_sampling_args(ap, temperature=0.0)
+    args = ap.parse_args(["--top-p", "0.9", "--max-new-tokens", "7"])
+    assert sample_mod.sampling_kwargs(args) == {**sample_mod.SAMPLING_DEFAULTS, "temperature": 0.0, "top_p": 0.9,
+                                                "max_new_tokens": 7}
+    ap = argparse.ArgumentParser()
+    sample_mod.add_sampling_args(ap, only=("topk",), topk=5)
+    assert sample_mod.sampling_kwargs(ap.parse_args([])) == {"topk": 5}
+    with pytest.raises(TypeError, match="no sampler flag"):
+        sample_mod.add_sampling_args(argparse.ArgumentParser(), temperatur=1.0)
