@@ -1,0 +1,195 @@
+"""The world-model probe: at the agent's own actions, does the model know what the search tool returns?
+
+The paper's RL stage 1 has the model write its own observations (sim mode), so how faithful that
+simulated world is bounds what the simulated stage can teach. The probe measures it on the embedded world,
+where every answer-bearing sentence is known: for questions that need a search (one of their lookups is
+about an entity the model was not taught), run the agent with the real tool; at each of its actions, cut
+the rollout right after the action and let the model write the observation itself, from the same prefix
+(sample.sample(mode="sim", from_action=True): the sampler injects the opening tag exactly as in RL stage 1).
+Each predicted observation either states the answer-bearing fact "The <relation> of <Name> is <value>."
+(right), the same sentence with another value (wrong), or neither (absent); "real has fact" is how often the tool's
+observation held it. Actions are grouped by the split of the entity they ask about (world.json's
+entities[].split: known / train / dev / test; a world without splits: known / unknown).
+
+Greedy throughout (the model's best guess, as eval.py). Simplified: only templated queries "<Name>
+<relation>" are judged; any other query counts as unparsed.
+
+    python probe.py --ckpt runs/sft3                       # dev split of runs/world, its corpus
+    python probe.py --ckpt runs/rl --split test --limit 100
+    python -m pytest -q tests/test_probe.py
+Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.json.
+"""
+import argparse
+import json
+import os
+import re
+
+import torch
+
+import common
+import env
+from data.world import fact_sentence
+from model import Qwen2
+from sample import add_sampling_args, sample, sampling_kwargs
+from tokenizer import Tokenizer
+
+GROUPS = ("known", "train", "dev", "test", "unknown")  # table order: entity splits, then a split-less world's
+
+
+def action_spans(r):
+    """[(a, s, e)] per observation of a real-mode rollout: completion[s:e] is the observation the sampler
+    injected and completion[a:s] the policy's text before it (since the previous one), ending with the action."""
+    spans, a, s = [], 0, None
+    for t, m in enumerate(r.policy_mask + [1]):
+        if m == 0 and s is None:
+            s = t
+        elif m == 1 and s is not None:
+            spans.append((a, s, t))
+            a, s = t, None
+    return spans
+
+
+def parse_query(query, world):
+    """A templated query "<Name> <relation>" -> (entity dict, relation), or None."""
+    by_name = {e["name"]: e for e in world["entities"]}
+    for rel in sorted(world["relations"], key=len, reverse=True):  # longest first, should one end another
+        name = query[:-len(rel)].strip()
+        if query.endswith(" " + rel) and name in by_name and rel in by_name[name]["facts"]:
+            return by_name[name], rel
+    return None
+
+
+def judge(predicted, fact, name, rel):
+    """Does a predicted observation state the fact ("right"), the same fact with another value ("wrong"),
+    or neither ("absent")?"""
+    if fact in predicted:
+        return "right"
+    return "wrong" if re.search(re.escape(f"The {rel} of {name} is ") + r"[^.\n]*\.", predicted) else "absent"
+
+
+def group_of(entity):
+    return entity.get("split") or ("known" if entity["known"] else "unknown")
+
+
+def end_after_observation(eos):
+    """Logits processor for the simulated step: the row starts inside its observation (from_action, sim
+    mode), so a row back in the policy's phase has written it; it ends there."""
+    def processor(logits, rollouts):
+        for row, r in enumerate(rollouts):
+            if r.phase == "policy":
+                logits[row] = float("-inf")
+                logits[row, eos] = 0.0
+        return logits
+    return processor
+
+
+def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max_actions=10, topk=3,
+          obs_max_tokens=512, logits_processor=None):
+    """Compare, at each real action of the agent, the observation the model predicts with the real one.
+    Returns (summary, per-action records). logits_processor applies to the agent's rollouts (tests)."""
+    lookups = world["question_lookups"]
+    known = {e["name"]: e["known"] for e in world["entities"]}
+    rows = [row for row in rows if any(not known[n] for n, _ in lookups.get(row["id"], []))]
+    gen = dict(temperature=0.0, topk=topk, obs_max_tokens=obs_max_tokens)
+    # ---- 1. the agent, real mode: one job per action it took (refused ones past max_actions left out)
+    jobs = []
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
+        rolls = sample(model, tok, prompts, tool=tool, mode="real", max_new_tokens=max_new_tokens,
+                       max_actions=max_actions, logits_processor=logits_processor, **gen)
+        for row, r in zip(batch, rolls):
+            for k, (a, s, e) in enumerate(action_spans(r)[:max_actions]):
+                jobs.append({"row": row, "query": r.queries[k], "real": tok.decode(r.completion[s:e]),
+                             "prefix": r.prompt + r.completion[:s]})
+    # ---- 2. the same prefixes, cut right after the action: the model writes the observation itself
+    room = len(tok.encode(f"\n\n{env.TAGS.result_open}")) + obs_max_tokens  # the opening, then its own text
+    for i in range(0, len(jobs), batch_size):
+        batch = jobs[i:i + batch_size]
+        outs = sample(model, tok, [j["prefix"] for j in batch], mode="sim", from_action=True, max_new_tokens=room,
+                      logits_processor=end_after_observation(tok.eos_id), **gen)
+        for j, o in zip(batch, outs):
+            j["predicted"] = tok.decode([t for t, m in zip(o.completion, o.sim_obs_mask) if m])
+    # ---- 3. does each predicted observation state the answer-bearing fact?
+    records, summary = [], {"questions": len(rows), "unparsed": 0}
+    for j in jobs:
+        lookup = parse_query(j["query"], world)
+        if lookup is None:  # not a "<Name> <relation>" of this world: no fact to look for
+            summary["unparsed"] += 1
+            continue
+        ent, rel = lookup
+        fact = fact_sentence(ent["name"], rel, ent["facts"][rel])
+        verdict = judge(j["predicted"], fact, ent["name"], rel)
+        group = group_of(ent)
+        g = summary.setdefault(group, {"actions": 0, "right": 0, "wrong": 0, "absent": 0, "real_has_fact": 0})
+        g["actions"] += 1
+        g[verdict] += 1
+        g["real_has_fact"] += fact in j["real"]
+        records.append({"id": j["row"]["id"], "query": j["query"], "group": group, "fact": fact, "verdict": verdict,
+                        "real_has_fact": fact in j["real"], "predicted": j["predicted"], "real": j["real"]})
+    return summary, records
+
+
+def format_probe(summary):
+    lines = [f"world-model probe: {summary['questions']} questions; actions whose query is not "
+             f"'<Name> <relation>': {summary['unparsed']}",
+             f"{'entity':<8} {'actions':>7} {'right %':>8} {'wrong %':>8} {'absent %':>8} {'real has fact %':>16}"]
+    for group in [g for g in GROUPS if g in summary]:
+        g = summary[group]
+        n = g["actions"]
+        pct = lambda k: f"{100 * g[k] / n:.1f}" if n else "-"  # noqa: E731
+        lines.append(f"{group:<8} {n:>7} {pct('right'):>8} {pct('wrong'):>8} {pct('absent'):>8} "
+                     f"{pct('real_has_fact'):>16}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="checkpoint directory, or a stage's --out (its latest checkpoint)")
+    ap.add_argument("--data", default="runs/world", help="directory with world.json, corpus.jsonl, <split>.jsonl")
+    ap.add_argument("--split", default="dev", help="questions file in --data")
+    ap.add_argument("--search", help="corpus JSONL (BM25) or retrieval server URL (default: DATA/corpus.jsonl)")
+    ap.add_argument("--limit", type=int, help="probe N questions evenly spaced over the split")
+    ap.add_argument("--out", help="per-action JSONL, .summary.json beside it "
+                                  "(default runs/eval/<name>-<split>-probe.jsonl)")
+    ap.add_argument("--batch-size", type=int, default=16, help="rollouts sampled together")
+    # greedy, the model's best guess: no temperature or top-p
+    add_sampling_args(ap, only=("max_new_tokens", "max_actions", "topk", "obs_max_tokens"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    args = ap.parse_args(argv)
+
+    ckpt = common.resolve_checkpoint(args.ckpt)
+    if ckpt is None:
+        ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
+    world_path = os.path.join(args.data, "world.json")
+    if not os.path.isfile(world_path):
+        ap.error(f"the probe needs the embedded world's {world_path} (python -m data.build --out {args.data})")
+    with open(world_path, encoding="utf-8") as f:
+        world = json.load(f)
+    name = os.path.basename(os.path.normpath(args.ckpt))
+    out = args.out or f"runs/eval/{name}-{args.split}-probe.jsonl"
+    base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    print(f"[probe] device {args.device}, dtype {dtype}, checkpoint {ckpt}, split {args.split}")
+    print("[probe] args " + json.dumps(vars(args)))
+
+    rows = common.read_jsonl(os.path.join(args.data, f"{args.split}.jsonl"), common.QUESTION_ROWS)
+    common.check_prompts(rows, ckpt)  # before the model loads; a question beyond the context fails here
+    rows = common.evenly_spaced(rows, args.limit)
+    model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
+    tok = Tokenizer.from_pretrained(ckpt)
+    tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
+    print(f"[probe] search tool: {tool.check()}")  # raises SearchError: no probe on a dead tool
+    summary, records = probe(model, tok, rows, world, tool, args.batch_size, **sampling_kwargs(args))
+    with open(out, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    with open(base + ".summary.json", "w") as f:
+        json.dump({"args": vars(args), "checkpoint": ckpt, "probe": summary}, f, indent=1)
+    print(format_probe(summary) + f"\n[probe] wrote {out} and {base}.summary.json")
+
+
+if __name__ == "__main__":
+    main()

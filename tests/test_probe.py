@@ -1,0 +1,55 @@
+"""probe.py: at each of the agent's real actions, the model's own observation from the same prefix, judged
+against the world's fact; on a tiny world, with the agent's actions scripted (tests/test_eval.py's Script)."""
+import json
+
+from data.world import fact_sentence
+from env import TAGS
+
+import probe
+from sample import sample
+from test_eval import Script, bm25, chain, ending, model, question, rows, tok, world, world_dir  # noqa: F401 (fixtures)
+
+
+def test_probe_judges_the_predicted_fact_at_each_action(tok, model, rows, world, bm25):
+    row = question(rows, world, hops=1)
+    (name, rel, value, known), = chain(world, row)
+    plan = [f"I need the {rel} of {name}. I will search for it. {TAGS.search_open} {name} {rel} {TAGS.search_close}",
+            ending(value)]
+    summary, recs = probe.probe(model, tok, [row], world, bm25, topk=1, obs_max_tokens=300,
+                                logits_processor=Script(tok, {row["question"]: plan}))
+    entity = next(e for e in world["entities"] if e["name"] == name)
+    group = probe.group_of(entity)
+    assert group == entity.get("split", "unknown") and not known
+    assert summary["questions"] == 1 and summary["unparsed"] == 0 and set(summary) == {"questions", "unparsed", group}
+    g = summary[group]
+    assert g["actions"] == 1 and g["real_has_fact"] == 1 and g["right"] + g["wrong"] + g["absent"] == 1
+    rec, = recs
+    assert rec["fact"] == fact_sentence(name, rel, value) and rec["query"] == f"{name} {rel}"
+    assert rec["predicted"] and rec["predicted"] not in rec["real"]  # the random model wrote its own
+    assert group in probe.format_probe(summary)
+    # the prediction is exactly what the agent, in sim mode, writes at that action (the same greedy model)
+    sim = sample(model, tok, [probe.common.encode_prompt(tok, row["question"])], mode="sim", temperature=0.0,
+                 max_new_tokens=600, obs_max_tokens=300, logits_processor=Script(tok, {row["question"]: plan}))[0]
+    assert rec["predicted"] == tok.decode([t for t, m in zip(sim.completion, sim.sim_obs_mask) if m])
+
+
+def test_judge_and_parse_query_by_hand(world):
+    e = next(e for e in world["entities"] if e["facts"])
+    rel, value = next(iter(e["facts"].items()))
+    name, fact = e["name"], fact_sentence(e["name"], rel, value)
+    assert probe.judge(f" result 1: x. {fact} y", fact, name, rel) == "right"
+    assert probe.judge(f" result 1: The {rel} of {name} is Zzz.", fact, name, rel) == "wrong"
+    assert probe.judge(" result 1: nothing", fact, name, rel) == "absent"
+    assert probe.parse_query(f"{name} {rel}", world) == (e, rel) and probe.parse_query("nobody home", world) is None
+    assert probe.group_of({"known": True}) == "known" and probe.group_of({"known": False}) == "unknown"
+
+
+def test_cli_writes_records_and_summary(tmp_path, tok, model, world_dir):
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(str(ckpt))
+    tok.save(str(ckpt))
+    out = tmp_path / "p.jsonl"
+    probe.main(["--ckpt", str(ckpt), "--data", world_dir, "--limit", "3", "--max-new-tokens", "24", "--topk", "1",
+                "--obs-max-tokens", "16", "--out", str(out), "--device", "cpu"])
+    summary = json.load(open(tmp_path / "p.summary.json"))
+    assert summary["args"]["split"] == "dev" and summary["probe"]["questions"] <= 3 and out.exists()
