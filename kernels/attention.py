@@ -22,9 +22,9 @@ Simplified on purpose (vs FlashAttention-2/3 and the Triton tutorial):
   - No dropout, no varlen/packed sequences, no TMA / warp specialisation / FP8.
   - GQA backward: each dK/dV program handles ONE query head and writes its share to a per-query-
     head fp32 buffer (B, Hq, S, D) that torch sums over the group afterwards. Looping over the group
-    inside the kernel would launch 7x fewer programs (only 32 at B=1, T=1k, Hkv=4: a quarter of an
-    H100) and atomics would be non-deterministic. Cost: a transient 2 x B*Hq*S*D*4 bytes, read once
-    more by the sum (~2% of the backward at T=16k). Without GQA the kernel writes dK/dV directly.
+    inside the kernel would launch Hq // Hkv times fewer programs (too few to fill a GPU at batch 1
+    and short lengths) and atomics would be non-deterministic. Cost: a transient 2 x B*Hq*S*D*4
+    bytes, read once more by the sum. Without GQA the kernel writes dK/dV directly.
   - The output is allocated (B, T, Hq, D) in memory and returned as a (B, Hq, T, D) view, so the
     caller's o.transpose(1, 2).reshape(B, T, C) costs nothing.
   - Block sizes are autotuned on CUDA over a few configs (keyed on head dim, causal, dtype and the
@@ -602,13 +602,19 @@ def _sanity_cpu():
     return ok
 
 
-if __name__ == "__main__":
+def main(module, bench, sanity_cpu):
+    """`python -m kernels.<module>`: the benchmark on a GPU; without one, sanity_cpu() on the Triton
+    interpreter (exit status 1 when it fails). kernels/decode.py shares this."""
     if torch.cuda.is_available():
         bench()
     elif not _INTERPRET:
         # Triton reads TRITON_INTERPRET when it is imported (kernels/__init__ already did), so re-run
-        # this module in a fresh process with the interpreter switched on.
+        # the module in a fresh process with the interpreter switched on.
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        os.execve(sys.executable, [sys.executable, "-m", "kernels.attention"], env)
+        os.execve(sys.executable, [sys.executable, "-m", module], env)
     else:
-        sys.exit(0 if _sanity_cpu() else 1)
+        sys.exit(0 if sanity_cpu() else 1)
+
+
+if __name__ == "__main__":
+    main("kernels.attention", bench, _sanity_cpu)

@@ -6,7 +6,7 @@
       The key axis is split into chunks handled by separate programs (so batch 1 with a 32k cache
       still fills the GPU), each writing a partial output plus its log-sum-exp; a small second
       kernel merges the chunks. The PyTorch reference, decode_attention_reference, is also the CPU
-      fallback (kernels.cached_attention picks one).
+      fallback (decode_attention picks one by the tensors' device, kernels/__init__.py).
 
 Conventions (the same as kernels/attention.py, whose _check / _check_head_dim this file shares):
   - Grouped-query attention: query head h reads kv head h // (Hq // Hkv) straight from the cache.
@@ -27,16 +27,14 @@ Run:
   python -m kernels.decode                      # CUDA: bf16 check + benchmark vs SDPA; CPU: tiny sanity run
   python -m pytest -q tests/test_decode.py      # CPU, kernels under TRITON_INTERPRET=1
 """
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels import use_triton
-from kernels.attention import LOG2E, _INTERPRET, _check, _check_head_dim, _rel_err, _time_ms, copy_bandwidth_gbs
+from kernels.attention import (LOG2E, _INTERPRET, _check, _check_head_dim, _rel_err, _time_ms, copy_bandwidth_gbs,
+                               main)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,12 +279,4 @@ def _sanity_cpu():
 
 
 if __name__ == "__main__":
-    if torch.cuda.is_available():
-        bench()
-    elif not _INTERPRET:
-        # Triton reads TRITON_INTERPRET when it is imported (kernels/__init__ already did), so re-run
-        # this module in a fresh process with the interpreter switched on.
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        os.execve(sys.executable, [sys.executable, "-m", "kernels.decode"], env)
-    else:
-        sys.exit(0 if _sanity_cpu() else 1)
+    main("kernels.decode", bench, _sanity_cpu)

@@ -19,7 +19,7 @@ Design (the Triton path), "chunked, Liger-style", chosen over a fully fused tl.d
      d_out * (onehot - softmax), and two more matmuls give d_hidden and d_weight (accumulated
      across chunks with addmm_ in the weight's dtype, so there is no fp32 (V, H) buffer).
   Why: >95% of the FLOPs are the three (four with the recompute) big GEMMs, and cuBLAS runs those
-  near the ~790 TFLOP/s ceiling; a hand-written tl.dot tiling would have to match that while also
+  near the GPU's matmul peak; a hand-written tl.dot tiling would have to match that while also
   doing the softmax. The Triton kernels only do the memory-bound part, where fusion pays: one
   read of bf16 logits instead of the baseline's bf16 -> fp32 copy, log_softmax pass and
   full-size fp32 gradient. The one big extra buffer is a chunk of logits (2048 x 152064 x 2 B =
