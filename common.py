@@ -69,6 +69,22 @@ def add_common_args(ap, out, lr, steps, batch_size):
                          "processes share the cores, since idle OpenMP threads spin)")
 
 
+def parse_args(ap, embedded, argv=None):
+    """Parse a stage's flags. The defaults in `ap` are for a real checkpoint (the paper's settings where it
+    gives them). `embedded` holds what the embedded world's tiny model needs instead (larger learning rates,
+    fewer steps); it fills the flags not given on the command line when the stage trains on the embedded
+    world: no --data and no --init (the world is then the default data), or a --data directory that holds
+    the world's world.json. The resolved values are printed with the other arguments (Run)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    world = args.data is None and args.init is None or (
+        args.data is not None and os.path.isfile(os.path.join(args.data, "world.json")))
+    if world:
+        ap.set_defaults(**embedded)
+        args = ap.parse_args(argv)
+    return args
+
+
 # -----------------------------------------------------------------------------
 # device, dtype, distributed
 
@@ -243,22 +259,6 @@ def encode_prompt(tok, question):
     """The generation prompt every stage (and the sampler) conditions on: the checkpoint's chat template
     + instruction, ending with `<think>` and a newline (tokenizer.Tokenizer.agent_prompt)."""
     return tok.encode(tok.agent_prompt(question, env.INSTRUCTION))
-
-
-def encode_trajectory(tok, row, mask_obs, max_len):
-    """A stage-2/3 trajectory as (ids, loss_mask). Each segment is tokenized on its own, exactly as the
-    sampler builds a rollout (the tool's text arrives as its own token run). Prompt: no loss. Tool
-    segments: no loss when mask_obs (stage 2), loss when not (stage 3: the model learns to predict
-    what the tool returns, its internal world model). The closing end-of-sentence token is trained."""
-    ids = encode_prompt(tok, row["question"])
-    mask = [0] * len(ids)
-    for seg in row["segments"]:
-        t = tok.encode(seg["text"])
-        ids += t
-        mask += [0 if (seg["tool"] and mask_obs) else 1] * len(t)
-    ids.append(tok.eos_id)
-    mask.append(1)
-    return ids[:max_len], mask[:max_len]
 
 
 # -----------------------------------------------------------------------------

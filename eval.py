@@ -25,12 +25,10 @@ world's rl/dev/test questions. The trigger is a regex on the current line; for a
 (R1-Distill, few-shot prompted into ReAct) set it to what marks a step there (e.g. '^\\s*Search:.*$').
 RAG uses the same model.
 
-How the workflow is run: sample() has no "stop this row and inject" hook, but a logits processor sees the
-live rollouts and can force eos, which ends a row. So each round is one batched sample() call in mode
-"none" whose processor ends a row right after a decision sentence; the controller then searches for
-every stopped row at once (one batched tool call), and the next round continues those rows from
-prompt + completion + observation. This re-prefills each row once per step (<= 5 steps here) instead of
-keeping the cache, which is simple and exact. The same processor enforces each row's token budget.
+How the workflows are run: by the same sampler as the agent, in the same KV cache. Each is a controller
+(sample.py's `controller`): a function asked after every token the model writes that may answer with a
+query; the sampler then searches (one batched tool call per step, with the other rows that acted) and
+injects the observation right there. RAG's controller asks once, before the first token.
 
 Budgets: --max-new-tokens counts everything after the prompt, observations included, for every policy.
 Metrics: EM / F1 of env.extract_answer(completion) (no answer scores 0), mean actions (retrieval steps,
@@ -38,17 +36,15 @@ whoever drove them; the agent's refused ones too) and mean real search calls, ov
 question type. On the embedded world, also stage 1's "when to act" for the agent: at its first step, how
 often it searches when the question's first entity is known vs unknown to it (world.json `known`).
 
-World-model probe (--probe): for dev questions that need a search, run the agent (real), and at each of
-its actions let the model write the observation itself (sim mode) from the same prefix; report how often
-its own observation states the answer-bearing fact "The <relation> of <Name> is <value>." (right, wrong
-value, absent), for known vs unknown entities (world.json `known`).
+The world-model probe (the model's own observations against the tool's) is probe.py; the trajectory
+viewer (--html) is viewer.py.
 
     python eval.py --ckpt runs/sft3 --policy agent                  # test split, the world's corpus
     python eval.py --ckpt runs/base --policy none                   # no tool
     python eval.py --ckpt runs/workflow --policy rag workflow       # the workflow baselines
     python eval.py --ckpt runs/rl --policy agent --mode sim --limit 100
     python eval.py --ckpt runs/sft3 --search http://127.0.0.1:8000 --data runs/hotpotqa
-    python eval.py --probe --ckpt runs/sft3                         # world-model fidelity (dev split)
+    python eval.py --ckpt runs/sft3 --limit 20 --html runs/eval/sft3.html   # + a page of the trajectories
     python eval.py --report runs/eval/*.summary.json --out runs/eval/all.jsonl   # merge tables + plot
     python -m pytest -q tests/test_eval.py
 Outputs (--out FILE.jsonl): FILE.jsonl (every trajectory), FILE.summary.json, FILE.png (needs matplotlib).
@@ -64,9 +60,9 @@ import torch
 
 import common
 import env
-from data.world import fact_sentence
+import viewer
 from model import Qwen2
-from sample import Rollout, sample
+from sample import SAMPLING_DEFAULTS, add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
 
 POLICIES = ("agent", "none", "rag", "workflow")
@@ -75,117 +71,44 @@ WORKFLOW_TRIGGER = r"^\s*I need [^.\n]*\.\s*$"  # a whole line that is the world
 TRIGGER_MAX_TOKENS = 128  # a line longer than this is never a decision sentence (bounds the decoding)
 
 # -----------------------------------------------------------------------------
-# the controller: ending rows early, injecting observations
+# the four policies: the workflows are controllers that sample.py runs in its own loop and cache
 
 
-def observation_ids(tok, docs, obs_max_tokens, lead=True):
-    """Tokens of env.format_observation(docs), cut (keeping the closing tag) as sample.py cuts one.
-    lead=False drops the leading blank line (RAG puts the block right after `<think>\\n`)."""
-    text = env.format_observation(docs)
-    ids = tok.encode(text if lead else text.lstrip("\n"))
-    if len(ids) > obs_max_tokens:
-        close = tok.encode(f" {env.TAGS.result_close}\n\n")
-        ids = ids[:obs_max_tokens - len(close)] + close
-    return ids
+def rag_controller(questions):
+    """RAG: one search per row before its first token, the question as the query (sample.py drops the
+    observation's leading blank line there: it follows the prompt's `<think>\\n`)."""
+    return lambda r, line_start: None if r.completion else questions[r.index]
 
 
-class Stopper:
-    """A logits processor for sample() that ends row i (by forcing eos, the one way a processor can end a
-    sequence) once it has written budgets[i] tokens, or, if i may act, once its current line matches the
-    trigger. `stopped[i]` is "length" or "decision"; `lines[i]` the decision sentence. The forced eos is
-    not the model's: callers drop it."""
+def workflow_controller(decode, trigger, max_actions):
+    """The workflow: when the row's current line is a decision sentence (the regex `trigger`), search with
+    the sentence as the query and inject the result after it, up to max_actions times per row."""
+    trigger = re.compile(trigger) if isinstance(trigger, str) else trigger
 
-    def __init__(self, tok, budgets, trigger=None, may_act=(), inner=None):
-        self.decode, self.eos = tok.decode, tok.eos_id
-        self.budgets, self.may_act, self.inner = budgets, set(may_act), inner
-        self.trigger = re.compile(trigger) if isinstance(trigger, str) else trigger
-        self.line_start, self.stopped, self.lines = {}, {}, {}
-
-    def __call__(self, logits, rollouts):
-        if self.inner is not None:  # e.g. a test's script; ours has the last word
-            logits = self.inner(logits, rollouts)
-        for row, r in enumerate(rollouts):
-            i = r.index
-            if len(r.completion) >= self.budgets[i]:
-                self.stopped[i] = "length"
-            elif self.trigger is not None and i in self.may_act and r.completion:
-                start = self.line_start.get(i, 0)
-                line = self.decode(r.completion[start:]) if len(r.completion) - start <= TRIGGER_MAX_TOKENS else ""
-                if self.trigger.search(line):
-                    self.stopped[i], self.lines[i] = "decision", line.strip()
-                elif "\n" in self.decode(r.completion[-1:]):  # the line is over; the next starts after it
-                    self.line_start[i] = len(r.completion)
-            if i in self.stopped:
-                logits[row] = float("-inf")
-                logits[row, self.eos] = 0.0
-        return logits
+    def controller(r, line_start):
+        if r.n_actions >= max_actions or len(r.completion) - line_start > TRIGGER_MAX_TOKENS:
+            return None
+        line = decode(r.completion[line_start:])
+        return line.strip() if trigger.search(line) else None
+    return controller
 
 
-def continue_rows(model, tok, rolls, max_new_tokens, gen, trigger=None, may_act=(), inner=None):
-    """One batched sample() call in mode "none" that continues every rollout from prompt + its completion so
-    far, appending what the model writes. Returns {position in rolls: decision sentence} for the rows
-    the trigger stopped; every other row gets its finish reason."""
-    budgets = [max_new_tokens - len(r.completion) for r in rolls]
-    stop = Stopper(tok, budgets, trigger, may_act, inner)
-    outs = sample(model, tok, [r.prompt + r.completion for r in rolls], mode="none",
-                  max_new_tokens=max(budgets) + 1, logits_processor=stop, **gen)  # +1: room for a forced eos
-    for j, (r, o) in enumerate(zip(rolls, outs)):
-        new = o.completion[:-1] if j in stop.stopped else o.completion
-        r.completion += new
-        r.policy_mask += [1] * len(new)
-        if stop.stopped.get(j) != "decision":
-            r.finish = stop.stopped.get(j) or o.finish
-    return stop.lines
-
-
-def inject(r, ids, max_new_tokens):
-    """Append controller-injected tokens (policy_mask 0), cut at the budget, which ends the row."""
-    room = max_new_tokens - len(r.completion)
-    r.completion += ids[:room]
-    r.policy_mask += [0] * len(ids[:room])
-    if len(ids) >= room:
-        r.finish = "length"
-
-
-# -----------------------------------------------------------------------------
-# the four policies: each returns one Rollout per prompt, with .text
-
-
-def run_policy(policy, model, tok, prompts, questions, tool, mode="real", max_new_tokens=1024, max_actions=10,
-               topk=3, obs_max_tokens=512, trigger=WORKFLOW_TRIGGER, logits_processor=None):
-    gen = dict(greedy=True, topk=topk, obs_max_tokens=obs_max_tokens)
-    if policy in ("agent", "none"):
-        return list(sample(model, tok, prompts, tool=tool, mode=mode if policy == "agent" else "none",
-                           max_new_tokens=max_new_tokens, max_actions=max_actions,
-                           logits_processor=logits_processor, **gen))
-    rolls = [Rollout(i, list(p)) for i, p in enumerate(prompts)]
-    if policy == "rag":  # one batched search, the question as the query; the block opens the completion
-        for r, q, docs in zip(rolls, questions, tool.search(questions, topk)):
-            inject(r, observation_ids(tok, docs, obs_max_tokens, lead=False), max_new_tokens)
-            r.n_actions, r.n_tool_calls, r.n_failed_calls, r.queries = 1, 1, int(docs is None), [q]
-        live = [r for r in rolls if r.finish is None]
-        if live:
-            continue_rows(model, tok, live, max_new_tokens, gen, inner=logits_processor)
-    elif policy == "workflow":  # the controller acts after every decision sentence, up to max_actions
-        live = rolls
-        while live:
-            may_act = [j for j, r in enumerate(live) if r.n_actions < max_actions]
-            lines = continue_rows(model, tok, live, max_new_tokens, gen, trigger, may_act, logits_processor)
-            acting = [(live[j], line) for j, line in sorted(lines.items())]
-            if acting:
-                results = tool.search([line for _, line in acting], topk)  # one batched call per round
-                for (r, line), docs in zip(acting, results):
-                    r.n_actions += 1
-                    r.n_tool_calls += 1
-                    r.n_failed_calls += docs is None
-                    r.queries.append(line)
-                    inject(r, observation_ids(tok, docs, obs_max_tokens), max_new_tokens)
-            live = [r for r, _ in acting if r.finish is None]
-    else:
+def run_policy(policy, model, tok, prompts, questions, tool, mode="real", trigger=WORKFLOW_TRIGGER, **gen):
+    """One Rollout per prompt (sample.Rollouts). agent: the model decides when to act (mode "real" or
+    "sim"); none: no tool; rag and workflow: a controller decides, the model's own tags are plain text.
+    gen: sample()'s keyword arguments (max_new_tokens, max_actions, topk, obs_max_tokens, temperature,
+    top_p, logits_processor); greedy unless a temperature is given."""
+    if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    for r in rolls:
-        r.text = tok.decode(r.completion)
-    return rolls
+    gen.setdefault("temperature", 0.0)  # eval scores the greedy trajectory
+    controller = None
+    if policy == "rag":
+        controller = rag_controller(questions)
+    elif policy == "workflow":
+        max_actions = gen.get("max_actions", SAMPLING_DEFAULTS["max_actions"])
+        controller = workflow_controller(tok.decode, trigger, max_actions)
+    return sample(model, tok, prompts, tool=None if policy == "none" else tool,
+                  mode=mode if policy == "agent" else "none", controller=controller, **gen)
 
 
 # -----------------------------------------------------------------------------
@@ -201,16 +124,54 @@ def record(row, policy, r, first=None):
             "em": env.exact_match(pred, row["answers"]), "f1": env.f1_score(pred, row["answers"]),
             "n_actions": r.n_actions, "n_tool_calls": r.n_tool_calls, "finish": r.finish,
             "first_step_search": env.TAGS.search_open in first_line, "first_known": first[1] if first else None,
-            "first_step_names": first[0] in first_line if first else None,
+            "first_step_names": first[0] in first_line if first else None, "held_out": row.get("held_out"),
+            # the counterfactual check (data/build.py's test_cf.jsonl): EM against what the corpus said before
+            # it was changed, i.e. against what a model that does not read would still answer
+            "em_original": env.exact_match(pred, row["original_answers"]) if "original_answers" in row else None,
             "queries": r.queries, "text": r.text}
 
 
+def bootstrap_ci(values, reps=1000, seed=0):
+    """95% interval of the mean of `values` by the percentile bootstrap over questions (seeded: the same
+    records give the same interval). For a paired comparison pass the per-question differences."""
+    if not values:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    v = torch.tensor(values, dtype=torch.float64)
+    means = v[torch.randint(len(v), (reps, len(v)), generator=g)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return [lo, hi]
+
+
+def paired(a, b):
+    """EM of records `a` minus EM of records `b` on the questions both have (joined by id), with the 95%
+    bootstrap interval of the per-question difference: a paired comparison of two models."""
+    em_b = {r["id"]: r["em"] for r in b}
+    diffs = [r["em"] - em_b[r["id"]] for r in a if r["id"] in em_b]
+    return {"n": len(diffs), "diff": sum(diffs) / len(diffs) if diffs else None, "ci": bootstrap_ci(diffs)}
+
+
+def follows(real, counterfactual):
+    """Does the model read the tool? Of the counterfactual questions it solved with the real corpus (`real`
+    records, joined by id), the share it answers with the changed corpus's answer (follows the corpus)
+    and with the answer from before the change (follows what it remembers)."""
+    solved = {r["id"] for r in real if r["em"]}
+    rows = [r for r in counterfactual if r["id"] in solved]
+    n = len(rows)
+    return {"n_solved": n, "follows_corpus": sum(r["em"] for r in rows) / n if n else None,
+            "follows_memory": sum(r["em_original"] for r in rows) / n if n else None}
+
+
 def bucket(records):
-    """Means of one group of records; an empty group has n 0 and None means."""
+    """Means of one group of records, and the 95% bootstrap interval of its EM; an empty group has n 0 and
+    None means. em_original: only on counterfactual questions (record())."""
     n = len(records)
     mean = lambda key: sum(r[key] for r in records) / n if n else None  # noqa: E731
-    return {"n": n, "em": mean("em"), "f1": mean("f1"), "actions": mean("n_actions"),
-            "searches": mean("n_tool_calls")}
+    out = {"n": n, "em": mean("em"), "em_ci": bootstrap_ci([r["em"] for r in records]), "f1": mean("f1"),
+           "actions": mean("n_actions"), "searches": mean("n_tool_calls")}
+    if n and all(r.get("em_original") is not None for r in records):
+        out["em_original"] = mean("em_original")
+    return out
 
 
 def when_to_act(records):
@@ -230,13 +191,18 @@ def when_to_act(records):
 
 
 def score(records, name=""):
-    """Summary of scored records: overall, by hops (1-4 always, plus any others; keys are strings so the
-    JSON round-trips), by question type, and the first step's when-to-act decision."""
-    hops = sorted(set(HOPS) | {r["hops"] for r in records if r["hops"] is not None})
+    """Summary of scored records: overall, by hops of the compositions (1-4 always, plus any others; a
+    comparison has its own column, not "2 hops"; keys are strings so the JSON round-trips), by question
+    type, held-out vs known-only questions (where the rows say), and the first step's when-to-act."""
+    chains = [r for r in records if r["type"] != "comparison"]
+    hops = sorted(set(HOPS) | {r["hops"] for r in chains if r["hops"] is not None})
     types = sorted({str(r["type"]) for r in records})
+    held = {label: [r for r in records if r.get("held_out") is flag] for label, flag in (("held-out", True),
+                                                                                         ("known only", False))}
     return {"name": name, "overall": bucket(records),
-            "by_hops": {str(h): bucket([r for r in records if r["hops"] == h]) for h in hops},
+            "by_hops": {str(h): bucket([r for r in chains if r["hops"] == h]) for h in hops},
             "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types},
+            "by_held_out": {k: bucket(v) for k, v in held.items() if v},
             "when_to_act": when_to_act(records)}
 
 
@@ -265,8 +231,8 @@ def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, worl
         if max_search_failures is not None:
             env.check_failures(failed, calls, max_search_failures,
                                f"[eval {policy}] questions {i + 1}-{i + len(batch)}", last_error)
-        records += [record(row, policy, r, first(row) if policy == "agent" else None)  # only an agent decides
-                    for row, r in zip(batch, rolls)]
+        records += [{**record(row, policy, r, first(row) if policy == "agent" else None),  # only an agent decides
+                     **viewer.token_fields(r)} for row, r in zip(batch, rolls)]  # token ids + writers: --html
         print(f"[{policy}] {len(records)}/{len(rows)}  EM {bucket(records)['em']:.3f}", file=sys.stderr)
     summary = score(records, name or policy)
     summary.update(policy=policy, mode=kw.get("mode", "real") if policy == "agent" else None,
@@ -281,17 +247,23 @@ def format_table(summaries):
     cols = [("all", lambda s: s["overall"])]
     cols += [(f"{h}-hop", lambda s, h=h: s["by_hops"].get(h)) for h in hops]
     cols += [(t[:11], lambda s, t=t: s["by_type"].get(t)) for t in types]
+    groups = [g for g in ("held-out", "known only") if any(g in s.get("by_held_out", {}) for s in summaries)]
+    cols += [(g, lambda s, g=g: s.get("by_held_out", {}).get(g)) for g in groups]
     width = max([len("method")] + [len(s["name"]) for s in summaries])
     out = []
-    metrics = (("n", "questions", "{:.0f}"), ("em", "EM %", "{:.1f}"), ("f1", "F1 %", "{:.1f}"),
-               ("actions", "actions per question", "{:.2f}"), ("searches", "real searches per question", "{:.2f}"))
+    metrics = [("n", "questions", "{:.0f}"), ("em", "EM %", "{:.1f}"), ("f1", "F1 %", "{:.1f}"),
+               ("actions", "actions per question", "{:.2f}"), ("searches", "real searches per question", "{:.2f}")]
+    if any("em_original" in s["overall"] for s in summaries):  # counterfactual questions
+        metrics.insert(2, ("em_original", "EM % against the answer before the corpus was changed "
+                                          "(a model that does not read scores here)", "{:.1f}"))
     for key, title, fmt in metrics:
         out.append(f"{title}\n{'method':<{width}} " + " ".join(f"{c:>11}" for c, _ in cols))
         for s in summaries:
             cells = []
             for _, get in cols:
                 b = get(s)
-                v = None if b is None or b["n"] == 0 else b[key] * (100 if key in ("em", "f1") else 1)
+                v = None if b is None or b["n"] == 0 or b.get(key) is None else \
+                    b[key] * (100 if key in ("em", "f1", "em_original") else 1)
                 cells.append(f"{'-' if v is None else fmt.format(v):>11}")
             out.append(f"{s['name']:<{width}} " + " ".join(cells))
         out.append("")
@@ -332,124 +304,6 @@ def plot(summaries, path):
 
 
 # -----------------------------------------------------------------------------
-# world-model fidelity probe
-
-
-def action_spans(r):
-    """[(a, s, e)] per observation of a rollout: completion[s:e] is the injected observation and
-    completion[a:s] the policy text before it (from the previous observation), which ends with the action."""
-    spans, a, s = [], 0, None
-    for t, m in enumerate(r.policy_mask + [1]):
-        if m == 0 and s is None:
-            s = t
-        elif m == 1 and s is not None:
-            spans.append((a, s, t))
-            a, s = t, None
-    return spans
-
-
-def parse_query(query, world):
-    """A templated query "<Name> <relation>" -> (entity dict, relation), or None."""
-    by_name = {e["name"]: e for e in world["entities"]}
-    for rel in sorted(world["relations"], key=len, reverse=True):  # longest first, should one end another
-        name = query[:-len(rel)].strip()
-        if query.endswith(" " + rel) and name in by_name and rel in by_name[name]["facts"]:
-            return by_name[name], rel
-    return None
-
-
-class Replay:
-    """Logits processor: row i re-writes tokens[i] (the agent's text up to and including its action), then
-    writes its own observation (sim mode), then ends. The action is re-written rather than put in the
-    prompt because sample() looks for closing tags only in what it generates: this way the sampler
-    itself injects the opening tag and hands the observation to the model, exactly as in RL stage 1."""
-
-    def __init__(self, tokens, eos):
-        self.tokens, self.eos = tokens, eos
-
-    def __call__(self, logits, rollouts):
-        for row, r in enumerate(rollouts):
-            forced = self.tokens[r.index]
-            if len(r.completion) < len(forced):
-                token = forced[len(r.completion)]
-            elif r.phase == "policy":  # the observation is written and closed
-                token = self.eos
-            else:
-                continue
-            logits[row] = float("-inf")
-            logits[row, token] = 0.0
-        return logits
-
-
-def judge(predicted, fact, name, rel):
-    """Does a predicted observation state the fact ("right"), the same fact with another value ("wrong"),
-    or neither ("absent")?"""
-    if fact in predicted:
-        return "right"
-    return "wrong" if re.search(re.escape(f"The {rel} of {name} is ") + r"[^.\n]*\.", predicted) else "absent"
-
-
-def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max_actions=10, topk=3,
-          obs_max_tokens=512, logits_processor=None):
-    """Compare, at each real action of the agent, the observation the model predicts with the real one.
-    Returns (summary, per-action records). logits_processor applies to the agent's rollouts (tests)."""
-    lookups = world["question_lookups"]
-    known = {e["name"]: e["known"] for e in world["entities"]}
-    rows = [row for row in rows if any(not known[n] for n, _ in lookups.get(row["id"], []))]
-    # ---- 1. the agent, real mode: one job per action it took (refused ones past max_actions left out)
-    jobs = []
-    for i in range(0, len(rows), batch_size):
-        batch = rows[i:i + batch_size]
-        prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
-        rolls = sample(model, tok, prompts, tool=tool, mode="real", greedy=True, max_new_tokens=max_new_tokens,
-                       max_actions=max_actions, topk=topk, obs_max_tokens=obs_max_tokens,
-                       logits_processor=logits_processor)
-        for row, r in zip(batch, rolls):
-            for k, (a, s, e) in enumerate(action_spans(r)[:max_actions]):
-                jobs.append({"row": row, "query": r.queries[k], "real": tok.decode(r.completion[s:e]),
-                             "prefix": r.prompt + r.completion[:a], "replay": r.completion[a:s]})
-    # ---- 2. the same prefixes, sim mode: the model writes the observation of its action itself
-    for i in range(0, len(jobs), batch_size):
-        batch = jobs[i:i + batch_size]
-        outs = sample(model, tok, [j["prefix"] for j in batch], mode="sim", greedy=True,
-                      obs_max_tokens=obs_max_tokens, logits_processor=Replay([j["replay"] for j in batch], tok.eos_id),
-                      max_new_tokens=max(len(j["replay"]) for j in batch) + obs_max_tokens + 16)
-        for j, o in zip(batch, outs):
-            j["predicted"] = tok.decode([t for t, m in zip(o.completion, o.sim_obs_mask) if m])
-    # ---- 3. does each predicted observation state the answer-bearing fact?
-    records, summary = [], {"questions": len(rows), "unparsed": 0}
-    for j in jobs:
-        lookup = parse_query(j["query"], world)
-        if lookup is None:  # not a "<Name> <relation>" of this world: no fact to look for
-            summary["unparsed"] += 1
-            continue
-        ent, rel = lookup
-        fact = fact_sentence(ent["name"], rel, ent["facts"][rel])
-        verdict = judge(j["predicted"], fact, ent["name"], rel)
-        group = "known" if ent["known"] else "unknown"
-        g = summary.setdefault(group, {"actions": 0, "right": 0, "wrong": 0, "absent": 0, "real_has_fact": 0})
-        g["actions"] += 1
-        g[verdict] += 1
-        g["real_has_fact"] += fact in j["real"]
-        records.append({"id": j["row"]["id"], "query": j["query"], "group": group, "fact": fact, "verdict": verdict,
-                        "real_has_fact": fact in j["real"], "predicted": j["predicted"], "real": j["real"]})
-    return summary, records
-
-
-def format_probe(summary):
-    lines = [f"world-model probe: {summary['questions']} questions; actions whose query is not "
-             f"'<Name> <relation>': {summary['unparsed']}",
-             f"{'entity':<8} {'actions':>7} {'right %':>8} {'wrong %':>8} {'absent %':>8} {'real has fact %':>16}"]
-    for group in ("known", "unknown"):
-        g = summary.get(group, {"actions": 0})
-        n = g["actions"]
-        pct = lambda k: f"{100 * g[k] / n:.1f}" if n else "-"  # noqa: E731
-        lines.append(f"{group:<8} {n:>7} {pct('right'):>8} {pct('wrong'):>8} {pct('absent'):>8} "
-                     f"{pct('real_has_fact'):>16}")
-    return "\n".join(lines)
-
-
-# -----------------------------------------------------------------------------
 # command line
 
 
@@ -463,28 +317,26 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="checkpoint directory, or a stage's --out (its latest checkpoint)")
     ap.add_argument("--policy", nargs="+", choices=POLICIES, default=["agent"], help="one or more policies")
-    ap.add_argument("--split", help="questions file in --data: test (default), dev (default with --probe)")
-    ap.add_argument("--data", default="runs/world", help="directory with <split>.jsonl (and world.json for --probe)")
+    ap.add_argument("--split", default="test", help="questions file in --data")
+    ap.add_argument("--data", default="runs/world", help="directory with <split>.jsonl (and the embedded world's "
+                                                         "world.json, for when_to_act)")
     ap.add_argument("--search", help="corpus JSONL (BM25) or retrieval server URL (default: DATA/corpus.jsonl)")
     ap.add_argument("--limit", type=int, help="evaluate N questions evenly spaced over the split (all strata)")
     ap.add_argument("--out", help="trajectories JSONL; .summary.json and .png beside it "
                                   "(default runs/eval/<name>-<split>.jsonl)")
     ap.add_argument("--name", help="label of this checkpoint in tables (default: the --ckpt folder's name)")
     ap.add_argument("--batch-size", type=int, default=16, help="questions sampled together")
-    ap.add_argument("--max-new-tokens", type=int, default=1024, help="budget after the prompt, observations included")
-    ap.add_argument("--max-actions", type=int, default=10, help="searches per question (agent and workflow)")
     ap.add_argument("--mode", choices=("real", "sim"), default="real",
                     help="agent only: real tool calls, or the model writes its own observations")
-    ap.add_argument("--topk", type=int, default=3, help="documents per search")
     ap.add_argument("--max-search-failures", type=float, default=0.1,
                     help="stop when more than this fraction of a batch's searches fail (the tool is down)")
-    ap.add_argument("--obs-max-tokens", type=int, default=512, help="longest observation (cut and closed beyond)")
     ap.add_argument("--trigger", default=WORKFLOW_TRIGGER, help="workflow: regex on the current line that "
                                                                 "makes the controller search")
-    ap.add_argument("--probe", action="store_true", help="world-model fidelity probe instead of the evaluation")
     ap.add_argument("--report", nargs="+", metavar="SUMMARY", help="only merge .summary.json files: table + plot")
+    ap.add_argument("--html", metavar="FILE", help="also write the evaluated trajectories as a page (viewer.py)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    add_sampling_args(ap, temperature=0.0)  # EM of the greedy trajectory, the model's best guess (all policies)
     args = ap.parse_args(argv)
 
     if args.report:  # no model: tables and plot of earlier runs
@@ -502,9 +354,9 @@ def main(argv=None):
     ckpt = common.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
-    split = args.split or ("dev" if args.probe else "test")
+    split = args.split
     name = args.name or os.path.basename(os.path.normpath(args.ckpt))
-    out = args.out or f"runs/eval/{name}-{split}{'-probe' if args.probe else ''}.jsonl"
+    out = args.out or f"runs/eval/{name}-{split}.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
@@ -516,27 +368,16 @@ def main(argv=None):
     rows = common.evenly_spaced(rows, args.limit)
     model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
     tok = Tokenizer.from_pretrained(ckpt)
-    needs_tool = args.probe or any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real")
-                                   for p in args.policy)
+    needs_tool = any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real") for p in args.policy)
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None
     if tool is not None:
         print(f"[eval] search tool: {tool.check()}")  # raises SearchError: no evaluation on a dead tool
-    gen = dict(max_new_tokens=args.max_new_tokens, max_actions=args.max_actions, topk=args.topk,
-               obs_max_tokens=args.obs_max_tokens)
+    gen = sampling_kwargs(args)
 
-    world = None  # the embedded world's facts: who is known (when_to_act) and every lookup (--probe)
+    world = None  # the embedded world's facts: who is known and every question's lookups (when_to_act)
     if os.path.isfile(os.path.join(args.data, "world.json")):
         with open(os.path.join(args.data, "world.json"), encoding="utf-8") as f:
             world = json.load(f)
-    if args.probe:
-        if world is None:
-            ap.error(f"--probe needs the embedded world's {args.data}/world.json (python -m data.build)")
-        summary, records = probe(model, tok, rows, world, tool, args.batch_size, **gen)
-        write_jsonl(out, records)
-        with open(base + ".summary.json", "w") as f:
-            json.dump({"args": vars(args), "checkpoint": ckpt, "probe": summary}, f, indent=1)
-        print(format_probe(summary) + f"\n[eval] wrote {out} and {base}.summary.json")
-        return
 
     summaries, records = [], []
     for policy in args.policy:
@@ -551,7 +392,9 @@ def main(argv=None):
         json.dump({"args": vars(args), "checkpoint": ckpt, "summaries": summaries}, f, indent=1)
     print(format_table(summaries))
     plot(summaries, base + ".png")
-    print(f"[eval] wrote {out} and {base}.summary.json")
+    if args.html:
+        viewer.write_html(args.html, records, tok, title=f"{name} on {split}")
+    print(f"[eval] wrote {out} and {base}.summary.json" + (f" and {args.html}" if args.html else ""))
 
 
 if __name__ == "__main__":

@@ -19,19 +19,15 @@ calls is logged every step and saved with each checkpoint, and so is the number 
 (failed_search_calls): a rollout that saw a failed search is left out of the loss, and a step where
 more than --max-search-failures of the searches fail stops the run.
 
-What is trained (--trainable): on the embedded world, only the final RMSNorm's scale (128 numbers), a
-per-channel inverse temperature of the logits. bench/grpo_signal.py measures why: on the 1.65M-parameter
-SFT-1&2&3 model, one step's gradient (16 prompts x 5 rollouts) points in a direction the next step does
-not repeat in every other weight (mean cosine between two steps' gradients from -0.03 to +0.02, most
-within +-0.01: noise, or close to it), and the same way in this one (cosine 0.46): "sharpen", which
-moves sampled rollouts toward the greedy one. Trained whole, the model took a random walk and held-out
-reward fell; trained this way, it rises (README). A real model with a larger batch trains all its
-weights: --trainable . --lr 1e-6.
+Every weight is trained (--trainable narrows it to the parameters whose names match a regex; the
+reference model is frozen whole). The defaults are the paper's for a real checkpoint (lr 7e-7, 48
+prompts x 5 samples, temperature 0.6, 96 steps); on the embedded world's data the tiny model runs
+with the settings in EMBEDDED below (common.parse_args).
 
     python grpo.py --sim-ratio 5                   # embedded world: runs/sft3 -> runs/rl
     python grpo.py --sim-ratio 0 --out runs/rl_real  # all-real baseline
     python grpo.py --search http://127.0.0.1:8000  # a Search-R1-compatible retrieval server
-    python grpo.py --init DIR --data DIR --trainable . --lr 1e-6  # every weight of a real checkpoint
+    python grpo.py --init DIR --data DIR           # a real checkpoint, the paper's settings
     torchrun --nproc_per_node 2 grpo.py            # FSDP2 (each rank samples its share of prompts)
 
 Simplified: no entropy bonus (upstream 0.001), because the fused log-prob kernel returns only the
@@ -45,7 +41,7 @@ import torch
 
 import common
 import env
-from sample import sample
+from sample import add_sampling_args, sample
 
 # -----------------------------------------------------------------------------
 # loss (pure, so tests can check it by hand)
@@ -100,7 +96,7 @@ def validate(model, tok, rows, tool, args, run):
     with torch.no_grad(), common.unsharded(model), common.autocast(model):
         model.eval()
         kw = dict(tool=tool, mode="real", max_new_tokens=args.max_new_tokens, max_actions=args.max_actions,
-                  topk=args.topk)
+                  topk=args.topk, top_p=args.top_p, obs_max_tokens=args.obs_max_tokens)
         greedy = sample(model, tok, prompts, greedy=True, **kw)
         drawn = sample(model, tok, [p for p in prompts for _ in range(k)], temperature=args.temperature,
                        seed=args.seed * 1_000_003 + 7919 + run.rank, **kw) if k else []
@@ -116,11 +112,16 @@ def validate(model, tok, rows, tool, args, run):
             "val_search_calls": int(calls), "val_failed_search_calls": int(failed)}
 
 
+# The embedded world's tiny model: what it needs instead of the paper's settings (common.parse_args: on the
+# world's data).
+EMBEDDED = dict(lr=1e-4, steps=24, batch_size=16, temperature=1.0)
+
+
 def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/rl", lr=1e-1, steps=24, batch_size=16)
+    common.add_common_args(ap, out="runs/rl", lr=7e-7, steps=96, batch_size=48)
     ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
     ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
     ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
@@ -128,18 +129,15 @@ def main():
     ap.add_argument("--loss-agg", choices=("sequence", "token"), default="token",
                     help="sequence: mean over each sequence's tokens, then over sequences (the GRPO paper); "
                          "token: mean over all policy tokens of the batch (verl's token-mean)")
-    ap.add_argument("--trainable", default=r"^model\.norm\.weight$",
-                    help="regex: RL trains the parameters whose names match it, the rest stay frozen. Default: "
-                         "the final RMSNorm's scale only, the one part of the embedded model's policy gradient "
-                         "that holds from batch to batch (README, bench/grpo_signal.py); '.' trains all "
-                         "(then use a small lr: ~1e-4 on the embedded world, ~1e-6 for a 7B model)")
+    ap.add_argument("--trainable", default=".",
+                    help="regex: RL trains the parameters whose names match it, the rest stay frozen "
+                         "(default: every weight)")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (upstream 0.6)")
-    ap.add_argument("--max-new-tokens", type=int, default=768, help="budget per trajectory, observations included")
-    ap.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
-    ap.add_argument("--topk", type=int, default=3, help="documents per search")
+    # the sampler's flags; temperature 0.6 is upstream's, the budget RL has always sampled with (shorter
+    # than eval's 1024: a step samples group-size rollouts per prompt)
+    add_sampling_args(ap, max_new_tokens=768)
     ap.add_argument("--val-prompts", type=int, default=100,
                     help="dev questions on which the objective is measured (val_reward, val_greedy) at the "
                          "start, every --val-every steps and at the end (0 = off)")
@@ -150,8 +148,8 @@ def main():
                                                    "(default: the world's corpus.jsonl)")
     ap.add_argument("--max-search-failures", type=float, default=0.1,
                     help="stop when more than this fraction of a step's searches fail (the tool is down)")
-    ap.set_defaults(warmup=0, save_every=8, batch_size=16)
-    args = ap.parse_args()
+    ap.set_defaults(warmup=0, save_every=8)
+    args = common.parse_args(ap, EMBEDDED)
     if args.group_size < 2:
         ap.error("--group-size must be >= 2 (advantages are normalised within a group)")
     try:
@@ -227,6 +225,7 @@ def main():
         with torch.no_grad(), common.unsharded(model), common.autocast(model):
             rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
                            max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
+                           top_p=args.top_p, obs_max_tokens=args.obs_max_tokens,
                            seed=args.seed * 1_000_003 + step * 1009 + run.rank)
         model.train()
         golds = [p["answers"] for p in batch for _ in range(args.group_size)]

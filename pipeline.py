@@ -39,6 +39,7 @@ import sys
 import time
 
 import common
+import eval as eval_lib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
@@ -70,6 +71,20 @@ ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoi
     ("SFT-1&2 + RL-2", "runs/rl2_sft12", "agent", "runs/rl2_sft12"),
     ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
 ]
+# Does the agent read the tool? The same checkpoints on the counterfactual corpus (data/build.py: held-out
+# facts changed, test_cf.jsonl's golds recomputed) and with their own observations in place of the tool.
+CF = ["--split", "test_cf", "--search", "runs/world/corpus_cf.jsonl"]
+CHECKS = [  # (name, checkpoint, eval policy, training job, extra eval flags)
+    ("SFT-1&2&3, counterfactual corpus", "runs/sft3", "agent", "runs/sft3", CF),
+    ("SFT-1&2, counterfactual corpus", "runs/sft2", "agent", "runs/sft2", CF),
+    ("SFT-1&2&3 + RL-1&2, counterfactual corpus", "runs/rl", "agent", "runs/rl", CF),
+    ("workflow, counterfactual corpus", "runs/workflow", "workflow", "runs/workflow", CF),
+    ("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"]),
+]
+# Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
+PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
+         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
+         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2&3", "workflow")]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
 # the longest side job (GRPO from the base model), so that the last minutes are filled by short
 # evaluations instead of one long job alone on a core.
@@ -91,12 +106,12 @@ def jobs(limit, batch_size, skip_train):
             continue
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
         out.append((key, cmd + ["--overwrite"] if cmd[0].endswith(".py") else cmd, needs, key))
-    for name, ckpt, policy, made_by in ROWS:
+    for name, ckpt, policy, made_by, extra in [(*row, []) for row in ROWS] + CHECKS:
         if skip_train and not common.have(os.path.join(ROOT, ckpt)):
             print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
             continue
         cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
-               "--batch-size", str(batch_size)] + (["--limit", str(limit)] if limit else [])
+               "--batch-size", str(batch_size)] + extra + (["--limit", str(limit)] if limit else [])
         out.append((f"eval {name}", cmd, [made_by], None))
     return out
 
@@ -142,20 +157,47 @@ def rl_real_calls(path):
     return torch.load(state, map_location="cpu", weights_only=False)["extra"].get("real_search_calls")
 
 
+def load_eval(name):
+    """(summary, records) written by the eval job `name`, or None if it has not run."""
+    path = os.path.join(ROOT, eval_file(name))
+    if not os.path.isfile(path):
+        return None
+    with open(path[:-len(".jsonl")] + ".summary.json") as f:
+        summary = json.load(f)["summaries"][0]
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    summary["name"] = name
+    return summary, records
+
+
 def collect():
-    """Each row's summary (written by its eval job), with the real search calls of its RL training."""
-    results = []
+    """Each row's summary (written by its eval job) with the real search calls of its RL training; the reading
+    checks (counterfactual corpus: how often the answer follows the changed corpus, among the questions the
+    model solved with the real one; own observations: EM without the real tool); the paired comparisons."""
+    results, records = [], {}
     for name, ckpt, policy, made_by in ROWS:
-        path = os.path.join(ROOT, eval_file(name)[:-len(".jsonl")] + ".summary.json")
-        if not os.path.isfile(path):
-            print(f"[pipeline] {name}: no evaluation at {path}, skipped")
+        loaded = load_eval(name)
+        if loaded is None:
+            print(f"[pipeline] {name}: no evaluation in {eval_file(name)}, skipped")
             continue
-        with open(path) as f:
-            summary = json.load(f)["summaries"][0]
-        summary["name"] = name
+        summary, records[name] = loaded
         summary["rl_real_search_calls"] = rl_real_calls(ckpt) if made_by.startswith("runs/rl") else 0
         results.append(summary)
-    return results
+    checks = []
+    for name, ckpt, policy, made_by, extra in CHECKS:
+        loaded = load_eval(name)
+        row = next((r for r, c, p, _ in ROWS if c == ckpt and p == policy), None)
+        if loaded is None or row not in records:
+            continue
+        summary, recs = loaded
+        check = {"name": name, "model": row, "overall": summary["overall"],
+                 "held_out": summary.get("by_held_out", {}).get("held-out")}
+        if "--split" in extra:
+            check["follows"] = eval_lib.follows(records[row], recs)
+        checks.append(check)
+    pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
+             if a in records and b in records]
+    return results, checks, pairs
 
 
 # The paper's Table 1, average EM over its six datasets (R1-Distill-Qwen-7B; shared/REFERENCE.md).
@@ -164,18 +206,46 @@ PAPER_AVG_EM = {"no tool": 11.8, "workflow": 15.2, "SFT-1": 22.7, "SFT-2": 29.5,
                 "SFT-1&2 + RL-2": 33.9}
 
 
-def table(results):
-    """A Markdown table shaped like the paper's Table 1, with EM by hops instead of by dataset."""
-    lines = ["| method | EM | 1 hop | 2 hops | 3 hops | 4 hops | F1 | searches / question | real searches in RL "
-             "| first step searches: known / unknown entity | paper avg EM (7B) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def em_ci(b):
+    """EM with its 95% bootstrap interval over questions, or "-" for an empty group."""
+    if not b or not b.get("n"):
+        return "-"
+    lo, hi = b["em_ci"]
+    return f"{pct(b['em'])} [{pct(lo)}, {pct(hi)}]"
+
+
+def table(results, checks=(), pairs=()):
+    """Markdown: Table 1's shape with EM by hops instead of by dataset (compositions by hops, comparisons
+    apart), then the reading checks and the paired comparisons."""
+    lines = ["| method | EM [95% CI] | held-out | known only | 1 hop | 2 hops | 3 hops | 4 hops | comparison "
+             "| searches / question | real searches in RL | first step searches: known / unknown entity "
+             "| paper avg EM (7B) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results:
-        o, h, w = s["overall"], s["by_hops"], s.get("when_to_act")
-        em = lambda b: f"{100 * b['em']:.1f}" if b.get("n") else "-"  # noqa: E731
-        act = f"{100 * w['search_known']:.0f}% / {100 * w['search_unknown']:.0f}%" if w else "-"
-        lines.append(f"| {s['name']} | {em(o)} | " + " | ".join(em(h.get(str(k), {})) for k in (1, 2, 3, 4)) +
-                     f" | {100 * o['f1']:.1f} | {o['searches']:.2f} | {s['rl_real_search_calls'] or 0} "
-                     f"| {act} | {PAPER_AVG_EM.get(s['name'], '-')} |")
+        o, h, w, held = s["overall"], s["by_hops"], s.get("when_to_act"), s.get("by_held_out", {})
+        em = lambda b: pct(b["em"]) if b and b.get("n") else "-"  # noqa: E731
+        act = f"{pct(w['search_known'])}% / {pct(w['search_unknown'])}%" if w else "-"
+        lines.append(f"| {s['name']} | {em_ci(o)} | {em(held.get('held-out'))} | {em(held.get('known only'))} | "
+                     + " | ".join(em(h.get(str(k))) for k in (1, 2, 3, 4))
+                     + f" | {em(s['by_type'].get('comparison'))} | {o['searches']:.2f} "
+                     f"| {s['rl_real_search_calls'] or 0} | {act} | {PAPER_AVG_EM.get(s['name'], '-')} |")
+    if checks:
+        lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
+                  "real corpus: follows the changed corpus / answers what it remembers |", "|---|---|---|---|---|"]
+        for c in checks:
+            f = c.get("follows")
+            fol = f"{pct(f['follows_corpus'])}% / {pct(f['follows_memory'])}% (of {f['n_solved']})" if f else "-"
+            held = pct(c["held_out"]["em"]) if c.get("held_out") else "-"
+            lines.append(f"| {c['name']} | {c['overall']['n']} | {em_ci(c['overall'])} | {held} | {fol} |")
+    if pairs:
+        lines += ["", "| paired comparison (same test questions) | EM difference [95% CI] |", "|---|---|"]
+        for p in pairs:
+            lo, hi = p["ci"]
+            lines.append(f"| {p['a']} - {p['b']} | {100 * p['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
     return "\n".join(lines)
 
 
@@ -190,19 +260,20 @@ def main():
     args = ap.parse_args()
     if args.table:
         with open(os.path.join(ROOT, "runs/eval/summaries.json")) as f:
-            print(table(json.load(f)["summaries"]))
+            saved = json.load(f)
+        print(table(saved["summaries"], saved.get("checks", []), saved.get("pairs", [])))
         return
     t0, times = time.time(), {}
     run_jobs(jobs(args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times)
-    results = collect()
-    md = table(results)
+    results, checks, pairs = collect()
+    md = table(results, checks, pairs)
     total = time.time() - t0
     print("\n" + md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}")
     with open(os.path.join(ROOT, "runs/eval/table.md"), "w") as f:
         f.write(md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}\n")
     with open(os.path.join(ROOT, "runs/eval/summaries.json"), "w") as f:
-        json.dump({"summaries": results, "job_seconds": times, "wall_seconds": round(total, 1), "jobs": args.jobs}, f,
-                  indent=1)
+        json.dump({"summaries": results, "checks": checks, "pairs": pairs, "job_seconds": times,
+                   "wall_seconds": round(total, 1), "jobs": args.jobs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -24,25 +24,48 @@ import common
 
 
 # -----------------------------------------------------------------------------
-# loss (pure, so tests can check it by hand)
+# data and loss (pure, so tests can check them by hand)
+
+def encode_trajectory(tok, row, mask_obs, max_len):
+    """A stage-2/3 trajectory as (ids, loss_mask), cut to max_len (None: whole). Each segment is tokenized
+    on its own, exactly as the sampler builds a rollout (the tool's text arrives as its own token run)."""
+    ids = common.encode_prompt(tok, row["question"])
+    mask = [0] * len(ids)  # the prompt is given, never predicted
+    for seg in row["segments"]:
+        t = tok.encode(seg["text"])
+        ids += t
+        # The observation mask (SFT stage 2, docs/paper.md): the tool's segment -- `<search_result>` through
+        # `</search_result>`, tags included, with the blank lines around them that the sampler injects too --
+        # gets no loss: the model learns to act, not to predict the environment. Stage 3 (no --mask-obs)
+        # trains it, so the model learns to predict what the tool returns: its internal world model.
+        mask += [0 if (seg["tool"] and mask_obs) else 1] * len(t)
+    ids.append(tok.eos_id)  # trained: the model must learn to stop after its answer
+    mask.append(1)
+    return ids[:max_len], mask[:max_len]
+
 
 def masked_nll(lp, m):
     """Sum of -log p over the scored tokens only: prompt tokens, and in stage 2 the tool-written ones,
-    contribute nothing (common.encode_trajectory builds the mask). Divide by the global token count."""
+    contribute nothing (encode_trajectory above builds the mask). Divide by the global token count."""
     return -(lp * m).sum()
+
+
+# The paper's settings are the defaults (lr 5e-5, batch 32, 2 epochs of its 6k trajectories = 375 steps);
+# the embedded world's tiny model uses these instead (common.parse_args: on the world's data).
+EMBEDDED = dict(lr=1e-3, steps=200, batch_size=16)
 
 
 def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out=None, lr=1e-3, steps=200, batch_size=16)
+    common.add_common_args(ap, out=None, lr=5e-5, steps=375, batch_size=32)
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
     ap.add_argument("--file", default="stage2.jsonl", help="trajectories in --data (workflow.jsonl: the "
                     "workflow baseline's model, which reads what a controller retrieved but never acts)")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's batch is split by length to fit)")
-    args = ap.parse_args()
+    args = common.parse_args(ap, EMBEDDED)
     stage = 2 if args.mask_obs else 3
     if args.out is None:
         args.out = f"runs/sft{stage}"
@@ -65,7 +88,7 @@ def main():
 
     # -------------------------------------------------------------------------
     # data
-    full = [common.encode_trajectory(tok, r, args.mask_obs, None) for r in rows]
+    full = [encode_trajectory(tok, r, args.mask_obs, None) for r in rows]
     encoded = [(ids[:args.max_len], mask[:args.max_len]) for ids, mask in full]
     for i, (_, mask) in enumerate(encoded):
         if not any(mask[1:]):  # a row with no trained token left would add nothing but padding

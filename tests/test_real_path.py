@@ -15,6 +15,7 @@ import pytest
 
 import common
 import env
+import sft_coa
 from data import convert, distill
 from qwen_standin import standin_checkpoint
 from tokenizer import Tokenizer
@@ -219,7 +220,7 @@ def test_chatml_sft_to_transformers(servers, tmp_path):
     src = standin_checkpoint(str(tmp_path / "chatml"), "chatml")
     tok = Tokenizer.from_pretrained(src)
     row = json.loads(open(d / "stage2.jsonl").readline())
-    ids, mask = common.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
+    ids, mask = sft_coa.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
     assert ids[-1] == tok.token_id("<|im_end|>") == 151645 and mask[-1] == 1
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
     run("sft_coa.py", "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,

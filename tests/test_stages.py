@@ -34,7 +34,7 @@ from data.build import build
 from grpo import group_advantages, loss_sequences, policy_loss, validate
 from model import Qwen2, Qwen2Config
 from sample import Rollout
-from sft_coa import masked_nll
+from sft_coa import encode_trajectory, masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
 from tokenizer import Tokenizer, chat_prompt
 
@@ -160,7 +160,7 @@ def sft1(tmp, world, base):
     out = str(tmp / "sft1")
     # the whole set (16 pairs) every step, so the logged loss is one objective going down, not batch noise
     run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 20,
-               "--batch-size", 16, "--lr", 1e-2, "--warmup", 0, "--max-len", 512)  # 256 would cut pairs' continuations
+               "--batch-size", 16, "--lr", 1e-2, "--warmup", 0, "--max-len", 1024)  # a prefix holds observations
     return out
 
 
@@ -287,7 +287,7 @@ def test_encode_trajectory_masks_exactly_the_tool_tokens(tok, world, mask_obs):
     rows = [HAND_ROW] + [r for r in common.read_jsonl(os.path.join(world, "stage2.jsonl"))][:6]
     assert any(s["tool"] for r in rows[1:] for s in r["segments"]) and any(r["kind"] == "cot" for r in rows[1:])
     for row in rows:
-        ids, mask = common.encode_trajectory(tok, row, mask_obs, max_len=10_000)
+        ids, mask = encode_trajectory(tok, row, mask_obs, max_len=10_000)
         prompt = chat_prompt(row["question"], env.INSTRUCTION)
         text = prompt + "".join(s["text"] for s in row["segments"]) + tok.decode([tok.eos_id])
         assert tok.decode(ids) == text and len(mask) == len(ids)
@@ -307,8 +307,8 @@ def test_encode_trajectory_masks_exactly_the_tool_tokens(tok, world, mask_obs):
         n_prompt = len(common.encode_prompt(tok, row["question"]))
         assert mask.count(0) == n_prompt + (n_tool if mask_obs else 0)
     # truncation keeps ids and mask aligned
-    ids, mask = common.encode_trajectory(tok, HAND_ROW, mask_obs, max_len=50)
-    assert len(ids) == len(mask) == 50 and mask == common.encode_trajectory(tok, HAND_ROW, mask_obs, 10_000)[1][:50]
+    ids, mask = encode_trajectory(tok, HAND_ROW, mask_obs, max_len=50)
+    assert len(ids) == len(mask) == 50 and mask == encode_trajectory(tok, HAND_ROW, mask_obs, 10_000)[1][:50]
 
 
 def test_group_advantages_by_hand():
@@ -616,7 +616,8 @@ def test_validation_repeats_exactly_for_one_policy(world, sft3):
     rows = common.read_jsonl(os.path.join(world, "dev.jsonl"))[:6]
     calls, bm25 = [], env.make_search_tool(os.path.join(world, "corpus.jsonl"))
     tool = SimpleNamespace(search=lambda queries, topk: calls.extend(queries) or bm25.search(queries, topk))
-    args = SimpleNamespace(val_samples=3, temperature=1.0, seed=0, max_new_tokens=48, max_actions=3, topk=2)
+    args = SimpleNamespace(val_samples=3, temperature=1.0, seed=0, max_new_tokens=48, max_actions=3, topk=2,
+                           top_p=1.0, obs_max_tokens=512)
     first, second = validate(model, tok, rows, tool, args, run), validate(model, tok, rows, tool, args, run)
     assert first == second and 0 <= first["val_reward"] <= 1 and 0 <= first["val_greedy"] <= 1
     assert first["val_search_calls"] + second["val_search_calls"] == len(calls)
@@ -656,6 +657,15 @@ def crash_before(*a, **k):
     raise Crash("before")
 
 
+def crash_writing(name, save):
+    """torch.save, but dying when it writes the file `name` (torch.distributed.checkpoint also calls it)."""
+    def wrapped(obj, f, *a, **k):
+        if isinstance(f, str) and os.path.basename(f) == name:
+            raise Crash(f"writing {name}")
+        return save(obj, f, *a, **k)
+    return wrapped
+
+
 def crash_removing(name, rmtree):
     """shutil.rmtree, but dying when it is asked to remove the directory `name` (and only then)."""
     def wrapped(path, *a, **k):
@@ -667,7 +677,8 @@ def crash_removing(name, rmtree):
 
 CRASH_POINTS = {  # (object, attribute, replacement): where the save dies
     "model file written": lambda: (model_mod, "save_file", crash_after(model_mod.save_file)),
-    "trainer state": lambda: (torch, "save", crash_before),
+    "train state (DCP)": lambda: (torch.distributed.checkpoint, "save", crash_before),
+    "trainer state": lambda: (torch, "save", crash_writing("trainer_state.pt", torch.save)),
     "step dir rename": lambda: (common, "replace_dir", crash_before),
     "latest switch": lambda: (os, "replace", crash_before),
     "old checkpoint cleanup": lambda: (shutil, "rmtree", crash_removing("step_000001", shutil.rmtree)),

@@ -222,7 +222,7 @@ def test_sft_coa_reports_cut_rows_and_refuses_one_with_nothing_left(tmp_path, ck
     than --max-len) is refused by line before the first step."""
     tok = Tokenizer.from_pretrained(ckpt)
     d = data({"stage2.jsonl": lambda rows: rows[:3]})
-    lengths = [len(common.encode_trajectory(tok, r, True, None)[0])
+    lengths = [len(sft_coa.encode_trajectory(tok, r, True, None)[0])
                for r in common.read_jsonl(os.path.join(d, "stage2.jsonl"))]
     max_len = sorted(lengths)[1]  # the longest row is cut, the others fit
     args = ["--mask-obs", "--init", ckpt, "--steps", 1, "--batch-size", 3, "--max-len", max_len]
