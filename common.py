@@ -270,7 +270,7 @@ def make_optimizer(model, args):
 
 
 def lr_at(step, args):
-    """Linear warm-up then cosine decay to 10% of the peak (the upstream stages use cosine)."""
+    """Linear warm-up then cosine decay to 10% of the peak (the paper's code uses cosine; docs/paper.md)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     frac = (step - args.warmup) / max(1, args.steps - args.warmup)

@@ -63,7 +63,8 @@ TAGS = AUTOCOA
 
 
 def instruction(tags=TAGS):
-    """The instruction placed before each question (REFERENCE.md: `<｜User｜>{instructions}\\n{question}`)."""
+    """The instruction placed before each question: the user turn is `{instructions}\\n{question}`, as in the
+    paper's code (docs/paper.md, the trajectory)."""
     return (f"Answer the question. While you think, you may search a Wikipedia-style corpus whenever a fact "
             f"is missing by writing {tags.search_open} your query {tags.search_close}. The results will be "
             f"given to you between {tags.result_open} and {tags.result_close}. You may search several times. "
@@ -361,7 +362,7 @@ def format_observation(docs, limit_reached=False, tags=TAGS):
     docs: a search result (list of {"contents": ...}), None for a failed retrieval, [] for no match.
     """
     if limit_reached:
-        body = "Reach the limit of search times."  # upstream's wording
+        body = "Reach the limit of search times."  # the paper's code's wording (docs/paper.md)
     elif docs is None:
         body = "Retrieval failed."
     elif not docs:
@@ -441,7 +442,7 @@ def actions_closed(text, tags=TAGS):
 
 
 def reward(completion, golds, tags=TAGS):
-    """The binary RL reward (REFERENCE.md, "Reward upstream": EM of the last \\boxed{} after </think>).
+    """The binary RL reward (docs/paper.md, reward): EM of the last \\boxed{} after </think>.
 
     `completion` is the generated text only (the prompt holds example tags). It scores 0.0 unless
       1. think_close occurs exactly once,

@@ -9,6 +9,7 @@ sampler (sample.py), score them with the binary EM reward (env.reward), and upda
     L_kl     = exp(ref_t - lp_t) - (ref_t - lp_t) - 1                  k3 estimator of KL(pi || pi_ref)
     L        = mean over the batch's policy-written tokens of (L_pg + beta * L_kl), beta = 0.001 (verl's
                token-mean); --loss-agg sequence: 1/G sum_i 1/|o_i| sum_t, the GRPO objective of DeepSeekMath
+               (arXiv 2402.03300, §4.1). docs/paper.md maps each term and setting to the paper.
 
 Observation tokens get zero advantage (they are excluded from the mean), in both stages: in real
 rollouts the tool wrote them, in simulated ones the model did, and neither is trained here.
@@ -30,7 +31,7 @@ with the settings in EMBEDDED below (common.parse_args).
     python grpo.py --init DIR --data DIR           # a real checkpoint, the paper's settings
     torchrun --nproc_per_node 2 grpo.py            # FSDP2 (each rank samples its share of prompts)
 
-Simplified: no entropy bonus (upstream 0.001), because the fused log-prob kernel returns only the
+Simplified: no entropy bonus (the paper's code: 0.001), because the fused log-prob kernel returns only the
 target's log-prob; one policy update per batch of rollouts by default (--ppo-epochs for more).
 """
 import argparse
@@ -76,8 +77,8 @@ def policy_loss(lp, old_lp, ref_lp, adv, m, norm, clip, kl_coef, per_sequence=Fa
     and surrogate (token sums) for logging."""
     ratio = torch.exp(lp - old_lp)
     a = adv[:, None]
-    pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
-    kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1  # k3: unbiased, always >= 0
+    pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)  # DeepSeekMath §4.1's clipped surrogate
+    kl = torch.exp(ref_lp - lp) - (ref_lp - lp) - 1  # its KL estimator (k3): unbiased, always >= 0
     m = m.float()
     weight = m / m.sum(1, keepdim=True).clamp(min=1) if per_sequence else m
     return ((pg + kl_coef * kl) * weight).sum() / norm, (kl * m).sum().item(), (pg * m).sum().item()
@@ -135,7 +136,7 @@ def main():
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
-    # the sampler's flags; temperature 0.6 is upstream's, the budget RL has always sampled with (shorter
+    # the sampler's flags; temperature 0.6 is the paper's, the budget RL has always sampled with (shorter
     # than eval's 1024: a step samples group-size rollouts per prompt)
     add_sampling_args(ap, max_new_tokens=768)
     ap.add_argument("--val-prompts", type=int, default=100,

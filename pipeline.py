@@ -200,7 +200,7 @@ def collect():
     return results, checks, pairs
 
 
-# The paper's Table 1, average EM over its six datasets (R1-Distill-Qwen-7B; shared/REFERENCE.md).
+# The paper's Table 1, average EM over its six datasets (R1-Distill-Qwen-7B; arXiv 2503.06580).
 PAPER_AVG_EM = {"no tool": 11.8, "workflow": 15.2, "SFT-1": 22.7, "SFT-2": 29.5, "SFT-1&2": 32.0,
                 "SFT-1&2&3": 31.3, "RL-2 only": 23.7, "SFT-1&2&3 + RL-1": 31.7, "SFT-1&2&3 + RL-1&2": 33.4,
                 "SFT-1&2 + RL-2": 33.9}

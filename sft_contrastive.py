@@ -2,7 +2,7 @@
 
 At a decision point the chosen continuation either searches (the needed fact is about an entity the
 model never saw) or answers from memory (the fact is known); the rejected one does the opposite: a
-confident wrong recall, or a needless search. As implemented upstream (shared/REFERENCE.md):
+confident wrong recall, or a needless search. The loss, as in the paper's code (docs/paper.md, SFT stage 1):
 
     P(x) = mean log-prob of the continuation tokens only (the prompt and prefix are not scored)
     L    = -log sigmoid(P_chosen - P_rejected) + lambda * (-P_chosen)      lambda = 0.2, no reference model
@@ -26,8 +26,8 @@ import common
 # loss (pure, so tests can check it by hand)
 
 def contrastive_loss(p_chosen, p_rejected, lam):
-    """Per pair: -log sigmoid(P_c - P_r) + lam * (-P_c), P = mean continuation log-prob (upstream stage 1)."""
-    return -F.logsigmoid(p_chosen - p_rejected) + lam * (-p_chosen)
+    """Per pair: -log sigmoid(P_c - P_r) + lam * (-P_c), P = mean continuation log-prob (mean_logprob)."""
+    return -F.logsigmoid(p_chosen - p_rejected) + lam * (-p_chosen)  # SFT stage 1's loss (docs/paper.md, paper §3.1)
 
 
 def mean_logprob(lp, m):
@@ -47,7 +47,7 @@ def main():
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out="runs/sft1", lr=5e-6, steps=188, batch_size=16)
-    ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (upstream 0.2)")
+    ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (the paper's code: 0.2)")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's pairs are split by length to fit)")
     args = common.parse_args(ap, EMBEDDED)

@@ -151,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--gpu-gib", type=float, default=80, help="memory per GPU in GiB")
     ap.add_argument("--micro-tokens", type=int, default=2048, help="padded tokens per forward/backward")
     ap.add_argument("--batch-size", type=int, default=48, help="GRPO prompts per step (the paper's 48)")
-    ap.add_argument("--group-size", type=int, default=5, help="GRPO rollouts per prompt (upstream 5)")
+    ap.add_argument("--group-size", type=int, default=5, help="GRPO rollouts per prompt (the paper's 5)")
     ap.add_argument("--prompt-len", type=int, default=512, help="tokens of the longest prompt")
     ap.add_argument("--max-new-tokens", type=int, default=4096,
                     help="rollout budget after the prompt, observations included")

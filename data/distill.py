@@ -361,7 +361,7 @@ def main(argv=None):
     s.add_argument("--cot-ratio", type=int, default=5, help="at most one cot row per N tool rows (0 = no cap)")
     s.add_argument("--branches", type=int, default=2, help="continuations per teacher at each decision point")
     s.add_argument("--pairs-per-question", type=int, default=2, help="stage-1 pairs kept per question")
-    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (upstream 0.6)")
+    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (the paper's 0.6)")
     s.add_argument("--max-new-tokens", type=int, default=1024, help="budget per trajectory (per request for a server)")
     s.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")
     s.add_argument("--topk", type=int, default=3, help="documents per search")
