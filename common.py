@@ -148,7 +148,7 @@ class Run:
             # Gloo's worker threads drop their last finished collective (and the tensors it holds) just
             # after the caller sees it complete. If the interpreter is already shutting down then, that
             # thread cannot take the GIL and the process aborts ("terminate called without an active
-            # exception", seen in ~2% of 2-rank CPU runs). Let them finish while Python is still alive.
+            # exception", seen now and then in 2-rank CPU runs). Let them finish while Python is still alive.
             dist.barrier()
             time.sleep(0.2)
             dist.destroy_process_group()

@@ -15,7 +15,8 @@ Everything the sampler, the SFT data builders, GRPO and eval need from "the worl
 
 Simplified relative to the paper: the paper retrieves from wiki-18 with a dense/BM25 server; we ship a
 pure-numpy BM25 (no stemming, no stop words: ranks differ slightly from Pyserini's Lucene analyzer)
-sized for corpora of up to a few hundred thousand passages (100k build in ~6 s). For full wiki-18, run Search-R1's server and pass its URL.
+sized for corpora of up to a few hundred thousand passages (bench/bench_server.py times the build). For
+full wiki-18, run Search-R1's server and pass its URL.
 
 Commands:
   python env.py serve --corpus corpus.jsonl --port 8000          # POST http://127.0.0.1:8000/retrieve
@@ -125,7 +126,7 @@ class BM25Search:
         for i, text in enumerate(self.contents):
             toks = tokenize(text)
             doc_len[i] = len(toks)
-            flat.extend(map(vocab.__getitem__, toks))  # map/extend run in C: ~1 s per 10M tokens
+            flat.extend(map(vocab.__getitem__, toks))  # map/extend run in C, not a Python loop per token
         self.vocab = dict(vocab)  # a plain dict: a query must never insert new terms
         term = np.frombuffer(flat, dtype=np.int32).astype(np.int64)  # (total_tokens,)
         doc = np.repeat(np.arange(N, dtype=np.int64), doc_len)       # (total_tokens,)

@@ -11,19 +11,17 @@ beats workflows in which a controller drives the actions. Four policies, all gre
             a line "I need ... ."), the CONTROLLER searches with that sentence as the query and injects
             the result after it. The model never chooses whether to act: it acts at every step.
 
-Why the workflow is a fair, competent baseline on the embedded world: the paper prompts R1-Distill into
-a ReAct loop, which works because R1-Distill can read retrieved text about things it never saw. Our
-1.65M-parameter base model cannot (as the workflow's model it scored EM 0.0: an unknown entity's name is
-a token it never saw in pretraining, so it cannot write it). So the workflow's model (runs/workflow) is the
-base model fine-tuned like SFT-2 (same 1,800 questions, steps, lr, observation mask) on the workflow's
-own format, data/build.py's workflow.jsonl: after every decision sentence, the block the controller
-retrieved with it as the query, then the fact read out of it. Like a fine-tuned ReAct agent it never
-chooses whether to act: the controller acts at every step, known facts included. So the agent and the
-workflow learn from the same questions; what differs is who decides when and what to search. BM25 with
-the decision sentence as the query ranks the right page first for all 2,640 lookups of the default
-world's rl/dev/test questions. The trigger is a regex on the current line; for a real checkpoint
-(R1-Distill, few-shot prompted into ReAct) set it to what marks a step there (e.g. '^\\s*Search:.*$').
-RAG uses the same model.
+Why the workflow is a fair, competent baseline on the embedded world: the paper prompts R1-Distill into a
+ReAct loop, which works because R1-Distill can read retrieved text about things it never saw. Our tiny
+base model cannot (an unknown entity's name is a token it never saw in pretraining, so it cannot write
+it). So the workflow's model (runs/workflow) is the base model fine-tuned like SFT-2 (the same questions,
+steps, lr and observation mask) on the workflow's own format, data/build.py's workflow.jsonl: after every
+decision sentence, the block the controller retrieved with it as the query, then the fact read out of it.
+Like a fine-tuned ReAct agent it never chooses whether to act: the controller acts at every step, known
+facts included. So the agent and the workflow learn from the same questions; what differs is who decides
+when and what to search. The controller's query is the decision sentence itself, as in workflow.jsonl.
+The trigger is a regex on the current line; for a real checkpoint (R1-Distill, few-shot prompted into
+ReAct) set it to what marks a step there (e.g. '^\\s*Search:.*$'). RAG uses the same model.
 
 How the workflows are run: by the same sampler as the agent, in the same KV cache. Each is a controller
 (sample.py's `controller`): a function asked after every token the model writes that may answer with a

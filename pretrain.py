@@ -5,7 +5,7 @@ tool. Our stand-in learns the same two things from the world's base text (data/b
 the pages of the KNOWN entities (its parametric knowledge; unknown entities it never sees), and pure
 reasoning traces that answer questions about known entities from memory, in the R1 chat format.
 
-    python pretrain.py                              # defaults: 1.65M parameters, ~6.5 min on one CPU core
+    python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest
     torchrun --nproc_per_node 2 pretrain.py         # FSDP2 data parallel (gloo on CPU)
 
@@ -50,7 +50,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out="runs/base", lr=3e-3, steps=500, batch_size=16)
     ap.add_argument("--vocab-size", type=int, default=4096,
-                    help="BPE vocabulary size cap; the world has ~3.3k distinct words, so 4096 makes every name one token")
+                    help="BPE vocabulary size cap; large enough that every word of an entity's name is one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers")
     ap.add_argument("--heads", type=int, default=4, help="query heads")

@@ -35,8 +35,8 @@ re-tokenized, so the policy's log-probs are of the tokens it really wrote.
 Simplified: no speculative decoding, no CUDA graphs, no paged cache; the cache is allocated once per
 call (longest prompt + max_new_tokens deep) and finished rows are dropped from it once half are done.
 
-    python sample.py --ckpt out/sft2 --corpus data/generated/corpus.jsonl --prompt "Who directed Inception?"
-    python sample.py --ckpt out/sft3 --mode sim --temperature 0.6 --seed 1 --prompt "..."
+    python sample.py --ckpt runs/sft2 --corpus runs/world/corpus.jsonl --prompt "Who directed Inception?"
+    python sample.py --ckpt runs/sft3 --mode sim --temperature 0.6 --seed 1 --prompt "..."
     python -m pytest -q tests/test_sample.py
     python bench/bench_sampler.py
 """

@@ -14,7 +14,7 @@ transformers generates the same number of tokens per segment (its text is random
 Ours runs once more with the rows acting at different steps (as in RL, where every sample acts when it
 decides to): then a step takes in the actors' observations in a forward of their own rows.
 On CPU torch gets one thread by default: these small matmuls gain little from more, and on a shared
-machine spinning OpenMP threads made them ~20x slower (use --threads to change it).
+machine spinning OpenMP threads make them many times slower (use --threads to change it).
 
 On CUDA it also measures single-stream decode of an R1-Distill-Qwen-1.5B-shaped model (hidden 1536,
 28 layers, vocab 151936) as a fraction of the memory-bandwidth floor: a decode step must read every

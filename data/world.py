@@ -28,7 +28,7 @@ Everything is a pure function of the seed: one `random.Random(seed)`, no global 
 never iterated, so the same seed gives the same world in any process.
 
 What we simplified relative to the paper: the paper's questions come from HotpotQA/2Wiki/MuSiQue over
-Wikipedia; here a handful of templates over 11 relations stand in for them (see data/convert.py for
+Wikipedia; here a handful of templates over the relations of RELATIONS stand in for them (see data/convert.py for
 the real datasets).
 
     python -m data.world --seed 0     # print a few documents and questions
