@@ -74,12 +74,17 @@ def parse_args(ap, embedded, argv=None):
     gives them). `embedded` holds what the embedded world's tiny model needs instead (larger learning rates,
     fewer steps); it fills the flags not given on the command line when the stage trains on the embedded
     world: no --data and no --init (the world is then the default data), or a --data directory that holds
-    the world's world.json. The resolved values are printed with the other arguments (Run)."""
+    the world's world.json. A stage with a --topk flag then also searches for as many documents as the
+    world's training observations show (its meta.json). The resolved values are printed with the other
+    arguments."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
-    world = args.data is None and args.init is None or (
-        args.data is not None and os.path.isfile(os.path.join(args.data, "world.json")))
-    if world:
+    data = args.data if args.data is not None else (None if getattr(args, "init", None) else "runs/world")
+    if data is not None and (os.path.isfile(os.path.join(data, "world.json")) or data == "runs/world"):
+        meta = os.path.join(data, "meta.json")
+        if hasattr(args, "topk") and os.path.isfile(meta):
+            with open(meta) as f:
+                embedded = {**embedded, "topk": json.load(f)["topk"]}
         ap.set_defaults(**embedded)
         args = ap.parse_args(argv)
     return args

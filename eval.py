@@ -335,7 +335,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
     add_sampling_args(ap, temperature=0.0)  # EM of the greedy trajectory, the model's best guess (all policies)
-    args = ap.parse_args(argv)
+    args = common.parse_args(ap, {}, argv)  # on the embedded world: its --topk (meta.json)
 
     if args.report:  # no model: tables and plot of earlier runs
         summaries = []

@@ -91,6 +91,9 @@ PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1
 ORDER = CHAIN + ["runs/rl", "runs/rl2_only", "runs/rl2_sft3", "runs/sft2_only", "runs/workflow", "runs/rl2_sft12"]
 
 
+PROBE = "runs/eval/probe.jsonl"
+
+
 def eval_file(name):
     return os.path.join("runs/eval", name.replace(" ", "_").replace("&", "+") + ".jsonl")
 
@@ -113,6 +116,9 @@ def jobs(limit, batch_size, skip_train):
         cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
                "--batch-size", str(batch_size)] + extra + (["--limit", str(limit)] if limit else [])
         out.append((f"eval {name}", cmd, [made_by], None))
+    # the world model: SFT-1&2&3's own observations against the real ones, by entity split (probe.py)
+    out.append(("probe SFT-1&2&3", ["probe.py", "--ckpt", "runs/sft3", "--out", PROBE, "--batch-size", str(batch_size)]
+                + (["--limit", str(limit)] if limit else []), ["runs/sft3"], None))
     return out
 
 
@@ -197,6 +203,10 @@ def collect():
         checks.append(check)
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
+    probe_file = os.path.join(ROOT, PROBE[:-len(".jsonl")] + ".summary.json")
+    if os.path.isfile(probe_file):
+        with open(probe_file) as f:
+            checks.append({"name": "probe", "probe": json.load(f)["probe"]})
     return results, checks, pairs
 
 
@@ -237,10 +247,20 @@ def table(results, checks=(), pairs=()):
         lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
                   "real corpus: follows the changed corpus / answers what it remembers |", "|---|---|---|---|---|"]
         for c in checks:
+            if "probe" in c:
+                continue
             f = c.get("follows")
             fol = f"{pct(f['follows_corpus'])}% / {pct(f['follows_memory'])}% (of {f['n_solved']})" if f else "-"
             held = pct(c["held_out"]["em"]) if c.get("held_out") else "-"
             lines.append(f"| {c['name']} | {c['overall']['n']} | {em_ci(c['overall'])} | {held} | {fol} |")
+    for c in checks:
+        if "probe" in c:  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
+            lines += ["", "| world model (SFT-1&2&3, dev questions): actions about | n | own observation right / "
+                      "wrong / absent |", "|---|---|---|"]
+            for group, g in c["probe"].items():
+                if isinstance(g, dict) and g.get("actions"):
+                    lines.append(f"| {group} entities | {g['actions']} | " + " / ".join(
+                        f"{100 * g[k] / g['actions']:.1f}%" for k in ("right", "wrong", "absent")) + " |")
     if pairs:
         lines += ["", "| paired comparison (same test questions) | EM difference [95% CI] |", "|---|---|"]
         for p in pairs:

@@ -32,7 +32,10 @@ def train_tokenizer(data, texts, vocab_size):
     """Byte-level BPE on the world's own text (corpus pages + base text), so every name is cheap to spell."""
     corpus = [r["contents"] for r in common.read_jsonl(os.path.join(data, "corpus.jsonl"))]
     tk = HFTokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # digits one by one: a year is four frequent tokens rather than one of a thousand rare ones, so copying a
+    # year out of an observation uses well-trained embeddings
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tk.decoder = decoders.ByteLevel()
     specials = [EOS, BOS, USER, ASSISTANT]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,

@@ -157,7 +157,7 @@ def main(argv=None):
     add_sampling_args(ap, only=("max_new_tokens", "max_actions", "topk", "obs_max_tokens"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
-    args = ap.parse_args(argv)
+    args = common.parse_args(ap, {}, argv)  # on the embedded world: its --topk (meta.json)
 
     ckpt = common.resolve_checkpoint(args.ckpt)
     if ckpt is None:

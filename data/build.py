@@ -100,7 +100,7 @@ def answer_with(facts, q):
     return str(cur)
 
 
-def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=3, n_test=800, n_dev=200,
+def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=1, n_test=800, n_dev=200,
           n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
@@ -144,9 +144,9 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=3,
     gold = [world.by_name[n].id for n, _ in lookups]
     retrieval = {}
     for label, make_query in (("full name", query_for), ("last word only", short_query)):
-        results = full.search([make_query(n, r) for n, r in lookups], topk=topk)
+        results = full.search([make_query(n, r) for n, r in lookups], topk=3)
         retrieval[label] = {"top1": round(sum(bool(d) and d[0]["id"] == g for d, g in zip(results, gold)) / len(gold), 4),
-                            f"top{topk}": round(sum(g in [x["id"] for x in d] for d, g in zip(results, gold)) / len(gold), 4)}
+                            "top3": round(sum(g in [x["id"] for x in d] for d, g in zip(results, gold)) / len(gold), 4)}
 
     # -------------------------------------------------------------------- stage 2 and stage 1: the teacher
     teacher = teacher or Teacher()
@@ -297,7 +297,7 @@ def main():
     for split, f in DEFAULT_SPLIT_FRACTIONS.items():
         ap.add_argument(f"--{split}-fraction", type=float, default=f, help=f"share of each type's entities in {split}")
     ap.add_argument("--distractors", type=int, default=40, help="extra corpus pages never asked about")
-    ap.add_argument("--topk", type=int, default=3, help="documents per search (must match the sampler)")
+    ap.add_argument("--topk", type=int, default=1, help="documents per search (the stages read it from meta.json)")
     ap.add_argument("--n-test", type=int, default=800, help="test questions (stratified)")
     ap.add_argument("--n-dev", type=int, default=200, help="dev questions (stratified)")
     ap.add_argument("--known-share", type=float, default=0.2,
