@@ -65,7 +65,9 @@ def conclusion(world, q, values=None):
     if q.type == "comparison":
         lo, hi = sorted(values or [world.fact(n, r) for n, r in q.lookups])
         text = f"{lo} is earlier than {hi}.\n" if q.compare == "earlier" else f"{hi} is later than {lo}.\n"
-    return text + f"So the answer is {q.answer}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{q.answer}}}"
+    # the answer is boxed in the reasoning too, so that writing it after </think> repeats a line verbatim
+    # (a small model copies "answer is \boxed{" -> Y far more reliably than it re-finds Y in the reasoning)
+    return text + f"So the answer is \\boxed{{{q.answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{q.answer}}}"
 
 
 def steps(world, q):

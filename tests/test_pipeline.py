@@ -30,11 +30,22 @@ def test_a_failed_job_stops_the_pipeline_and_names_its_log(tmp_path, monkeypatch
 
 def test_table_rows_by_hand():
     def summary(name, em, w=None, rl_calls=0):
-        b = {"n": 4, "em": em, "f1": em, "searches": 1.25}
+        b = {"n": 4, "em": em, "em_ci": [em - 0.25, em + 0.25], "f1": em, "searches": 1.25}
         return {"name": name, "overall": b, "by_hops": {"1": b, "2": {"n": 0}}, "when_to_act": w,
+                "by_type": {"comparison": {"n": 0}}, "by_held_out": {"held-out": b},
                 "rl_real_search_calls": rl_calls}
     w = {"search_known": 0.01, "search_unknown": 0.984, "accuracy": 0.99}
-    lines = pipeline.table([summary("SFT-2", 0.5, w), summary("no tool", 0.25, rl_calls=None)]).split("\n")
-    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == lines[3].count("|")
-    assert lines[2] == "| SFT-2 | 50.0 | 50.0 | - | - | - | 50.0 | 1.25 | 0 | 1% / 98% | 29.5 |"
-    assert lines[3] == "| no tool | 25.0 | 25.0 | - | - | - | 25.0 | 1.25 | 0 | - | 11.8 |"
+    follows = {"n_solved": 10, "follows_corpus": 0.9, "follows_memory": 0.05}
+    checks = [{"name": "SFT-2, counterfactual corpus", "model": "SFT-2", "overall": summary("x", 0.5)["overall"],
+               "held_out": {"n": 4, "em": 0.75}, "follows": follows},
+              {"name": "probe", "probe": {"questions": 3, "unparsed": 0,
+                                          "test": {"actions": 4, "right": 1, "wrong": 2, "absent": 1}}}]
+    pairs = [{"a": "SFT-2", "b": "no tool", "n": 4, "diff": 0.25, "ci": [-0.25, 0.5]}]
+    lines = pipeline.table([summary("SFT-2", 0.5, w), summary("no tool", 0.25, rl_calls=None)], checks,
+                           pairs).split("\n")
+    assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 14
+    assert lines[2] == "| SFT-2 | 50.0 [25.0, 75.0] | 50.0 | - | 50.0 | - | - | - | - | 1.25 | 0 | 1.0% / 98.4% | 29.5 |"
+    assert lines[3] == "| no tool | 25.0 [0.0, 50.0] | 25.0 | - | 25.0 | - | - | - | - | 1.25 | 0 | - | 11.8 |"
+    assert "| SFT-2, counterfactual corpus | 4 | 50.0 [25.0, 75.0] | 75.0 | 90.0% / 5.0% (of 10) |" in lines
+    assert "| test entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
+    assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
