@@ -514,17 +514,6 @@ def save_state_dict_pretrained(config, state, path):
     shell.save_pretrained(path)
 
 
-# The default pipeline on the embedded world: each default output, and the command that makes it.
-# A stage whose default input is missing runs these first, so any stage runs on a fresh machine.
-PIPELINE = {
-    "runs/world": ["-m", "data.build", "--out", "runs/world"],
-    "runs/base": ["pretrain.py"],
-    "runs/sft1": ["sft_contrastive.py"],
-    "runs/sft2": ["sft_coa.py", "--mask-obs"],
-    "runs/sft3": ["sft_coa.py"],
-}
-
-
 def resolve_checkpoint(path):
     """A checkpoint directory itself (has config.json), or a stage's --out (its `latest`), or None."""
     if os.path.isfile(os.path.join(path, "config.json")):
@@ -538,14 +527,16 @@ def have(path):
 
 
 def ensure(path, run):
-    """Make a default input (world or stage checkpoint) if it is missing, by running its stage with defaults."""
-    if have(path) or path not in PIPELINE:
+    """Make a missing default input (the embedded world or a stage's checkpoint, all under runs/), so that
+    any stage runs on a fresh machine: pipeline.py, which holds the graph of stages, builds it and what it
+    needs. Anything else (a user's --data or --init) is left alone."""
+    if have(path) or os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] != "runs":
         return
+    cmd = [sys.executable, "pipeline.py", "--build", path]
     if run.distributed:
-        raise FileNotFoundError(f"{path} is missing: run `python {' '.join(PIPELINE[path])}` first")
+        raise FileNotFoundError(f"{path} is missing: run `{' '.join(cmd[1:])}` first")
+    run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd[1:])}")
     import subprocess
-    cmd = [sys.executable] + PIPELINE[path] + (["--overwrite"] if PIPELINE[path][0].endswith(".py") else [])
-    run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd)}")
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -43,8 +43,17 @@ import eval as eval_lib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
-CHAIN = list(common.PIPELINE)  # runs/world, runs/base, runs/sft1, runs/sft2, runs/sft3: each needs the one before
-TRAIN = {out: (cmd, [CHAIN[i - 1]] if i else []) for i, (out, cmd) in enumerate(common.PIPELINE.items())}
+# The default chain: each output, the command that makes it with its defaults; each needs the one before.
+# A stage script whose default input is missing has it built here (common.ensure -> `--build`).
+DEFAULT_CHAIN = {
+    "runs/world": ["-m", "data.build", "--out", "runs/world"],
+    "runs/base": ["pretrain.py"],
+    "runs/sft1": ["sft_contrastive.py"],
+    "runs/sft2": ["sft_coa.py", "--mask-obs"],
+    "runs/sft3": ["sft_coa.py"],
+}
+CHAIN = list(DEFAULT_CHAIN)
+TRAIN = {out: (cmd, [CHAIN[i - 1]] if i else []) for i, (out, cmd) in enumerate(DEFAULT_CHAIN.items())}
 TRAIN.update({
     "runs/rl": (["grpo.py", "--sim-ratio", "5"], ["runs/sft3"]),
     "runs/rl2_sft3": (["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"], ["runs/sft3"]),
@@ -98,17 +107,31 @@ def eval_file(name):
     return os.path.join("runs/eval", name.replace(" ", "_").replace("&", "+") + ".jsonl")
 
 
-def jobs(limit, batch_size, skip_train):
+def needed(target):
+    """The training outputs `target` is made from, itself included (what `--build target` runs)."""
+    out = {target}
+    for need in TRAIN[target][1]:
+        out |= needed(need)
+    return out
+
+
+def jobs(limit, batch_size, skip_train, only=None):
     """Every job of the pipeline as (key, command, needs, output or None), training first, in priority order.
-    A training job whose output already has a checkpoint is left out, so an interrupted pipeline resumes."""
+    A training job whose output already has a checkpoint is left out, so an interrupted pipeline resumes.
+    only: a set of training outputs; then just those, and no evaluation."""
     out = []
     for key in ORDER if not skip_train else []:
+        if only is not None and key not in only:
+            continue
         cmd, needs = TRAIN[key]
         if common.have(os.path.join(ROOT, key)):
             print(f"[pipeline] {key}: already done, skipping")
             continue
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
         out.append((key, cmd + ["--overwrite"] if cmd[0].endswith(".py") else cmd, needs, key))
+    if only is not None:
+        scheduled = {k for k, *_ in out}
+        return [(k, cmd, [n for n in needs if n in scheduled], o) for k, cmd, needs, o in out]
     for name, ckpt, policy, made_by, extra in [(*row, []) for row in ROWS] + CHECKS:
         if skip_train and not common.have(os.path.join(ROOT, ckpt)):
             print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
@@ -277,7 +300,15 @@ def main():
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
     ap.add_argument("--table", action="store_true", help="only print the table of runs/eval/summaries.json")
+    ap.add_argument("--build", metavar="OUT", help="only make this training output and what it needs (e.g. "
+                    "runs/sft3; what a stage script runs when its default input is missing)")
     args = ap.parse_args()
+    if args.build:
+        target = os.path.normpath(args.build)
+        if target not in TRAIN:
+            ap.error(f"--build {args.build}: not one of the pipeline's outputs ({', '.join(TRAIN)})")
+        run_jobs(jobs(0, 0, False, only=needed(target)), max(1, args.jobs), {})
+        return
     if args.table:
         with open(os.path.join(ROOT, "runs/eval/summaries.json")) as f:
             saved = json.load(f)

@@ -49,3 +49,16 @@ def test_table_rows_by_hand():
     assert "| SFT-2, counterfactual corpus | 4 | 50.0 [25.0, 75.0] | 75.0 | 90.0% / 5.0% (of 10) |" in lines
     assert "| test entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
+
+
+def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
+    """`pipeline.py --build OUT` (what a stage script runs when its default input is missing): OUT and the
+    chain before it, nothing else, no evaluation; outputs that already have a checkpoint are skipped."""
+    assert pipeline.needed("runs/sft2") == {"runs/world", "runs/base", "runs/sft1", "runs/sft2"}
+    assert pipeline.needed("runs/rl") == {"runs/world", "runs/base", "runs/sft1", "runs/sft2", "runs/sft3", "runs/rl"}
+    monkeypatch.setattr(pipeline, "ROOT", str(tmp_path))
+    (tmp_path / "runs/world").mkdir(parents=True)
+    (tmp_path / "runs/world/meta.json").write_text("{}")  # the world exists: not rebuilt
+    todo = pipeline.jobs(0, 0, False, only=pipeline.needed("runs/sft1"))
+    assert [(k, needs) for k, _, needs, _ in todo] == [("runs/base", []), ("runs/sft1", ["runs/base"])]
+    assert all("--overwrite" in cmd for _, cmd, _, _ in todo)

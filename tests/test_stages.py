@@ -915,7 +915,7 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, "--master-port", free_port(), grpo_act,
                "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 4, "--batch-size", 4,
                "--group-size", 2, "--max-new-tokens", 48, "--temperature", 1.0, "--save-every", 2,
-               "--search", url)  # the default --trainable: the final norm only, in an FSDP group with frozen weights
+               "--search", url, "--trainable", r"^model\.norm\.weight$")  # one weight in an FSDP group of frozen ones
     rows = check_grpo_run(out, spy, init, 2, 4)
     assert any(r["grad_norm"] > 0 for r in rows)
     before, after = weights(init), weights(common.latest_checkpoint(out))
@@ -1056,10 +1056,12 @@ def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
     p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", common.latest_checkpoint(sft3[0]),
                    "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
                    "--val-prompts", 0, "--search", url, check=False)
-    found = re.search(r"\[grpo\] step 0: (\d+) of (\d+) searches failed, more than --max-search-failures 0\.1; "
+    # the first step in which the sampled rollouts searched at all stops the run (which step that is depends
+    # on what the tiny model samples)
+    found = re.search(r"\[grpo\] step (\d+): (\d+) of (\d+) searches failed, more than --max-search-failures 0\.1; "
                       r"last error: HTTPStatusError: HTTP 500", p.stderr)
-    assert p.returncode != 0 and found and found[1] == found[2], p.stderr[-2000:]
-    assert int(found[1]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
+    assert p.returncode != 0 and found and found[2] == found[3], p.stderr[-2000:]
+    assert int(found[2]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
     assert common.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
 
 
