@@ -678,6 +678,20 @@ def read_jsonl(path, schema=None):
     return rows
 
 
+def load_for_sampling(args, ckpt, split, tag):
+    """What eval.py and probe.py do before sampling: read and check the split's question rows (before the
+    model loads: a question beyond the context fails here), keep --limit of them evenly spread, then load
+    the model (eval mode) and tokenizer in the device and dtype the flags say. -> (rows, model, tok)."""
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    print(f"[{tag}] device {args.device}, dtype {dtype}, checkpoint {ckpt}, split {split}")
+    print(f"[{tag}] args " + json.dumps(vars(args)))
+    rows = read_jsonl(os.path.join(args.data, f"{split}.jsonl"), QUESTION_ROWS)
+    check_prompts(rows, ckpt)
+    rows = evenly_spaced(rows, args.limit)
+    model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
+    return rows, model, Tokenizer.from_pretrained(ckpt)
+
+
 def check_prompts(rows, ckpt):
     """Refuse a question whose prompt does not fit the checkpoint's context (config.json's
     max_position_embeddings), naming file and line. Reads only the config and tokenizer, so it runs before

@@ -59,9 +59,7 @@ import torch
 import common
 import env
 import viewer
-from model import Qwen2
 from sample import SAMPLING_DEFAULTS, add_sampling_args, sample, sampling_kwargs
-from tokenizer import Tokenizer
 
 POLICIES = ("agent", "none", "rag", "workflow")
 HOPS = (1, 2, 3, 4)  # always reported (an empty bucket prints "-")
@@ -358,14 +356,7 @@ def main(argv=None):
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    print(f"[eval] device {args.device}, dtype {dtype}, checkpoint {ckpt}, split {split}")
-    print("[eval] args " + json.dumps(vars(args)))
-    rows = common.read_jsonl(os.path.join(args.data, f"{split}.jsonl"), common.QUESTION_ROWS)
-    common.check_prompts(rows, ckpt)  # before the model loads; a question beyond the context fails here
-    rows = common.evenly_spaced(rows, args.limit)
-    model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
-    tok = Tokenizer.from_pretrained(ckpt)
+    rows, model, tok = common.load_for_sampling(args, ckpt, split, "eval")
     needs_tool = any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real") for p in args.policy)
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None
     if tool is not None:

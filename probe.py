@@ -29,9 +29,7 @@ import torch
 import common
 import env
 from data.world import fact_sentence
-from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
-from tokenizer import Tokenizer
 
 GROUPS = ("known", "train", "dev", "test", "unknown")  # table order: entity splits, then a split-less world's
 
@@ -171,15 +169,7 @@ def main(argv=None):
     out = args.out or f"runs/eval/{name}-{args.split}-probe.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    print(f"[probe] device {args.device}, dtype {dtype}, checkpoint {ckpt}, split {args.split}")
-    print("[probe] args " + json.dumps(vars(args)))
-
-    rows = common.read_jsonl(os.path.join(args.data, f"{args.split}.jsonl"), common.QUESTION_ROWS)
-    common.check_prompts(rows, ckpt)  # before the model loads; a question beyond the context fails here
-    rows = common.evenly_spaced(rows, args.limit)
-    model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=dtype).eval()
-    tok = Tokenizer.from_pretrained(ckpt)
+    rows, model, tok = common.load_for_sampling(args, ckpt, args.split, "probe")
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     print(f"[probe] search tool: {tool.check()}")  # raises SearchError: no probe on a dead tool
     summary, records = probe(model, tok, rows, world, tool, args.batch_size, **sampling_kwargs(args))

@@ -15,8 +15,8 @@ import torch
 
 import common
 from bench import memory_plan
-from data.build import build
 from model import Qwen2, Qwen2Config
+from tiny_sft import tiny_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOCOA_KERNELS": "torch"}
@@ -32,23 +32,9 @@ def run_script(*args):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(data dir with 8 stage-2 trajectories, a random tiny Qwen2 saved in fp32 with the world's tokenizer)."""
-    import pretrain  # train_tokenizer: the stage's own tokenizer recipe
     root = tmp_path_factory.mktemp("precision")
-    world = str(root / "world")
-    build(world, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
-    data = root / "data"
-    data.mkdir()
-    with open(os.path.join(world, "stage2.jsonl")) as f:
-        (data / "stage2.jsonl").write_text("".join(f.readlines()[:8]))
-    tok = pretrain.train_tokenizer(world, [], 400)
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      eos_token_id=tok.eos_id)
-    init = str(root / "init")
-    Qwen2(cfg).init_weights(seed=0).save_pretrained(init)  # fp32: config.json's torch_dtype float32
-    tok.save(os.path.join(init, "tokenizer.json"))
-    return str(data), init
+    data, init = tiny_sft(root, torch.float32)
+    return data, init
 
 
 def sft(tiny, out, dtype):
