@@ -82,9 +82,10 @@ def parse_args(ap, embedded, argv=None):
     data = args.data if args.data is not None else (None if getattr(args, "init", None) else "runs/world")
     if data is not None and (os.path.isfile(os.path.join(data, "world.json")) or data == "runs/world"):
         meta = os.path.join(data, "meta.json")
-        if hasattr(args, "topk") and os.path.isfile(meta):
-            with open(meta) as f:
-                embedded = {**embedded, "topk": json.load(f)["topk"]}
+        if hasattr(args, "topk"):  # the world not built yet (a fresh clone): what it will be built with
+            from data.build import TOPK
+            with open(meta) if os.path.isfile(meta) else contextlib.nullcontext() as f:
+                embedded = {**embedded, "topk": json.load(f)["topk"] if f else TOPK}
         ap.set_defaults(**embedded)
         args = ap.parse_args(argv)
     return args

@@ -41,6 +41,7 @@ from data.trajectories import Teacher, query_for, short_query, teacher_run, traj
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
+TOPK = 1  # documents per search in the world's observations; the stages read it from meta.json
 
 
 def stratified(groups, n, rng):
@@ -100,7 +101,7 @@ def answer_with(facts, q):
     return str(cur)
 
 
-def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=1, n_test=800, n_dev=200,
+def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
           n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
@@ -297,7 +298,7 @@ def main():
     for split, f in DEFAULT_SPLIT_FRACTIONS.items():
         ap.add_argument(f"--{split}-fraction", type=float, default=f, help=f"share of each type's entities in {split}")
     ap.add_argument("--distractors", type=int, default=40, help="extra corpus pages never asked about")
-    ap.add_argument("--topk", type=int, default=1, help="documents per search (the stages read it from meta.json)")
+    ap.add_argument("--topk", type=int, default=TOPK, help="documents per search (the stages read it from meta.json)")
     ap.add_argument("--n-test", type=int, default=800, help="test questions (stratified)")
     ap.add_argument("--n-dev", type=int, default=200, help="dev questions (stratified)")
     ap.add_argument("--known-share", type=float, default=0.2,
