@@ -73,7 +73,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the data was checked")
     monkeypatch.setattr(common, "load_model", refuse)
-    monkeypatch.setattr(ev.Qwen2, "from_pretrained", refuse)
+    monkeypatch.setattr(common.Qwen2, "from_pretrained", refuse)  # eval.py and probe.py load through common
     monkeypatch.setattr(pretrain, "train_tokenizer", refuse)
 
 
