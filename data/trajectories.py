@@ -8,13 +8,13 @@ point, "I need the <relation> of <X>.", and continues in one of two ways (paper 
       " I will search for it. <begin_search> X birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"        (tool segment)
       "The search result says that the birthplace of X is Y.\\n"
-and the response ends with "So the answer is Y.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
+and the response ends with "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS; nothing here hard-codes a tag string.
 
 Queries are templated, "<name> <relation>", so that BM25 over the world's corpus puts the subject's
-page in the top-k (data/build.py measures how often). Observations are produced by the caller's
-`observe(query) -> (observation text, retrieved doc ids)`, i.e. the real tool, so training
-observations are exactly what the sampler injects at run time.
+page first (data/build.py measures how often). Observations are produced by the caller's
+`observe(query) -> (observation text, retrieved doc ids)`, i.e. the real search tool over the corpus
+without held-out pages, so training observations are what the sampler injects at run time.
 
 The paper's SFT data are sampled from a strong but fallible model and filtered by the answer; here a
 simulated teacher (`Teacher`, `teacher_run`) plays that model. It has habits that are sometimes wrong:
@@ -75,16 +75,13 @@ def steps(world, q):
     return [(n, r, world.fact(n, r), world.by_name[n].known) for n, r in q.lookups]
 
 
-def trajectory(world, q, observe, use_tool=True, upto=None):
-    """Segments [{"text", "tool"}] of the whole response after "<think>\\n", and the searches made as
-    [(query, gold doc id, retrieved ids)]. use_tool=False recalls every fact (pure CoT; callers only
-    ask for it on questions whose lookups are all known). upto=k stops right after the decision
-    sentence of step k: the segments then hold the stage-1 prefix."""
+def trajectory(world, q, observe, use_tool=True):
+    """The canonical response, every decision right: segments [{"text", "tool"}] of the whole response after
+    "<think>\\n", and the searches made as [(query, gold doc id, retrieved ids)]. use_tool=False recalls
+    every fact (pure CoT; callers only ask for it on questions whose lookups are all known)."""
     segments, searches, text = [], [], ""
-    for i, (name, rel, value, known) in enumerate(steps(world, q)):
+    for name, rel, value, known in steps(world, q):
         text += need(name, rel)
-        if i == upto:
-            return segments + [{"text": text, "tool": False}], searches
         if known or not use_tool:
             text += recall(name, rel, value)
             continue
