@@ -2,8 +2,10 @@
 
 Trains every model of the paper's Table 1 with each stage's default settings, evaluates them all
 on the test split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1:
-EM overall and by number of hops, F1, real search calls (per question at evaluation, and in total
-during RL training), and each agent's first-step "when to act" (eval.when_to_act).
+EM with its 95% interval, on held-out and known-only questions, by number of hops and for comparisons,
+real search calls (per question at evaluation, and in total during RL training), and each agent's
+first-step "when to act" (eval.when_to_act). Then the reading checks (the counterfactual corpus, the
+model's own observations in place of the tool), the world-model probe (probe.py) and paired comparisons.
 
     python pipeline.py                       # everything, into runs/
     python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
@@ -226,11 +228,11 @@ def collect():
         checks.append(check)
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
-    probe_file = os.path.join(ROOT, PROBE[:-len(".jsonl")] + ".summary.json")
+    probe, probe_file = None, os.path.join(ROOT, PROBE[:-len(".jsonl")] + ".summary.json")
     if os.path.isfile(probe_file):
         with open(probe_file) as f:
-            checks.append({"name": "probe", "probe": json.load(f)["probe"]})
-    return results, checks, pairs
+            probe = json.load(f)["probe"]
+    return results, checks, pairs, probe
 
 
 # The paper's Table 1, average EM over its six datasets (R1-Distill-Qwen-7B; arXiv 2503.06580).
@@ -251,7 +253,7 @@ def em_ci(b):
     return f"{pct(b['em'])} [{pct(lo)}, {pct(hi)}]"
 
 
-def table(results, checks=(), pairs=()):
+def table(results, checks=(), pairs=(), probe=None):
     """Markdown: Table 1's shape with EM by hops instead of by dataset (compositions by hops, comparisons
     apart), then the reading checks and the paired comparisons."""
     lines = ["| method | EM [95% CI] | held-out | known only | 1 hop | 2 hops | 3 hops | 4 hops | comparison "
@@ -270,20 +272,17 @@ def table(results, checks=(), pairs=()):
         lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
                   "real corpus: follows the changed corpus / answers what it remembers |", "|---|---|---|---|---|"]
         for c in checks:
-            if "probe" in c:
-                continue
             f = c.get("follows")
             fol = f"{pct(f['follows_corpus'])}% / {pct(f['follows_memory'])}% (of {f['n_solved']})" if f else "-"
             held = pct(c["held_out"]["em"]) if c.get("held_out") else "-"
             lines.append(f"| {c['name']} | {c['overall']['n']} | {em_ci(c['overall'])} | {held} | {fol} |")
-    for c in checks:
-        if "probe" in c:  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
-            lines += ["", "| world model (SFT-1&2&3, dev questions): actions about | n | own observation right / "
-                      "wrong / absent |", "|---|---|---|"]
-            for group, g in c["probe"].items():
-                if isinstance(g, dict) and g.get("actions"):
-                    lines.append(f"| {group} entities | {g['actions']} | " + " / ".join(
-                        f"{100 * g[k] / g['actions']:.1f}%" for k in ("right", "wrong", "absent")) + " |")
+    if probe:  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
+        lines += ["", "| world model (SFT-1&2&3, dev questions): actions about | n | own observation right / "
+                  "wrong / absent |", "|---|---|---|"]
+        for group, g in probe.items():
+            if isinstance(g, dict) and g.get("actions"):
+                lines.append(f"| {group} entities | {g['actions']} | " + " / ".join(
+                    f"{100 * g[k] / g['actions']:.1f}%" for k in ("right", "wrong", "absent")) + " |")
     if pairs:
         lines += ["", "| paired comparison (same test questions) | EM difference [95% CI] |", "|---|---|"]
         for p in pairs:
@@ -312,18 +311,18 @@ def main():
     if args.table:
         with open(os.path.join(ROOT, "runs/eval/summaries.json")) as f:
             saved = json.load(f)
-        print(table(saved["summaries"], saved.get("checks", []), saved.get("pairs", [])))
+        print(table(saved["summaries"], saved.get("checks", []), saved.get("pairs", []), saved.get("probe")))
         return
     t0, times = time.time(), {}
     run_jobs(jobs(args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times)
-    results, checks, pairs = collect()
-    md = table(results, checks, pairs)
+    results, checks, pairs, probe = collect()
+    md = table(results, checks, pairs, probe)
     total = time.time() - t0
     print("\n" + md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}")
     with open(os.path.join(ROOT, "runs/eval/table.md"), "w") as f:
         f.write(md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}\n")
     with open(os.path.join(ROOT, "runs/eval/summaries.json"), "w") as f:
-        json.dump({"summaries": results, "checks": checks, "pairs": pairs, "job_seconds": times,
+        json.dump({"summaries": results, "checks": checks, "pairs": pairs, "probe": probe, "job_seconds": times,
                    "wall_seconds": round(total, 1), "jobs": args.jobs}, f, indent=1)
 
 

@@ -50,7 +50,7 @@ def ranks_file():
 
 @functools.lru_cache(maxsize=None)
 def tokenizer_json(flavour):
-    """The flavour's tokenizer.json text (built once per process: ~2 s)."""
+    """The flavour's tokenizer.json text (built once per process: it takes seconds)."""
     return bpe_from_tiktoken(ranks_file(), added=FLAVOURS[flavour][0]).to_str()
 
 
