@@ -1,9 +1,12 @@
 """The base model for the embedded world: a tiny Qwen2 trained from scratch, standing in for R1-Distill.
 
-The paper starts from DeepSeek-R1-Distill-Qwen-7B, which can reason in `<think>` but has never used a
-tool. Our stand-in learns the same two things from the world's base text (data/build.py, base.jsonl):
-the pages of the KNOWN entities (its parametric knowledge; unknown entities it never sees), and pure
-reasoning traces that answer questions about known entities from memory, in the R1 chat format.
+The paper starts from DeepSeek-R1-Distill-Qwen-7B, which can reason in `<think>` and, given the tool's
+instructions in its prompt, write a search call and read what comes back, but was never trained to
+decide when to. Our stand-in cannot follow instructions, so it learns those abilities from the world's
+base text (data/build.py, base.jsonl): the pages of the KNOWN entities (its parametric knowledge;
+unknown entities it never sees), pure reasoning traces that answer questions about known entities from
+memory, and traces from a parallel world (names it never meets again) that search every fact and read
+it out of the result, all in the R1 chat format. When to act is what SFT stage 1 then teaches.
 
     python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest
@@ -51,7 +54,7 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=500, batch_size=16)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1000, batch_size=16)
     ap.add_argument("--vocab-size", type=int, default=4096,
                     help="BPE vocabulary size cap; large enough that every word of an entity's name is one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")

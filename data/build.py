@@ -5,8 +5,8 @@
 One seed -> one world -> byte-identical files:
     corpus.jsonl  the search tool's corpus: every entity's page, held-out ones included, plus distractors
     base.jsonl    pretraining text for the tiny base model (stands in for R1-Distill): pages of the
-                  KNOWN entities, pure reasoning traces over them answered from memory, and
-                  reading traces from a parallel world (copying facts out of injected results)
+                  KNOWN entities, pure reasoning traces over them answered from memory, tool-use
+                  traces from a parallel world (searching, then copying facts out of the results)
     stage1.jsonl  contrastive pairs from the teacher's mistakes ("when to act", paper §3.1, SFT stage 1)
     stage2.jsonl  the teacher's right trajectories, tool and pure-CoT at 5:1 as in the paper (SFT stages 2, 3)
     workflow.jsonl  stage 2's questions in the workflow's format (the workflow baseline's model)
@@ -102,7 +102,7 @@ def answer_with(facts, q):
 
 
 def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
-          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=400, known_share=0.2,
+          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
     known_share: the share of test and dev questions about known entities only (the rest start from a
@@ -191,6 +191,19 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
                                "kind": "tool", "segments": out["segments"]})
                 stage2_questions.append(q)
             break
+    # The teacher's mistakes on questions about known entities only (a needless search with a query that
+    # missed) are the "answer" pairs: rarer per run, so they get runs of their own (passes over those
+    # questions until there are enough).
+    for q in stratified(cot_groups, sum(map(len, cot_groups.values())), rng) * 10:
+        if len(pairs["answer"]) >= n_pairs // 2:
+            break
+        out = teacher_run(world, q, observe, trng, teacher, wrong_value)
+        runs["runs"] += 1
+        runs["right"] += out["right"]
+        if out["error"] is not None and out["error"][3] == "answer":
+            prefix, chosen, rejected, direction = out["error"]
+            pairs["answer"].append({"question": q.question, "prefix": prefix, "chosen": chosen,
+                                    "rejected": rejected, "direction": direction, "hops": q.hops})
     for q in stratified(cot_groups, n_cot, rng):
         segments, _ = trajectory(world, q, observe, use_tool=False)
         stage2.append({"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type,
@@ -212,20 +225,21 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
                      "question": q.question, "response": response})
-    # Reading traces from a parallel world (another seed, names from the same word pool but none of this
-    # world's): after a decision sentence an external controller has put a result block, and the trace
-    # copies the fact out of it. They teach the base model to READ retrieved text, as R1-Distill can,
-    # but never to ACT (no action tags appear), and nothing about this world.
+    # Tool-use traces from a parallel world (another seed, names from the same word pool but none of this
+    # world's, no page of it in the base text): every fact is searched, then copied out of the result. They
+    # teach the base model the action format and to READ retrieved text, as R1-Distill prompted with the
+    # tool's instructions can; WHEN to act is left to SFT stage 1 (this world's traces only recall).
     other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
                        words=world.words, avoid=[e.name for e in world.entities])
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
     other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs]
 
     def observe_other(query):
-        return env.format_observation(other_search.search([query], topk)[0]), None
+        docs = other_search.search([query], topk)[0]
+        return env.format_observation(docs), [d["id"] for d in docs]
 
     for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
-        response = "".join(s["text"] for s in workflow_trajectory(other, q, observe_other))
+        response = "".join(s["text"] for s in trajectory(other, q, observe_other, search_all=True)[0])
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
                      "question": q.question, "response": response})
     rng.shuffle(base)
@@ -308,7 +322,7 @@ def main():
     ap.add_argument("--n-cot", type=int, default=300, help="stage-2 pure-CoT trajectories (paper 5:1)")
     ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (from the teacher's mistakes)")
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
-    ap.add_argument("--n-reading", type=int, default=400, help="parallel-world reading traces in base.jsonl")
+    ap.add_argument("--n-reading", type=int, default=1600, help="parallel-world tool-use traces in base.jsonl")
     for k, v in vars(Teacher()).items():
         ap.add_argument(f"--teacher-{k.replace('_', '-')}", type=float, default=v,
                         help=f"the teacher's mistake rate: {k} (data/trajectories.py Teacher)")

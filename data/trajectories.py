@@ -58,16 +58,31 @@ def read(name, relation, value):
     return f"The search result says that {s[0].lower()}{s[1:]}\n"
 
 
+def year_check(ya, yb, compare):
+    """The comparison's decision, one yes/no about two years: "Is 1850 earlier than 1862? Yes"."""
+    return f"Is {ya} {compare} than {yb}? {'Yes' if (ya < yb) == (compare == 'earlier') else 'No'}"
+
+
+def winner(q, ya, yb):
+    """The comparison's answer when its two years are ya and yb (as stated, right or made up)."""
+    (a, _), (b, _) = q.lookups
+    return a if (ya < yb) == (q.compare == "earlier") else b
+
+
 def conclusion(world, q, values=None):
     """The last line of reasoning, the end of thinking and the boxed answer. values: the comparison's two
-    years as the reasoning stated them (default: the true ones)."""
-    text = ""
+    years as the reasoning stated them (default: the true ones); the answer then follows from them.
+    A comparison decides in the question's order, one local step at a time: the years are copied from the
+    lines above, "earlier"/"later" from the question, and the name is the first one on yes, the second on no."""
+    text, answer = "", q.answer
     if q.type == "comparison":
-        lo, hi = sorted(values or [world.fact(n, r) for n, r in q.lookups])
-        text = f"{lo} is earlier than {hi}.\n" if q.compare == "earlier" else f"{hi} is later than {lo}.\n"
+        (a, rel), (b, _) = q.lookups
+        ya, yb = values or [world.fact(a, rel), world.fact(b, rel)]
+        answer = winner(q, ya, yb)
+        text = f"{year_check(ya, yb, q.compare)}, so it is {answer}.\n"
     # the answer is boxed in the reasoning too, so that writing it after </think> repeats a line verbatim
     # (a small model copies "answer is \boxed{" -> Y far more reliably than it re-finds Y in the reasoning)
-    return text + f"So the answer is \\boxed{{{q.answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{q.answer}}}"
+    return text + f"So the answer is \\boxed{{{answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{answer}}}"
 
 
 def steps(world, q):
@@ -75,14 +90,15 @@ def steps(world, q):
     return [(n, r, world.fact(n, r), world.by_name[n].known) for n, r in q.lookups]
 
 
-def trajectory(world, q, observe, use_tool=True):
+def trajectory(world, q, observe, use_tool=True, search_all=False):
     """The canonical response, every decision right: segments [{"text", "tool"}] of the whole response after
     "<think>\\n", and the searches made as [(query, gold doc id, retrieved ids)]. use_tool=False recalls
-    every fact (pure CoT; callers only ask for it on questions whose lookups are all known)."""
+    every fact (pure CoT; callers only ask for it on questions whose lookups are all known); search_all
+    searches every fact (the base text's parallel world, none of whose pages the base model has read)."""
     segments, searches, text = [], [], ""
     for name, rel, value, known in steps(world, q):
         text += need(name, rel)
-        if known or not use_tool:
+        if (known and not search_all) or not use_tool:
             text += recall(name, rel, value)
             continue
         query = query_for(name, rel)
@@ -98,8 +114,8 @@ def workflow_trajectory(world, q, observe):
     """The workflow's format, as segments: every decision sentence is followed by a result block that an
     external controller retrieved with that sentence as the query (no action tags: the model never acts,
     and known facts are looked up too), then the fact is read out of it. observe(query) -> (observation
-    text, retrieved doc ids). Base reading traces (joined into one text) and the workflow model's
-    fine-tuning file (workflow.jsonl) have this form; eval.py --policy workflow runs it."""
+    text, retrieved doc ids). The workflow model's fine-tuning file (workflow.jsonl) has this form;
+    eval.py --policy workflow runs it."""
     segments, text = [], ""
     for name, rel, value, _ in steps(world, q):
         observation, _ = observe(need(name, rel))
@@ -155,14 +171,8 @@ def teacher_run(world, q, observe, rng, teacher, wrong_value):
                 error = error or (prefix, right_step, step, direction)
             if q.type != "comparison" or got_value is None:
                 return {"segments": None, "searches": searches, "right": False, "error": error}
-    answer = q.answer
-    if q.type == "comparison" and got != [v for _, _, v, _ in steps(world, q)]:
-        (a, _), (b, _) = q.lookups
-        earlier = a if got[0] < got[1] else b
-        later = b if earlier == a else a
-        answer = earlier if q.compare == "earlier" else later
-        if answer != q.answer:
-            return {"segments": None, "searches": searches, "right": False, "error": error}
+    if q.type == "comparison" and winner(q, *got) != q.answer:  # made-up years that order the other way
+        return {"segments": None, "searches": searches, "right": False, "error": error}
     segments.append({"text": text + conclusion(world, q, got), "tool": False})
     return {"segments": segments, "searches": searches, "right": True, "error": None}
 

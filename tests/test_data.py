@@ -214,6 +214,11 @@ def test_stage2_tags_answers_and_facts(files):
         for need, query in re.findall(rf"I need the [a-z ]+? of ({NAME})\. I will search for it\. "
                                       rf"{re.escape(T.search_open)} (.+?) {re.escape(T.search_close)}", text):
             assert query.startswith(need + " ") or query.startswith(need.split()[1] + " "), (need, query)
+        if r["type"] == "comparison":  # the decision follows the years as stated, in the question's order
+            (ya, word, yb, yes, name), = re.findall(rf"Is (\d+) (earlier|later) than (\d+)\? (Yes|No), so it is ({NAME})\.", text)
+            a, b = re.findall(rf"I need the [a-z ]+? of ({NAME})\.", text)
+            assert word in r["question"] and (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
+            assert name == (a if yes == "Yes" else b) == r["answers"][0]
         if r["kind"] == "cot":
             assert not searched and len(r["segments"]) == 1
         else:
@@ -279,11 +284,14 @@ def test_base_holds_known_facts_only(files):
             assert page in text
         else:
             assert page not in text and f"of {e['name']} is" not in text, e["name"]
-    assert T.search_open not in text and T.search_close not in text  # the base model never sees an action
     reading = [r for r in files["base"] if r["kind"] == "reading"]
     own = "\n".join(r["text"] for r in files["base"] if r["kind"] != "reading")
-    assert T.result_open not in own  # result blocks only in the parallel world's reading traces
-    assert reading and all(r["response"].count(T.result_open) == r["response"].count("I need the ") for r in reading)
+    for tag in (T.search_open, T.search_close, T.result_open):  # actions and results only in the parallel world
+        assert tag not in own
+    # there, every fact is searched and read: one action, one result, one reading per decision sentence
+    assert reading and all(r["response"].count(T.result_open) == r["response"].count(T.search_open)
+                           == r["response"].count("I need the ") == r["response"].count("The search result says")
+                           for r in reading)
     reading_text = "\n".join(r["text"] for r in reading)
     for e in files["world"]["entities"]:  # the parallel world teaches reading, nothing about this world
         assert f"{e['name']} is" not in reading_text and f"{e['name']}." not in reading_text, e["name"]
