@@ -261,10 +261,11 @@ def sequence_logprobs(model, ids, mask, device):
     return lp, m
 
 
-def encode_prompt(tok, question):
+def encode_prompt(tok, question, tool=True):
     """The generation prompt every stage (and the sampler) conditions on: the checkpoint's chat template
-    + instruction, ending with `<think>` and a newline (tokenizer.Tokenizer.agent_prompt)."""
-    return tok.encode(tok.agent_prompt(question, env.INSTRUCTION))
+    + the tool's instruction (tool=False: none, eval.py's no-tool baseline), ending with `<think>` and a
+    newline (tokenizer.Tokenizer.agent_prompt)."""
+    return tok.encode(tok.agent_prompt(question, env.INSTRUCTION if tool else ""))
 
 
 # -----------------------------------------------------------------------------
@@ -613,7 +614,7 @@ def restore(model, opt, state):
 
 # What each stage's JSONL rows must hold, written out as data: field -> type; "name?" is optional (null counts
 # as absent); [spec] is a non-empty list of spec; {...} an object. Other fields are allowed and ignored.
-BASE_ROWS = {"text": str, "question?": str, "response?": str}  # pretrain.py: base.jsonl
+BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool}  # pretrain.py: base.jsonl
 PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
              "direction?": str}
 TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  # sft_coa.py: stage2, workflow

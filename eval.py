@@ -4,7 +4,8 @@ The paper's question (Table 1) is whether an agent model that decides by itself 
 beats workflows in which a controller drives the actions. Four policies, all greedy:
   agent     sample(mode="real"): the model writes its own actions; the sampler runs them (--mode sim:
             the model also writes its own observations, for analysis).
-  none      sample(mode="none"): no tool, the model answers from its own knowledge.
+  none      sample(mode="none"): no tool, and no tool's instruction in the prompt (the paper's direct
+            inference): the model answers from its own knowledge.
   rag       single-retrieval RAG: the controller searches once with the question as the query and puts
             the observation right after the prompt's `<think>\\n`; the model then reads and answers.
   workflow  a ReAct-style workflow: whenever the model finishes a decision sentence (--trigger, default
@@ -219,7 +220,7 @@ def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, worl
     records, t0, n_failed = [], time.perf_counter(), 0
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
-        prompts = [common.encode_prompt(tok, row["question"]) for row in batch]
+        prompts = [common.encode_prompt(tok, row["question"], tool=policy != "none") for row in batch]
         rolls = run_policy(policy, model, tok, prompts, [row["question"] for row in batch], tool, **kw)
         calls, failed = sum(r.n_tool_calls for r in rolls), sum(r.n_failed_calls for r in rolls)
         n_failed, last_error = n_failed + failed, getattr(tool, "last_error", None)

@@ -5,8 +5,9 @@ instructions in its prompt, write a search call and read what comes back, but wa
 decide when to. Our stand-in cannot follow instructions, so it learns those abilities from the world's
 base text (data/build.py, base.jsonl): the pages of the KNOWN entities (its parametric knowledge;
 unknown entities it never sees), pure reasoning traces that answer questions about known entities from
-memory, and traces from a parallel world (names it never meets again) that search every fact and read
-it out of the result, all in the R1 chat format. When to act is what SFT stage 1 then teaches.
+memory with no tool in the prompt, and traces from a parallel world (names it never meets again) that,
+given the tool's instruction, search every fact and read it out of the result; all in the R1 chat
+format. When to act is what SFT stage 1 then teaches.
 
     python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest
@@ -78,8 +79,10 @@ def main():
     for i, r in enumerate(rows):
         if r.get("response") is not None and r.get("question") is None:
             raise ValueError(f"{rows.where(i)}: a reasoning trace ('response') needs its 'question'")
-    texts = [chat_prompt(r["question"], env.INSTRUCTION) + r["response"] if r.get("response") is not None
-             else r["text"] for r in rows]  # reasoning and reading traces: the same chat frame as at run time
+    # reasoning and tool-use traces: the same chat frame as at run time, with the tool's instruction where
+    # the row says so (tool-use traces; data/README.md)
+    texts = [chat_prompt(r["question"], env.INSTRUCTION if r.get("instruction") else "") + r["response"]
+             if r.get("response") is not None else r["text"] for r in rows]
 
 
     # -------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import re
 import env
 from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity, distinct_years, document, make_questions,
                         make_world, unknown_lookups)
-from data.trajectories import Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory
+from data.trajectories import Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory, year_check
 
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
@@ -102,7 +102,7 @@ def answer_with(facts, q):
 
 
 def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
-          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, known_share=0.2,
+          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_drills=3000, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
     known_share: the share of test and dev questions about known entities only (the rest start from a
@@ -224,11 +224,12 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
         segments, _ = trajectory(world, q, observe, use_tool=False)
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
-                     "question": q.question, "response": response})
+                     "question": q.question, "response": response, "instruction": False})
     # Tool-use traces from a parallel world (another seed, names from the same word pool but none of this
-    # world's, no page of it in the base text): every fact is searched, then copied out of the result. They
-    # teach the base model the action format and to READ retrieved text, as R1-Distill prompted with the
-    # tool's instructions can; WHEN to act is left to SFT stage 1 (this world's traces only recall).
+    # world's, no page of it in the base text), under the tool's instruction: every fact is searched, then
+    # copied out of the result. With the recall traces above (no instruction) they make the base model what
+    # R1-Distill is: it answers from memory when asked plainly, and writes search calls and reads their
+    # results when the prompt offers the tool, but nothing taught it WHEN a search is needed (SFT stage 1).
     other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
                        words=world.words, avoid=[e.name for e in world.entities])
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
@@ -241,7 +242,14 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
         response = "".join(s["text"] for s in trajectory(other, q, observe_other, search_all=True)[0])
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
-                     "question": q.question, "response": response})
+                     "question": q.question, "response": response, "instruction": True})
+    # Year drills: a comparison's digit-by-digit decision on random pairs of years in the world's range (half
+    # of them close), the arithmetic a reasoning model brings with it. No names: nothing about this world.
+    years = sorted({v for e in world.entities for v in e.facts.values() if isinstance(v, int)})
+    for _ in range(n_drills):
+        ya = rng.randint(years[0], years[-1])
+        yb = ya + rng.choice((-1, 1)) * rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(years[0], years[-1])
+        base.append({"text": year_check(ya, yb, rng.choice(("earlier", "later"))) + ".", "kind": "drill"})
     rng.shuffle(base)
 
     # -------------------------------------------------------------------- the counterfactual check
@@ -323,6 +331,7 @@ def main():
     ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (from the teacher's mistakes)")
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
     ap.add_argument("--n-reading", type=int, default=1600, help="parallel-world tool-use traces in base.jsonl")
+    ap.add_argument("--n-drills", type=int, default=3000, help="year-comparison drills in base.jsonl")
     for k, v in vars(Teacher()).items():
         ap.add_argument(f"--teacher-{k.replace('_', '-')}", type=float, default=v,
                         help=f"the teacher's mistake rate: {k} (data/trajectories.py Teacher)")
@@ -332,7 +341,7 @@ def main():
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.distractors, args.topk,
                  args.n_test, args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
-                 args.n_reading, args.known_share, Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
+                 args.n_reading, args.n_drills, args.known_share, Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
                  args.attempts)
     print(json.dumps(meta, indent=1))
 

@@ -59,8 +59,16 @@ def read(name, relation, value):
 
 
 def year_check(ya, yb, compare):
-    """The comparison's decision, one yes/no about two years: "Is 1850 earlier than 1862? Yes"."""
-    return f"Is {ya} {compare} than {yb}? {'Yes' if (ya < yb) == (compare == 'earlier') else 'No'}"
+    """The comparison's decision in steps a small model can take one at a time: digits compared at the same
+    place up to the first that differs, the question's word copied next to that comparison, then the
+    answer, which depends on those two tokens only: "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No".
+    The base text drills it on random years (data/build.py), as a reasoning model brings it along."""
+    digits = []
+    for da, db in zip(str(ya), str(yb)):
+        digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")
+        if da != db:
+            break
+    return f"Is {ya} {compare} than {yb}? {', '.join(digits)}, {compare}: {'Yes' if (ya < yb) == (compare == 'earlier') else 'No'}"
 
 
 def winner(q, ya, yb):

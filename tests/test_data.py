@@ -215,7 +215,7 @@ def test_stage2_tags_answers_and_facts(files):
                                       rf"{re.escape(T.search_open)} (.+?) {re.escape(T.search_close)}", text):
             assert query.startswith(need + " ") or query.startswith(need.split()[1] + " "), (need, query)
         if r["type"] == "comparison":  # the decision follows the years as stated, in the question's order
-            (ya, word, yb, yes, name), = re.findall(rf"Is (\d+) (earlier|later) than (\d+)\? (Yes|No), so it is ({NAME})\.", text)
+            (ya, word, yb, yes, name), = re.findall(rf"Is (\d+) (earlier|later) than (\d+)\? .+: (Yes|No), so it is ({NAME})\.", text)
             a, b = re.findall(rf"I need the [a-z ]+? of ({NAME})\.", text)
             assert word in r["question"] and (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
             assert name == (a if yes == "Yes" else b) == r["answers"][0]
@@ -288,6 +288,8 @@ def test_base_holds_known_facts_only(files):
     own = "\n".join(r["text"] for r in files["base"] if r["kind"] != "reading")
     for tag in (T.search_open, T.search_close, T.result_open):  # actions and results only in the parallel world
         assert tag not in own
+    # the tool's instruction in the prompt exactly where the trace searches (data/README.md, base.jsonl)
+    assert all(r.get("instruction") is (r["kind"] == "reading") for r in files["base"] if "response" in r)
     # there, every fact is searched and read: one action, one result, one reading per decision sentence
     assert reading and all(r["response"].count(T.result_open) == r["response"].count(T.search_open)
                            == r["response"].count("I need the ") == r["response"].count("The search result says")
@@ -295,6 +297,15 @@ def test_base_holds_known_facts_only(files):
     reading_text = "\n".join(r["text"] for r in reading)
     for e in files["world"]["entities"]:  # the parallel world teaches reading, nothing about this world
         assert f"{e['name']} is" not in reading_text and f"{e['name']}." not in reading_text, e["name"]
+    drills = [r["text"] for r in files["base"] if r["kind"] == "drill"]
+    assert len(drills) > 100
+    for d in drills:  # each the comparison's decision on two years, and right (checked by hand here)
+        ya, word, yb, steps, asked, answer = re.fullmatch(
+            r"Is (\d{4}) (earlier|later) than (\d{4})\? (.+), (earlier|later): (Yes|No)\.", d).groups()
+        first = next(((a, b) for a, b in zip(ya, yb) if a != b), None)
+        assert steps.split(", ")[-1] == (f"{first[0]} {'<' if first[0] < first[1] else '>'} {first[1]}" if first
+                                         else f"{ya[-1]} = {yb[-1]}")
+        assert asked == word and (answer == "Yes") == ((int(ya) < int(yb)) == (word == "earlier")), d
     traces = [r for r in files["base"] if r["kind"] == "trace"]
     assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
     assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
