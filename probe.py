@@ -16,20 +16,25 @@ Greedy throughout (the model's best guess, as eval.py). Simplified: only templat
 
     python probe.py --ckpt runs/sft3                       # dev split of runs/world, its corpus
     python probe.py --ckpt runs/rl --split test --limit 100
+    python probe.py --ckpt runs/base --years 300           # the comparison arithmetic alone
     python -m pytest -q tests/test_probe.py
 Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.json.
 """
 import argparse
 import json
 import os
+import random
 import re
 
 import torch
 
 import common
 import env
+from data.trajectories import year_check
 from data.world import fact_sentence
+from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
+from tokenizer import Tokenizer
 
 GROUPS = ("known", "train", "dev", "test", "unknown")  # table order: entity splits, then a split-less world's
 
@@ -128,6 +133,31 @@ def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max
     return summary, records
 
 
+def year_cases(n, seed=0):
+    """n random pairs of years in the embedded world's range, half of them close, as (prompt, decision):
+    ("Is 1850 later than 1862?", "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
+    rng, cases = random.Random(seed), []
+    for _ in range(n):
+        ya = rng.randint(1700, 3000)
+        yb = ya + rng.choice((-1, 1)) * rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(1700, 3000)
+        line = year_check(ya, yb, rng.choice(("earlier", "later")))
+        cases.append((line[:line.index("?") + 1], line))
+    return cases
+
+
+def year_probe(model, tok, n=300, seed=0, batch_size=64, logits_processor=None):
+    """The comparison arithmetic on its own: greedy, from each prompt of year_cases, how often the model's
+    whole decision line (data/trajectories.py year_check, as drilled in the base text) comes out exactly
+    right up to its yes/no. -> {"pairs": n, "right": count}."""
+    cases, right = year_cases(n, seed), 0
+    for i in range(0, n, batch_size):
+        batch = cases[i:i + batch_size]
+        outs = sample(model, tok, [tok.encode(q) for q, _ in batch], mode="none", max_new_tokens=48, temperature=0.0,
+                      logits_processor=logits_processor)
+        right += sum((q + tok.decode(o.completion)).startswith(line) for (q, line), o in zip(batch, outs))
+    return {"pairs": n, "right": right}
+
+
 def format_probe(summary):
     lines = [f"world-model probe: {summary['questions']} questions; actions whose query is not "
              f"'<Name> <relation>': {summary['unparsed']}",
@@ -151,6 +181,8 @@ def main(argv=None):
     ap.add_argument("--out", help="per-action JSONL, .summary.json beside it "
                                   "(default runs/eval/<name>-<split>-probe.jsonl)")
     ap.add_argument("--batch-size", type=int, default=16, help="rollouts sampled together")
+    ap.add_argument("--years", type=int, metavar="N",
+                    help="instead: the comparison arithmetic on N random pairs of years (year_probe)")
     # greedy, the model's best guess: no temperature or top-p
     add_sampling_args(ap, only=("max_new_tokens", "max_actions", "topk", "obs_max_tokens"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -160,6 +192,12 @@ def main(argv=None):
     ckpt = common.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
+    if args.years:
+        model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
+        r = year_probe(model, Tokenizer.from_pretrained(ckpt), args.years, batch_size=args.batch_size)
+        print(f"[probe] {ckpt}: comparison decided exactly right on {r['right']} of {r['pairs']} random pairs of "
+              f"years ({100 * r['right'] / r['pairs']:.1f}%)")
+        return
     world_path = os.path.join(args.data, "world.json")
     if not os.path.isfile(world_path):
         ap.error(f"the probe needs the embedded world's {world_path} (python -m data.build --out {args.data})")

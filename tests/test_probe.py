@@ -53,3 +53,26 @@ def test_cli_writes_records_and_summary(tmp_path, tok, model, world_dir):
                 "--obs-max-tokens", "16", "--out", str(out), "--device", "cpu"])
     summary = json.load(open(tmp_path / "p.summary.json"))
     assert summary["args"]["split"] == "dev" and summary["probe"]["questions"] <= 3 and out.exists()
+
+
+def test_year_probe_counts_exact_decisions(tok, model):
+    """year_probe scores the whole decision line up to its yes/no: a model forced to write each case's
+    right line scores n, one forced to write it with the yes/no flipped scores 0."""
+    cases = probe.year_cases(12, seed=3)
+    assert len({line for _, line in cases}) == 12 and all(line.startswith(q + " ") for q, line in cases)
+
+    def forcing(flip):
+        def processor(logits, rollouts):
+            for row, r in enumerate(rollouts):
+                text = tok.decode(r.prompt)
+                q, line = next(c for c in cases if c[0] == text)
+                if flip:
+                    line = line[:-3] + ": No" if line.endswith(": Yes") else line[:-4] + ": Yes"
+                target = tok.encode(line[len(q):]) + [tok.eos_id]
+                logits[row] = float("-inf")
+                logits[row, target[min(len(r.completion), len(target) - 1)]] = 0.0
+            return logits
+        return processor
+
+    assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(False)) == {"pairs": 12, "right": 12}
+    assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(True)) == {"pairs": 12, "right": 0}
