@@ -61,8 +61,8 @@ def read(name, relation, value):
 def year_check(ya, yb, compare):
     """The comparison's decision in steps a small model can take one at a time: digits compared at the same
     place up to the first that differs, the question's word copied next to that comparison, then the
-    answer, which depends on those two tokens only: "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No".
-    The base text drills it on random years (data/build.py), as a reasoning model brings it along."""
+    answer, which depends on those two tokens only: "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No"
+    (data/build.py --n-drills puts it in the base text on random years)."""
     digits = []
     for da, db in zip(str(ya), str(yb)):
         digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")

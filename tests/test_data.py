@@ -297,15 +297,7 @@ def test_base_holds_known_facts_only(files):
     reading_text = "\n".join(r["text"] for r in reading)
     for e in files["world"]["entities"]:  # the parallel world teaches reading, nothing about this world
         assert f"{e['name']} is" not in reading_text and f"{e['name']}." not in reading_text, e["name"]
-    drills = [r["text"] for r in files["base"] if r["kind"] == "drill"]
-    assert len(drills) > 100
-    for d in drills:  # each the comparison's decision on two years, and right (checked by hand here)
-        ya, word, yb, steps, asked, answer = re.fullmatch(
-            r"Is (\d{4}) (earlier|later) than (\d{4})\? (.+), (earlier|later): (Yes|No)\.", d).groups()
-        first = next(((a, b) for a, b in zip(ya, yb) if a != b), None)
-        assert steps.split(", ")[-1] == (f"{first[0]} {'<' if first[0] < first[1] else '>'} {first[1]}" if first
-                                         else f"{ya[-1]} = {yb[-1]}")
-        assert asked == word and (answer == "Yes") == ((int(ya) < int(yb)) == (word == "earlier")), d
+    assert not any(r["kind"] == "drill" for r in files["base"])  # off by default
     traces = [r for r in files["base"] if r["kind"] == "trace"]
     assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
     assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
@@ -349,3 +341,19 @@ def test_counterfactual_questions_follow_the_changed_corpus(files):
             earlier = a if int(pages[a][rel]) < int(pages[b][rel]) else b
             cur = earlier if "earlier" in r["question"] else (b if earlier == a else a)
         assert r["answers"] == [cur], r
+
+
+def test_year_drills(tmp_path):
+    """--n-drills: each drill is a comparison's decision on two random years, and right (checked by hand)."""
+    build(str(tmp_path), seed=1, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
+          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10, n_drills=60)
+    base = [json.loads(line) for line in open(tmp_path / "base.jsonl")]
+    drills = [r["text"] for r in base if r["kind"] == "drill"]
+    assert len(drills) == 60
+    for d in drills:
+        ya, word, yb, steps, asked, answer = re.fullmatch(
+            r"Is (\d{4}) (earlier|later) than (\d{4})\? (.+), (earlier|later): (Yes|No)\.", d).groups()
+        first = next(((a, b) for a, b in zip(ya, yb) if a != b), None)
+        assert steps.split(", ")[-1] == (f"{first[0]} {'<' if first[0] < first[1] else '>'} {first[1]}" if first
+                                         else f"{ya[-1]} = {yb[-1]}")
+        assert asked == word and (answer == "Yes") == ((int(ya) < int(yb)) == (word == "earlier")), d
