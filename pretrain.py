@@ -5,9 +5,9 @@ instructions in its prompt, write a search call and read what comes back, but wa
 decide when to. Our stand-in cannot follow instructions, so it learns those abilities from the world's
 base text (data/build.py, base.jsonl): the pages of the KNOWN entities (its parametric knowledge;
 unknown entities it never sees), pure reasoning traces that answer questions about known entities from
-memory with no tool in the prompt, and traces from a parallel world (names it never meets again) that,
-given the tool's instruction, search every fact and read it out of the result; all in the R1 chat
-format. When to act is what SFT stage 1 then teaches.
+memory (half of them with the tool's instruction in the prompt, half without), and traces from a
+parallel world (names it never meets again) that, given the tool's instruction, search every fact and
+read it out of the result; all in the R1 chat format. When to act is what SFT stage 1 then teaches.
 
     python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest

@@ -220,16 +220,18 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
 
     # -------------------------------------------------------------------- base pretraining text
     base = [{"text": document(e), "kind": "doc"} for e in world.real() if e.known]
-    for q in stratified(cot_groups, n_traces, rng):
+    for i, q in enumerate(stratified(cot_groups, n_traces, rng)):
         segments, _ = trajectory(world, q, observe, use_tool=False)
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
-                     "question": q.question, "response": response, "instruction": False})
+                     "question": q.question, "response": response, "instruction": i % 2 == 1})
     # Tool-use traces from a parallel world (another seed, names from the same word pool but none of this
     # world's, no page of it in the base text), under the tool's instruction: every fact is searched, then
-    # copied out of the result. With the recall traces above (no instruction) they make the base model what
-    # R1-Distill is: it answers from memory when asked plainly, and writes search calls and reads their
-    # results when the prompt offers the tool, but nothing taught it WHEN a search is needed (SFT stage 1).
+    # copied out of the result. With the recall traces above (half of them under the instruction too) they
+    # make the base model what R1-Distill is: it answers from memory when asked plainly, and when the prompt
+    # offers the tool it may write search calls and read their results, but nothing taught it WHEN a search
+    # is needed (SFT stage 1). (All recall traces without the instruction: the base model then copied the
+    # second name of a comparison on 0 of 32 known-only test questions under it, against 32 of 32.)
     other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
                        words=world.words, avoid=[e.name for e in world.entities])
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
