@@ -89,6 +89,7 @@ CHECKS = [  # (name, checkpoint, eval policy, training job, extra eval flags)
     ("SFT-1&2&3, counterfactual corpus", "runs/sft3", "agent", "runs/sft3", CF),
     ("SFT-1&2, counterfactual corpus", "runs/sft2", "agent", "runs/sft2", CF),
     ("SFT-1&2&3 + RL-1&2, counterfactual corpus", "runs/rl", "agent", "runs/rl", CF),
+    ("SFT-1&2&3 + RL-2, counterfactual corpus", "runs/rl2_sft3", "agent", "runs/rl2_sft3", CF),
     ("workflow, counterfactual corpus", "runs/workflow", "workflow", "runs/workflow", CF),
     ("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"]),
 ]
