@@ -30,7 +30,7 @@ import torch
 
 import common
 import env
-from data.trajectories import year_check
+from data.trajectories import year_check, year_pair
 from data.world import fact_sentence
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
@@ -138,8 +138,7 @@ def year_cases(n, seed=0):
     ("Is 1850 later than 1862?", "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
     rng, cases = random.Random(seed), []
     for _ in range(n):
-        ya = rng.randint(1700, 3000)
-        yb = ya + rng.choice((-1, 1)) * rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(1700, 3000)
+        ya, yb = year_pair(rng, 1700, 3000)
         line = year_check(ya, yb, rng.choice(("earlier", "later")))
         cases.append((line[:line.index("?") + 1], line))
     return cases

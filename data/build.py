@@ -36,7 +36,8 @@ import re
 import env
 from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity, distinct_years, document, make_questions,
                         make_world, unknown_lookups)
-from data.trajectories import Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory, year_check
+from data.trajectories import (Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory, year_check,
+                               year_pair)
 
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
@@ -249,8 +250,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     # world's range (half of them close), the arithmetic a reasoning model brings with it. No names.
     years = sorted({v for e in world.entities for v in e.facts.values() if isinstance(v, int)})
     for _ in range(n_drills):
-        ya = rng.randint(years[0], years[-1])
-        yb = ya + rng.choice((-1, 1)) * rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(years[0], years[-1])
+        ya, yb = year_pair(rng, years[0], years[-1])
         base.append({"text": year_check(ya, yb, rng.choice(("earlier", "later"))) + ".", "kind": "drill"})
     rng.shuffle(base)
 

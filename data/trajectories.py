@@ -71,6 +71,12 @@ def year_check(ya, yb, compare):
     return f"Is {ya} {compare} than {yb}? {', '.join(digits)}, {compare}: {'Yes' if (ya < yb) == (compare == 'earlier') else 'No'}"
 
 
+def year_pair(rng, lo, hi):
+    """Two random years in [lo, hi] for a comparison drill or probe, half of the time close together."""
+    ya = rng.randint(lo, hi)
+    return ya, ya + rng.choice((-1, 1)) * rng.randint(1, 60) if rng.random() < 0.5 else rng.randint(lo, hi)
+
+
 def winner(q, ya, yb):
     """The comparison's answer when its two years are ya and yb (as stated, right or made up)."""
     (a, _), (b, _) = q.lookups
