@@ -231,8 +231,8 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     # copied out of the result. With the recall traces above (half of them under the instruction too) they
     # make the base model what R1-Distill is: it answers from memory when asked plainly, and when the prompt
     # offers the tool it may write search calls and read their results, but nothing taught it WHEN a search
-    # is needed (SFT stage 1). (All recall traces without the instruction: the base model then copied the
-    # second name of a comparison on 0 of 32 known-only test questions under it, against 32 of 32.)
+    # is needed (SFT stage 1). Half, not all, of the recall traces go without the instruction: with none
+    # under it, the base model copied names badly under the instruction (RESULTS.md).
     other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
                        words=world.words, avoid=[e.name for e in world.entities])
     other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
