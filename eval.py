@@ -14,10 +14,9 @@ beats workflows in which a controller drives the actions. Four policies, all gre
 
 Why the workflow is a fair, competent baseline on the embedded world: the paper prompts R1-Distill into a
 ReAct loop, which works because R1-Distill follows the loop's instructions and reads retrieved text
-about things it never saw. Our tiny base model follows no instructions (it knows only the agent's format,
-from its pretraining text) and reads unreliably. So the workflow's model (runs/workflow) is the base
-model fine-tuned like SFT-2 (the same questions,
-steps, lr and observation mask) on the workflow's own format, data/build.py's workflow.jsonl: after every
+about things it never saw. Our tiny base model follows no instruction but the tool's one it was pretrained
+with (it knows only the agent's format) and reads unreliably. So the workflow's model (runs/workflow) is
+the base model fine-tuned like SFT-2 (the same questions, steps, lr and observation mask) on the workflow's own format, data/build.py's workflow.jsonl: after every
 decision sentence, the block the controller retrieved with it as the query, then the fact read out of it.
 Like a fine-tuned ReAct agent it never chooses whether to act: the controller acts at every step, known
 facts included. So the agent and the workflow learn from the same questions; what differs is who decides

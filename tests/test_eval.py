@@ -320,3 +320,12 @@ def test_cli_writes_trajectories_summary_and_plot(tmp_path, tok, model, world_di
     else:
         assert not (tmp_path / "eval" / "run.png").exists()
     ev.main(["--report", str(tmp_path / "eval" / "run.summary.json"), "--out", str(tmp_path / "all.jsonl")])
+
+
+def test_no_tool_prompt_leaves_out_the_tools_instruction(tok):
+    """policy none prompts as the paper's direct inference: the question without the tool's instruction;
+    every other policy with it."""
+    q = "What is the capital of Nowhere?"
+    with_tool, without = (tok.decode(ev.common.encode_prompt(tok, q, tool=t)) for t in (True, False))
+    assert env.INSTRUCTION in with_tool and env.INSTRUCTION not in without
+    assert q in without and without.endswith(f"{env.TAGS.think_open}\n")
