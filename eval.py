@@ -187,6 +187,39 @@ def when_to_act(records):
             "names_known": rate(known, "first_step_names"), "names_unknown": rate(unknown, "first_step_names")}
 
 
+# a comparison of the embedded world (data/trajectories.py): the question, the facts as the reasoning
+# states them (read out of a result, or recalled), and its decision line (year_check, then the name)
+COMPARISON_QUESTION = re.compile(r"(?:earlier|later), (.+) or (.+)\?$")
+STATED_FACT = re.compile(r"(?:The search result says|I remember) that the [a-z ]+? of (.+?) is (\d+)\.")
+DECISION = re.compile(r"Is (\d+) (earlier|later) than (\d+)\? .*?, (?:earlier|later): (Yes|No), so it is (.+?)\.\n")
+
+
+def comparison_steps(records):
+    """Where the embedded world's comparisons go wrong, one local step of the decision line at a time, as
+    shares of the comparisons that have one: `years`, both years as the reasoning stated them above, in
+    the question's order; `word`, "earlier"/"later" as the question asks; `decision`, Yes/No right for the
+    years and word on the line; `name`, the first name on Yes, the second on No; `searched`, both years
+    stated as read out of a search result ("The search result says ..."; a model without the tool that
+    writes such a line invents the result), not recalled. None when no record is such a comparison."""
+    n, counts = 0, dict.fromkeys(("years", "word", "decision", "name", "searched"), 0)
+    for r in records:
+        q = COMPARISON_QUESTION.search(r.get("question", "")) if r.get("type") == "comparison" else None
+        line = DECISION.search(r.get("text", "")) if q else None
+        if not line:
+            continue
+        n += 1
+        (a, b), (ya, word, yb, yes, name) = q.groups(), line.groups()
+        stated = {}  # the last statement about each name, and whether it was read
+        for m in STATED_FACT.finditer(r["text"][:line.start()]):
+            stated[m.group(1)] = (m.group(2), m.group(0).startswith("The search"))
+        counts["years"] += stated.get(a, ("",))[0] == ya and stated.get(b, ("",))[0] == yb
+        counts["word"] += word in r["question"].split(",")[0].split()
+        counts["decision"] += (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
+        counts["name"] += name == (a if yes == "Yes" else b)
+        counts["searched"] += all(stated.get(x, (None, False))[1] for x in (a, b))
+    return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
+
+
 def score(records, name=""):
     """Summary of scored records: overall, by hops of the compositions (1-4 always, plus any others; a
     comparison has its own column, not "2 hops"; keys are strings so the JSON round-trips), by question
@@ -200,7 +233,7 @@ def score(records, name=""):
             "by_hops": {str(h): bucket([r for r in chains if r["hops"] == h]) for h in hops},
             "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types},
             "by_held_out": {k: bucket(v) for k, v in held.items() if v},
-            "when_to_act": when_to_act(records)}
+            "when_to_act": when_to_act(records), "comparison_steps": comparison_steps(records)}
 
 
 def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, world=None, max_search_failures=None,
@@ -271,6 +304,13 @@ def format_table(summaries):
         pct = lambda v: f"{'-':>11}" if v is None else f"{100 * v:>10.1f}%"  # noqa: E731  (no such questions)
         out += [f"{s['name']:<{width}} " + " ".join(pct(s["when_to_act"][k]) for k in (
             "search_known", "search_unknown", "accuracy", "names_known", "names_unknown")) for s in acts]
+        out.append("")
+    steps = [s for s in summaries if s.get("comparison_steps")]
+    if steps:
+        out.append("comparisons, % of those with a decision line: both years as stated above / the question's "
+                   "word / yes-no right for the line / the name that follows / both years from a result line")
+        out += [f"{s['name']:<{width}} " + " ".join(f"{100 * s['comparison_steps'][k]:>10.1f}%" for k in (
+            "years", "word", "decision", "name", "searched")) for s in steps]
         out.append("")
     return "\n".join(out)
 

@@ -4,8 +4,9 @@ Trains every model of the paper's Table 1 with each stage's default settings, ev
 on the test split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1:
 EM with its 95% interval, on held-out and known-only questions, by number of hops and for comparisons,
 real search calls (per question at evaluation, and in total during RL training), and each agent's
-first-step "when to act" (eval.when_to_act). Then the reading checks (the counterfactual corpus, the
-model's own observations in place of the tool), the world-model probe (probe.py) and paired comparisons.
+first-step "when to act" (eval.when_to_act). Then where comparisons go wrong (eval.comparison_steps), the
+reading checks (the counterfactual corpus, the model's own observations in place of the tool), the
+world-model probe (probe.py) and paired comparisons.
 
     python pipeline.py                       # everything, into runs/
     python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
@@ -213,6 +214,7 @@ def collect():
             print(f"[pipeline] {name}: no evaluation in {eval_file(name)}, skipped")
             continue
         summary, records[name] = loaded
+        summary["comparison_steps"] = eval_lib.comparison_steps(records[name])  # from the trajectories
         summary["rl_real_search_calls"] = rl_real_calls(ckpt) if made_by.startswith("runs/rl") else 0
         results.append(summary)
     checks = []
@@ -272,6 +274,15 @@ def table(results, checks=(), pairs=(), probe=None):
                      + " | ".join(em(h.get(str(k))) for k in (1, 2, 3, 4))
                      + f" | {em(s['by_type'].get('comparison'))} | {o['searches']:.2f} "
                      f"| {s['rl_real_search_calls'] or 0} | {act} | {PAPER_AVG_EM.get(s['name'], '-')} |")
+    steps = [s for s in results if s.get("comparison_steps")]
+    if steps:  # eval.comparison_steps: which local step of a comparison's decision line goes wrong
+        lines += ["", "| comparisons: decision line (eval.comparison_steps) | n | both years as stated above "
+                  "| the question's word | yes / no right for the line | the name that follows | both years "
+                  "from a result line, not recalled |", "|---|---|---|---|---|---|---|"]
+        for s in steps:
+            c = s["comparison_steps"]
+            lines.append(f"| {s['name']} | {c['n']} | " + " | ".join(
+                pct(c[k]) for k in ("years", "word", "decision", "name", "searched")) + " |")
     if checks:
         lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
                   "real corpus: follows the changed corpus / answers what it remembers | the same, compositions only |",

@@ -103,7 +103,8 @@ def answer_with(facts, q):
 
 
 def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
-          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_drills=0, known_share=0.2,
+          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_drills=0,
+          drills_per_text=10, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
     known_share: the share of test and dev questions about known entities only (the rest start from a
@@ -246,12 +247,18 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
         response = "".join(s["text"] for s in trajectory(other, q, observe_other, search_all=True)[0])
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
                      "question": q.question, "response": response, "instruction": True})
-    # Year drills (off by default): a comparison's digit-by-digit decision on random pairs of years in the
-    # world's range (half of them close), the arithmetic a reasoning model brings with it. No names.
+    # Year drills (off by default; RESULTS.md measures them): a comparison's digit-by-digit decision on random
+    # pairs of years in the world's range (half of them close), the arithmetic a reasoning model brings with
+    # it. No names. drills_per_text of them share one text, one per line, like a worksheet: one drill per
+    # text (thousands of texts that open with a question about two numbers) spoilt how the base model
+    # copies the question's names.
     years = sorted({v for e in world.entities for v in e.facts.values() if isinstance(v, int)})
+    drills = []
     for _ in range(n_drills):
         ya, yb = year_pair(rng, years[0], years[-1])
-        base.append({"text": year_check(ya, yb, rng.choice(("earlier", "later"))) + ".", "kind": "drill"})
+        drills.append(year_check(ya, yb, rng.choice(("earlier", "later"))) + ".")
+    base += [{"text": "\n".join(drills[i:i + drills_per_text]), "kind": "drill"}
+             for i in range(0, len(drills), drills_per_text)]
     rng.shuffle(base)
 
     # -------------------------------------------------------------------- the counterfactual check
@@ -334,7 +341,8 @@ def main():
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
     ap.add_argument("--n-reading", type=int, default=1600, help="parallel-world tool-use traces in base.jsonl")
     ap.add_argument("--n-drills", type=int, default=0, help="year-comparison drills in base.jsonl (off by default: "
-                    "RESULTS.md measures how 3,000 of them teach the comparison but spoil the copying of names)")
+                    "RESULTS.md measures what 3,000 of them do)")
+    ap.add_argument("--drills-per-text", type=int, default=10, help="drills per base text (one per line)")
     for k, v in vars(Teacher()).items():
         ap.add_argument(f"--teacher-{k.replace('_', '-')}", type=float, default=v,
                         help=f"the teacher's mistake rate: {k} (data/trajectories.py Teacher)")
@@ -344,7 +352,8 @@ def main():
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.distractors, args.topk,
                  args.n_test, args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
-                 args.n_reading, args.n_drills, args.known_share, Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
+                 args.n_reading, args.n_drills, args.drills_per_text, args.known_share,
+                 Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
                  args.attempts)
     print(json.dumps(meta, indent=1))
 

@@ -346,11 +346,15 @@ def test_counterfactual_questions_follow_the_changed_corpus(files):
 
 
 def test_year_drills(tmp_path):
-    """--n-drills: each drill is a comparison's decision on two random years, and right (checked by hand)."""
+    """--n-drills: each drill is a comparison's decision on two random years, and right (checked by hand);
+    --drills-per-text of them share a text, one per line."""
     build(str(tmp_path), seed=1, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10, n_drills=60)
+          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10, n_drills=60,
+          drills_per_text=7)
     base = [json.loads(line) for line in open(tmp_path / "base.jsonl")]
-    drills = [r["text"] for r in base if r["kind"] == "drill"]
+    texts = [r["text"] for r in base if r["kind"] == "drill"]
+    assert sorted(len(t.split("\n")) for t in texts) == [4] + [7] * 8  # 60 = 8 * 7 + 4
+    drills = [d for t in texts for d in t.split("\n")]
     assert len(drills) == 60
     for d in drills:
         ya, word, yb, steps, asked, answer = re.fullmatch(

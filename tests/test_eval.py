@@ -191,6 +191,32 @@ def test_when_to_act_by_hand():
     assert table.split("\n")[-2].split() == ["known", "only", "50.0%", "-", "50.0%", "100.0%", "-"]
 
 
+def test_comparison_steps_by_hand():
+    """eval.comparison_steps on hand-written decision lines in data/trajectories.py's format."""
+    q = "Who was born later, Lopi Fiben or Dule Mumo?"
+    read_a = "The search result says that the birth year of Lopi Fiben is 1850.\n"
+    recall_b = "I need the birth year of Dule Mumo. I remember that the birth year of Dule Mumo is 1862.\n"
+    read_b = "The search result says that the birth year of Dule Mumo is 1862.\n"
+
+    def rec(text, question=q, type_="comparison"):
+        return {"question": question, "type": type_, "text": text}
+    records = [
+        # all right, both years read: Is 1850 later than 1862? No -> the second name
+        rec(read_a + read_b + "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No, so it is Dule Mumo.\n"),
+        # B recalled; the question's word miscopied ("earlier"), yes/no right for that line, the name follows it
+        rec(read_a + recall_b + "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6, earlier: Yes, so it is Lopi "
+                                "Fiben.\n"),
+        # A's year miscopied (1805), wrong yes/no for the line, and the name does not follow it
+        rec(read_a + read_b + "Is 1805 later than 1862? 1 = 1, 8 = 8, 0 < 6, later: Yes, so it is Dule Mumo.\n"),
+        rec(read_a + "So the answer is \\boxed{Dule Mumo}."),          # no decision line: not counted
+        rec("Is 1 later than 2? later: No, so it is x.\n", "What is the birthplace of Lopi Fiben?", "composition"),
+    ]
+    steps = ev.comparison_steps(records)
+    assert steps == {"n": 3, "years": pytest.approx(2 / 3), "word": pytest.approx(2 / 3),
+                     "decision": pytest.approx(2 / 3), "name": pytest.approx(2 / 3), "searched": pytest.approx(2 / 3)}
+    assert ev.comparison_steps(records[3:]) is None
+
+
 def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
     class R:
         n_actions, n_tool_calls, finish, queries = 1, 1, "eos", ["q"]
