@@ -215,6 +215,14 @@ def test_comparison_steps_by_hand():
     assert steps == {"n": 3, "years": pytest.approx(2 / 3), "word": pytest.approx(2 / 3),
                      "decision": pytest.approx(2 / 3), "name": pytest.approx(2 / 3), "searched": pytest.approx(2 / 3)}
     assert ev.comparison_steps(records[3:]) is None
+    # each step on its own: the second record gets the years, the decision and the name right only
+    assert ev.comparison_steps(records[1:2]) == {"n": 1, "years": 1.0, "word": 0.0, "decision": 1.0, "name": 1.0,
+                                                 "searched": 0.0}
+    assert ev.comparison_steps(records[2:3]) == {"n": 1, "years": 0.0, "word": 1.0, "decision": 0.0, "name": 0.0,
+                                                 "searched": 1.0}
+    table = ev.format_table([ev.score([{**r, "em": 0.0, "f1": 0.0, "hops": 2, "n_actions": 2, "n_tool_calls": 2}
+                                       for r in records], "m")])
+    assert table.split("\n")[-2].split() == ["m"] + ["66.7%"] * 5
 
 
 def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
