@@ -29,7 +29,7 @@ from model import Qwen2, Qwen2Config
 from tokenizer import ASSISTANT, BOS, END_THINK, EOS, THINK, USER, Tokenizer, chat_prompt
 
 # -----------------------------------------------------------------------------
-# the world's tokenizer
+# the world's tokenizer and its training windows
 
 
 def train_tokenizer(data, texts, vocab_size):
@@ -51,11 +51,36 @@ def train_tokenizer(data, texts, vocab_size):
     return Tokenizer(tk)
 
 
+def pack(encoded, L, pad_id):
+    """Whole texts packed into windows of L tokens, first fit in decreasing length; the rest of a window is
+    padding, masked out of the loss. A text that fits a window is never cut in two, so a tool-use trace's
+    "The search result says that ..." line always has its search result in the same window and copying
+    the value is what lowers the loss (a stream cut at fixed offsets starts windows between a result and
+    its reading, where only guessing the value can). A text longer than a window is cut into window-sized
+    pieces (the default window holds every text of the embedded world). Returns (windows, masks),
+    (n_windows, L) each."""
+    pieces = [ids[k:k + L] for ids in encoded for k in range(0, len(ids), L)]
+    bins, free = [], []  # token lists and the room left in each
+    for ids in sorted(pieces, key=len, reverse=True):
+        b = next((j for j, room in enumerate(free) if room >= len(ids)), None)
+        if b is None:
+            bins.append([]), free.append(L)
+            b = len(bins) - 1
+        bins[b] += ids
+        free[b] -= len(ids)
+    windows = torch.full((len(bins), L), pad_id)
+    masks = torch.zeros((len(bins), L), dtype=torch.long)
+    for j, ids in enumerate(bins):
+        windows[j, :len(ids)] = torch.tensor(ids)
+        masks[j, :len(ids)] = 1
+    return windows, masks
+
+
 def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1000, batch_size=16)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1000, batch_size=8)
     ap.add_argument("--vocab-size", type=int, default=4096,
                     help="BPE vocabulary size cap; large enough that every word of an entity's name is one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")
@@ -63,7 +88,7 @@ def main():
     ap.add_argument("--heads", type=int, default=4, help="query heads")
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
-    ap.add_argument("--seq-len", type=int, default=256, help="tokens per packed training sequence")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -109,18 +134,19 @@ def main():
         model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
     model.train()
 
-    # pack every text, each ending with end-of-sentence, into one stream cut into seq_len + 1 windows
-    stream = [t for ids in tok.encode_batch(texts) for t in ids + [tok.eos_id]]
-    L = args.seq_len + 1
-    windows = torch.tensor(stream[:len(stream) // L * L]).view(-1, L)  # (n_windows, seq_len + 1)
-    run.print(f"[data] {len(texts)} texts, {len(stream) / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len}")
+    # pack whole texts, each ending with end-of-sentence, into windows of seq_len + 1 tokens
+    encoded = [ids + [tok.eos_id] for ids in tok.encode_batch(texts)]
+    windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id)  # (n_windows, seq_len + 1) each
+    n_tok = sum(map(len, encoded))
+    run.print(f"[data] {len(texts)} texts, {n_tok / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len} "
+              f"({n_tok / windows.numel():.0%} filled)")
 
     # -------------------------------------------------------------------------
     # loss: next-token NLL over every token
 
 
-    def loss_fn(batch):
-        lp, m = common.sequence_logprobs(model, batch, torch.ones_like(batch), run.device)
+    def loss_fn(batch, mask):
+        lp, m = common.sequence_logprobs(model, batch, mask, run.device)
         n_tok = run.all_sum(m.sum().item())
         return -lp.sum() / n_tok * run.world, -run.all_sum(lp.sum().item()) / n_tok  # (grad, logged) loss
 
@@ -135,7 +161,7 @@ def main():
     metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
     for step in range(start, args.steps):
         idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
-        loss, logged = loss_fn(windows[idx])
+        loss, logged = loss_fn(windows[idx], masks[idx])
         common.check_finite(logged, step, args.out)
         loss.backward()
         gnorm = common.clip_and_step(model, opt, step, args)

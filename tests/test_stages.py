@@ -33,6 +33,7 @@ import model as model_mod
 from data.build import build
 from grpo import group_advantages, loss_sequences, policy_loss, validate
 from model import Qwen2, Qwen2Config
+from pretrain import pack
 from sample import Rollout
 from sft_coa import encode_trajectory, masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
@@ -406,6 +407,15 @@ def test_policy_loss_ignores_masked_tokens():
     lb[0].backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert (a.grad[~m] == 0).all() and (a.grad[m] != 0).any()
+
+
+def test_pack_keeps_texts_whole_by_hand():
+    # texts of 5, 3, 4, 2, 7 and 10 tokens in windows of 8, first fit in decreasing length: the 10 is cut
+    # into 8 + 2; pieces 8, 7, 5, 4, 3, 2, 2 -> [8] [7] [5 3] [4 2 2]
+    texts = [[t] * n for t, n in zip(range(1, 7), (5, 3, 4, 2, 7, 10))]
+    windows, masks = pack(texts, 8, pad_id=0)
+    assert windows.tolist() == [[6] * 8, [5] * 7 + [0], [1] * 5 + [2] * 3, [3] * 4 + [4] * 2 + [6] * 2]
+    assert masks.sum(1).tolist() == [8, 7, 8, 8] and masks[1].tolist() == [1] * 7 + [0]
 
 
 # ============================================================================= 2. the scripts end to end
