@@ -19,6 +19,7 @@ in several tokens; the sampler handles both). Output: runs/base/step_N in HF lay
 """
 import argparse
 import os
+import random
 
 import torch
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
@@ -51,26 +52,31 @@ def train_tokenizer(data, texts, vocab_size):
     return Tokenizer(tk)
 
 
-def pack(encoded, L, pad_id):
+def pack(encoded, L, pad_id, seed=0):
     """Whole texts packed into windows of L tokens, first fit in decreasing length; the rest of a window is
     padding, masked out of the loss. A text that fits a window is never cut in two, so a tool-use trace's
     "The search result says that ..." line always has its search result in the same window and copying
     the value is what lowers the loss (a stream cut at fixed offsets starts windows between a result and
-    its reading, where only guessing the value can). A text longer than a window is cut into window-sized
-    pieces (the default window holds every text of the embedded world). Returns (windows, masks),
-    (n_windows, L) each."""
+    its reading, where only guessing the value can). The texts of a window are then put in a seeded random
+    order: in decreasing order the short texts (pages, recall traces) would never start a window, and a
+    prompt that starts the context, as at run time, would look like none of them. A text longer than a
+    window is cut into window-sized pieces (the default window holds every text of the embedded world).
+    Returns (windows, masks), (n_windows, L) each."""
     pieces = [ids[k:k + L] for ids in encoded for k in range(0, len(ids), L)]
-    bins, free = [], []  # token lists and the room left in each
+    bins, free = [], []  # the pieces in each window and the room left in it
     for ids in sorted(pieces, key=len, reverse=True):
         b = next((j for j, room in enumerate(free) if room >= len(ids)), None)
         if b is None:
             bins.append([]), free.append(L)
             b = len(bins) - 1
-        bins[b] += ids
+        bins[b].append(ids)
         free[b] -= len(ids)
+    rng = random.Random(seed)
     windows = torch.full((len(bins), L), pad_id)
     masks = torch.zeros((len(bins), L), dtype=torch.long)
-    for j, ids in enumerate(bins):
+    for j, texts in enumerate(bins):
+        rng.shuffle(texts)
+        ids = [t for text in texts for t in text]
         windows[j, :len(ids)] = torch.tensor(ids)
         masks[j, :len(ids)] = 1
     return windows, masks
@@ -136,13 +142,13 @@ def main():
 
     # pack whole texts, each ending with end-of-sentence, into windows of seq_len + 1 tokens
     encoded = [ids + [tok.eos_id] for ids in tok.encode_batch(texts)]
-    windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id)  # (n_windows, seq_len + 1) each
+    windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1) each
     n_tok = sum(map(len, encoded))
     run.print(f"[data] {len(texts)} texts, {n_tok / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len} "
               f"({n_tok / windows.numel():.0%} filled)")
 
     # -------------------------------------------------------------------------
-    # loss: next-token NLL over every token
+    # loss: next-token NLL over every token of the texts (not the padding)
 
 
     def loss_fn(batch, mask):

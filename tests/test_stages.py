@@ -9,6 +9,7 @@ base model, built once per session; GRPO runs with one substitution, a reward th
 (GRPO_ACT_REWARD). Subprocesses get OMP_NUM_THREADS=1: on a busy 2-core machine an OpenMP barrier per
 tiny matmul makes two threads ~100x slower than one.
 """
+import itertools
 import json
 import math
 import os
@@ -412,10 +413,15 @@ def test_policy_loss_ignores_masked_tokens():
 def test_pack_keeps_texts_whole_by_hand():
     # texts of 5, 3, 4, 2, 7 and 10 tokens in windows of 8, first fit in decreasing length: the 10 is cut
     # into 8 + 2; pieces 8, 7, 5, 4, 3, 2, 2 -> [8] [7] [5 3] [4 2 2]
+    # (then each window's texts in a seeded random order, so a short text also starts windows)
     texts = [[t] * n for t, n in zip(range(1, 7), (5, 3, 4, 2, 7, 10))]
     windows, masks = pack(texts, 8, pad_id=0)
-    assert windows.tolist() == [[6] * 8, [5] * 7 + [0], [1] * 5 + [2] * 3, [3] * 4 + [4] * 2 + [6] * 2]
+    runs = [[(t, sum(1 for _ in g)) for t, g in itertools.groupby(w)] for w in windows.tolist()]
+    assert runs[:2] == [[(6, 8)], [(5, 7), (0, 1)]]
+    assert sorted(runs[2]) == [(1, 5), (2, 3)] and sorted(runs[3]) == [(3, 4), (4, 2), (6, 2)]
     assert masks.sum(1).tolist() == [8, 7, 8, 8] and masks[1].tolist() == [1] * 7 + [0]
+    firsts = {w[0] for seed in range(20) for w in pack(texts, 8, pad_id=0, seed=seed)[0].tolist()[2:]}
+    assert firsts == {1, 2, 3, 4, 6}  # every text of a shared window starts it under some seed
 
 
 # ============================================================================= 2. the scripts end to end
