@@ -91,13 +91,15 @@ CHECKS = [  # (name, checkpoint, eval policy, training job, extra eval flags)
     ("SFT-1&2, counterfactual corpus", "runs/sft2", "agent", "runs/sft2", CF),
     ("SFT-1&2&3 + RL-1&2, counterfactual corpus", "runs/rl", "agent", "runs/rl", CF),
     ("SFT-1&2&3 + RL-2, counterfactual corpus", "runs/rl2_sft3", "agent", "runs/rl2_sft3", CF),
+    ("SFT-1&2 + RL-2, counterfactual corpus", "runs/rl2_sft12", "agent", "runs/rl2_sft12", CF),
     ("workflow, counterfactual corpus", "runs/workflow", "workflow", "runs/workflow", CF),
     ("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"]),
 ]
 # Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
 PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
          ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
-         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2&3", "workflow")]
+         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2 + RL-2", "SFT-1&2"), ("SFT-1&2&3", "workflow"),
+         ("SFT-1&2 + RL-2", "workflow")]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
 # the longest side job (GRPO from the base model), so that the last minutes are filled by short
 # evaluations instead of one long job alone on a core.
