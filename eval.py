@@ -220,6 +220,31 @@ def comparison_steps(records):
     return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
 
 
+# a line that reads a result (data/trajectories.read) and the fact sentence it reads (data/world.fact_sentence)
+READ_LINE = re.compile(r"The search result says that the ([a-z ]+?) of (.+?) is (.+?)\.\n")
+
+
+def reading(records):
+    """How faithfully the reasoning copies what it reads: of the lines "The search result says that the R
+    of X is V." that follow a result stating the R of X, the share whose V is the result's value (a model
+    that names the right entity and relation, then writes another value, remembers or guesses instead of
+    copying). None when no line qualifies."""
+    n = copied = 0
+    for r in records:
+        text = r.get("text", "")
+        for m in READ_LINE.finditer(text):
+            start = text.rfind(env.TAGS.result_open, 0, m.start())
+            close = text.find(env.TAGS.result_close, start) if start >= 0 else -1
+            if close < 0 or close > m.start():
+                continue  # no whole result above this line
+            stated = re.search(re.escape(f"The {m.group(1)} of {m.group(2)} is ") + r"(.+?)\.(?:\s|$)",
+                               text[start:m.start()])
+            if stated:
+                n += 1
+                copied += stated.group(1) == m.group(3)
+    return {"n": n, "copied": copied / n} if n else None
+
+
 def score(records, name=""):
     """Summary of scored records: overall, by hops of the compositions (1-4 always, plus any others; a
     comparison has its own column, not "2 hops"; keys are strings so the JSON round-trips), by question
@@ -233,7 +258,8 @@ def score(records, name=""):
             "by_hops": {str(h): bucket([r for r in chains if r["hops"] == h]) for h in hops},
             "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types},
             "by_held_out": {k: bucket(v) for k, v in held.items() if v},
-            "when_to_act": when_to_act(records), "comparison_steps": comparison_steps(records)}
+            "when_to_act": when_to_act(records), "comparison_steps": comparison_steps(records),
+            "reading": reading(records)}
 
 
 def evaluate(model, tok, rows, policy, tool=None, name=None, batch_size=16, world=None, max_search_failures=None,
@@ -311,6 +337,11 @@ def format_table(summaries):
                    "word / yes-no right for the line / the name that follows / both years from a result line")
         out += [f"{s['name']:<{width}} " + " ".join(f"{100 * s['comparison_steps'][k]:>10.1f}%" for k in (
             "years", "word", "decision", "name", "searched")) for s in steps]
+        out.append("")
+    reads = [s for s in summaries if s.get("reading")]
+    if reads:
+        out.append("reading lines that follow a result stating their fact: how many / % that copy its value")
+        out += [f"{s['name']:<{width}} {s['reading']['n']:>11} {100 * s['reading']['copied']:>10.1f}%" for s in reads]
         out.append("")
     return "\n".join(out)
 

@@ -4,7 +4,8 @@ Trains every model of the paper's Table 1 with each stage's default settings, ev
 on the test split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1:
 EM with its 95% interval, on held-out and known-only questions, by number of hops and for comparisons,
 real search calls (per question at evaluation, and in total during RL training), and each agent's
-first-step "when to act" (eval.when_to_act). Then where comparisons go wrong (eval.comparison_steps), the
+first-step "when to act" (eval.when_to_act). Then where comparisons go wrong (eval.comparison_steps), how
+faithfully each model copies what it reads (eval.reading), the
 reading checks (the counterfactual corpus, the model's own observations in place of the tool), the
 world-model probe (probe.py) and paired comparisons.
 
@@ -217,6 +218,7 @@ def collect():
             continue
         summary, records[name] = loaded
         summary["comparison_steps"] = eval_lib.comparison_steps(records[name])  # from the trajectories
+        summary["reading"] = eval_lib.reading(records[name])
         summary["rl_real_search_calls"] = rl_real_calls(ckpt) if made_by.startswith("runs/rl") else 0
         results.append(summary)
     checks = []
@@ -285,6 +287,11 @@ def table(results, checks=(), pairs=(), probe=None):
             c = s["comparison_steps"]
             lines.append(f"| {s['name']} | {c['n']} | " + " | ".join(
                 pct(c[k]) for k in ("years", "word", "decision", "name", "searched")) + " |")
+    reads = [s for s in results if s.get("reading")]
+    if reads:  # eval.reading: does the reasoning copy the value it read?
+        lines += ["", "| reading lines (eval.reading) | lines after a result that states their fact | value "
+                  "copied from the result |", "|---|---|---|"]
+        lines += [f"| {s['name']} | {s['reading']['n']} | {pct(s['reading']['copied'])}% |" for s in reads]
     if checks:
         lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
                   "real corpus: follows the changed corpus / answers what it remembers | the same, compositions only |",

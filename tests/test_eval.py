@@ -225,6 +225,28 @@ def test_comparison_steps_by_hand():
     assert table.split("\n")[-2].split() == ["m"] + ["66.7%"] * 5
 
 
+def test_reading_by_hand():
+    """eval.reading: a reading line counts when the whole result above it states its entity's relation; it
+    copies when the value is the result's."""
+    result = ("\n\n<search_result> result 1: \"Lopi Fiben\" Lopi Fiben is a person. The birthplace of Lopi Fiben "
+              "is Dule Mumo. The birth year of Lopi Fiben is 1850. </search_result>\n\n")
+    line = "The search result says that the {} of {} is {}.\n"
+    records = [
+        {"text": result + line.format("birthplace", "Lopi Fiben", "Dule Mumo")},           # copied
+        {"text": result + line.format("birth year", "Lopi Fiben", "1805")},                # miscopied
+        {"text": result + line.format("employer", "Lopi Fiben", "Kabim Fegil")},           # not in the result
+        {"text": line.format("birthplace", "Lopi Fiben", "Dule Mumo")},                    # no result above
+        {"text": result.replace(" </search_result>", "") + line.format("birthplace", "Lopi Fiben", "Dule Mumo")},
+        {"text": result + line.format("birth year", "Lopi Fiben", "1850") + result
+         + line.format("birthplace", "Lopi Fiben", "Dule Mum")},                           # copied, then not
+    ]
+    assert ev.reading(records) == {"n": 4, "copied": 0.5}
+    assert ev.reading(records[2:5]) is None
+    summary = ev.score([{**r, "question": "q?", "type": "composition", "em": 0.0, "f1": 0.0, "hops": 1,
+                         "n_actions": 1, "n_tool_calls": 1} for r in records], "m")
+    assert ev.format_table([summary]).split("\n")[-2].split() == ["m", "4", "50.0%"]
+
+
 def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
     class R:
         n_actions, n_tool_calls, finish, queries = 1, 1, "eos", ["q"]
