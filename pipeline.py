@@ -7,7 +7,7 @@ real search calls (per question at evaluation, and in total during RL training),
 first-step "when to act" (eval.when_to_act). Then where comparisons go wrong (eval.comparison_steps), how
 faithfully each model copies what it reads (eval.reading), the
 reading checks (the counterfactual corpus, the model's own observations in place of the tool), the
-world-model probe (probe.py) and paired comparisons.
+base model's copying and the world-model probe (probe.py) and paired comparisons.
 
     python pipeline.py                       # everything, into runs/
     python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
@@ -108,6 +108,7 @@ ORDER = CHAIN + ["runs/rl", "runs/rl2_only", "runs/rl2_sft3", "runs/sft2_only", 
 
 
 PROBE = "runs/eval/probe.jsonl"
+COPY = "runs/eval/copy.jsonl"  # probe.py --copy of the base model
 
 
 def eval_file(name):
@@ -149,6 +150,9 @@ def jobs(limit, batch_size, skip_train, only=None):
     # the world model: SFT-1&2&3's own observations against the real ones, by entity split (probe.py)
     out.append(("probe SFT-1&2&3", ["probe.py", "--ckpt", "runs/sft3", "--out", PROBE, "--batch-size", str(batch_size)]
                 + (["--limit", str(limit)] if limit else []), ["runs/sft3"], None))
+    # can the base model copy a value out of a result at all? (what SFT stage 2 builds on; probe.copy_probe)
+    out.append(("copy base", ["probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "test", "--out", COPY],
+                ["runs/base"], None))
     return out
 
 
@@ -238,10 +242,12 @@ def collect():
         checks.append(check)
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
-    probe, probe_file = None, os.path.join(ROOT, PROBE[:-len(".jsonl")] + ".summary.json")
-    if os.path.isfile(probe_file):
-        with open(probe_file) as f:
-            probe = json.load(f)["probe"]
+    probe = {}
+    for key, path in (("probe", PROBE), ("copy", COPY)):
+        summary_file = os.path.join(ROOT, path[:-len(".jsonl")] + ".summary.json")
+        if os.path.isfile(summary_file):
+            with open(summary_file) as f:
+                probe[key] = json.load(f)[key]
     return results, checks, pairs, probe
 
 
@@ -265,7 +271,9 @@ def em_ci(b):
 
 def table(results, checks=(), pairs=(), probe=None):
     """Markdown: Table 1's shape with EM by hops instead of by dataset (compositions by hops, comparisons
-    apart), then the reading checks and the paired comparisons."""
+    apart), then the reading checks, the probes ({"probe": probe.py's summary, "copy": probe.py --copy's})
+    and the paired comparisons."""
+    probe = probe or {}
     lines = ["| method | EM [95% CI] | held-out | known only | 1 hop | 2 hops | 3 hops | 4 hops | comparison "
              "| searches / question | real searches in RL | first step searches: known / unknown entity "
              "| paper avg EM (7B) |",
@@ -301,10 +309,14 @@ def table(results, checks=(), pairs=(), probe=None):
                    if f and f["n_solved"] else "-" for f in (c.get("follows"), c.get("follows_compositions"))]
             held = pct(c["held_out"]["em"]) if c.get("held_out") else "-"
             lines.append(f"| {c['name']} | {c['overall']['n']} | {em_ci(c['overall'])} | {held} | {fol[0]} | {fol[1]} |")
-    if probe:  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
+    if probe.get("copy"):  # probe.py --copy: {split, values, copied}
+        c = probe["copy"]
+        lines += ["", f"base model, teacher-forced (probe.py --copy): copies {c['copied']} of {c['values']} values "
+                  f"({pct(c['copied'] / max(c['values'], 1))}%) out of {c['split']} entities' pages"]
+    if probe.get("probe"):  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
         lines += ["", "| world model (SFT-1&2&3, dev questions): actions about | n | own observation right / "
                   "wrong / absent |", "|---|---|---|"]
-        for group, g in probe.items():
+        for group, g in probe["probe"].items():
             if isinstance(g, dict) and g.get("actions"):
                 lines.append(f"| {group} entities | {g['actions']} | " + " / ".join(
                     f"{100 * g[k] / g['actions']:.1f}%" for k in ("right", "wrong", "absent")) + " |")

@@ -17,6 +17,7 @@ Greedy throughout (the model's best guess, as eval.py). Simplified: only templat
     python probe.py --ckpt runs/sft3                       # dev split of runs/world, its corpus
     python probe.py --ckpt runs/rl --split test --limit 100
     python probe.py --ckpt runs/base --years 300           # the comparison arithmetic alone
+    python probe.py --ckpt runs/base --copy 1000 --split test   # copying a value out of a held-out page
     python -m pytest -q tests/test_probe.py
 Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.json.
 """
@@ -30,8 +31,8 @@ import torch
 
 import common
 import env
-from data.trajectories import year_check, year_pair
-from data.world import fact_sentence
+from data.trajectories import act, need, read, year_check, year_pair
+from data.world import composition_text, fact_sentence
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
@@ -157,6 +158,41 @@ def year_probe(model, tok, n=300, seed=0, batch_size=64, logits_processor=None):
     return {"pairs": n, "right": right}
 
 
+def copy_cases(world, pages, n, split="test"):
+    """Up to n (text, value) cases, evenly spaced over the facts of the split's entities: a one-hop question
+    under the tool's instruction, the step that searches the fact, the entity's page as the tool returns it
+    (pages: corpus id -> contents), and the line that reads it, cut before the space and its value (data/trajectories.py's
+    format). Held-out entities: no training text holds the value, so only copying it predicts it."""
+    facts = [(e, rel, value) for e in world["entities"] if group_of(e) == split for rel, value in e["facts"].items()]
+    cases = []
+    for e, rel, value in common.evenly_spaced(facts, n):
+        text = (need(e["name"], rel) + act(e["name"], rel) + env.format_observation([{"contents": pages[e["id"]]}])
+                + read(e["name"], rel, value))
+        cases.append((composition_text(e["name"], [rel]), text[:-len(f" {value}.\n")], str(value)))
+    return cases
+
+
+def copy_probe(model, tok, cases, batch_size=64):
+    """Does the model copy a value out of the result it reads? Teacher-forced over copy_cases: a value counts
+    as copied when every one of its tokens is the model's most likely next token. A base model that
+    answers right on its known pages and writes search calls may still not copy (tests/test_probe.py);
+    its SFT-2 cannot then read the tool. -> {"values": n, "copied": count}."""
+    copied = 0
+    for i in range(0, len(cases), batch_size):
+        batch = cases[i:i + batch_size]
+        seqs, spans = [], []
+        for question, text, value in batch:
+            head = common.encode_prompt(tok, question) + tok.encode(text)  # "... the R of X is"
+            ids = head + tok.encode(" " + value)  # as the model writes it after the line's head
+            seqs.append(ids)
+            spans.append((len(head), len(ids)))
+        ids = common.pad(seqs, tok.eos_id)
+        with torch.no_grad(), common.autocast(model):
+            best = model(ids[:, :-1].to(next(model.parameters()).device)).argmax(-1).cpu()
+        copied += sum(bool((best[j, s - 1:e - 1] == ids[j, s:e]).all()) for j, (s, e) in enumerate(spans))
+    return {"values": len(cases), "copied": copied}
+
+
 def format_probe(summary):
     lines = [f"world-model probe: {summary['questions']} questions; actions whose query is not "
              f"'<Name> <relation>': {summary['unparsed']}",
@@ -180,6 +216,8 @@ def main(argv=None):
     ap.add_argument("--out", help="per-action JSONL, .summary.json beside it "
                                   "(default runs/eval/<name>-<split>-probe.jsonl)")
     ap.add_argument("--batch-size", type=int, default=16, help="rollouts sampled together")
+    ap.add_argument("--copy", type=int, metavar="N",
+                    help="instead: teacher-forced copying of N held-out facts out of their pages (copy_probe)")
     ap.add_argument("--years", type=int, metavar="N",
                     help="instead: the comparison arithmetic on N random pairs of years (year_probe)")
     # greedy, the model's best guess: no temperature or top-p
@@ -203,9 +241,21 @@ def main(argv=None):
     with open(world_path, encoding="utf-8") as f:
         world = json.load(f)
     name = os.path.basename(os.path.normpath(args.ckpt))
-    out = args.out or f"runs/eval/{name}-{args.split}-probe.jsonl"
+    out = args.out or f"runs/eval/{name}-{args.split}-{'copy' if args.copy else 'probe'}.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if args.copy:
+        pages = {r["id"]: r["contents"] for r in common.read_jsonl(os.path.join(args.data, "corpus.jsonl"))}
+        cases = copy_cases(world, pages, args.copy, args.split)
+        if not cases:
+            ap.error(f"--split {args.split}: {world_path} has no entities in that split (known, train, dev, test)")
+        model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
+        r = copy_probe(model, Tokenizer.from_pretrained(ckpt), cases, args.batch_size)
+        with open(base + ".summary.json", "w") as f:
+            json.dump({"args": vars(args), "checkpoint": ckpt, "copy": {"split": args.split, **r}}, f, indent=1)
+        print(f"[probe] {ckpt}: copies {r['copied']} of {r['values']} values out of {args.split} entities' pages "
+              f"({100 * r['copied'] / max(r['values'], 1):.1f}%); wrote {base}.summary.json")
+        return
     rows, model, tok = common.load_for_sampling(args, ckpt, args.split, "probe")
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     print(f"[probe] search tool: {tool.check()}")  # raises SearchError: no probe on a dead tool

@@ -39,10 +39,12 @@ def test_table_rows_by_hand():
     checks = [{"name": "SFT-2, counterfactual corpus", "model": "SFT-2", "overall": summary("x", 0.5)["overall"],
                "held_out": {"n": 4, "em": 0.75}, "follows": follows,
                "follows_compositions": {"n_solved": 8, "follows_corpus": 1.0, "follows_memory": 0.0}}]
-    probe = {"questions": 3, "unparsed": 0, "test": {"actions": 4, "right": 1, "wrong": 2, "absent": 1}}
+    probe = {"probe": {"questions": 3, "unparsed": 0, "test": {"actions": 4, "right": 1, "wrong": 2, "absent": 1}},
+             "copy": {"split": "test", "values": 8, "copied": 6}}
     pairs = [{"a": "SFT-2", "b": "no tool", "n": 4, "diff": 0.25, "ci": [-0.25, 0.5]}]
     sft2 = {**summary("SFT-2", 0.5, w), "comparison_steps": {"n": 8, "years": 1.0, "word": 0.5, "decision": 0.625,
-                                                             "name": 1.0, "searched": 0.25}}
+                                                             "name": 1.0, "searched": 0.25},
+            "reading": {"n": 12, "copied": 0.75}}
     lines = pipeline.table([sft2, summary("no tool", 0.25, rl_calls=None)], checks, pairs, probe).split("\n")
     assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 14
     assert lines[2] == "| SFT-2 | 50.0 [25.0, 75.0] | 50.0 | - | 50.0 | - | - | - | - | 1.25 | 0 | 1.0% / 98.4% | 29.5 |"
@@ -51,6 +53,8 @@ def test_table_rows_by_hand():
             "| 100.0% / 0.0% (of 8) |") in lines
     assert "| test entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
     assert "| SFT-2 | 8 | 100.0 | 50.0 | 62.5 | 100.0 | 25.0 |" in lines  # only rows with comparison steps
+    assert "| SFT-2 | 12 | 75.0% |" in lines  # only rows with reading lines
+    assert "base model, teacher-forced (probe.py --copy): copies 6 of 8 values (75.0%) out of test entities' pages" in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
 

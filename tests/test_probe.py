@@ -76,3 +76,52 @@ def test_year_probe_counts_exact_decisions(tok, model):
 
     assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(False)) == {"pairs": 12, "right": 12}
     assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(True)) == {"pairs": 12, "right": 0}
+
+
+def test_copy_cases_cut_each_reading_line_before_its_value(world, world_dir):
+    pages = {r["id"]: r["contents"] for r in probe.common.read_jsonl(f"{world_dir}/corpus.jsonl")}
+    facts = [(e, r, v) for e in world["entities"] if probe.group_of(e) == "test" for r, v in e["facts"].items()]
+    cases = probe.copy_cases(world, pages, 1000, "test")
+    assert len(cases) == len(facts) > 0 and len(probe.copy_cases(world, pages, 3, "test")) == 3
+    for (e, rel, value), (question, text, said) in zip(facts, cases):
+        assert question == f"What is the {rel} of {e['name']}?" and said == str(value)
+        assert text.endswith(f"{TAGS.result_close}\n\nThe search result says that the {rel} of {e['name']} is")
+        assert " ".join(pages[e["id"]].split()) in text and fact_sentence(e["name"], rel, value) in text  # as the tool shows it
+
+
+def test_copy_probe_counts_values_whose_every_token_is_the_best_guess(tok, world, world_dir):
+    """An oracle that puts each sequence's next token first copies every value; the same oracle wrong on a
+    value's last token copies none."""
+    import torch
+    pages = {r["id"]: r["contents"] for r in probe.common.read_jsonl(f"{world_dir}/corpus.jsonl")}
+    cases = probe.copy_cases(world, pages, 5, "test")
+    seqs = [probe.common.encode_prompt(tok, q) + tok.encode(t + " " + v) for q, t, v in cases]
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, miss_last):
+            super().__init__()
+            self.w, self.miss_last = torch.nn.Parameter(torch.zeros(1)), miss_last
+
+        def forward(self, x):
+            out = torch.zeros(*x.shape, tok.vocab_size)
+            for b, row in enumerate(x.tolist()):
+                seq = next(s for s in seqs if s[:-1] == row[:len(s) - 1])
+                for t in range(len(seq) - 1):
+                    out[b, t, seq[t + 1]] = 1.0
+                if self.miss_last:
+                    out[b, len(seq) - 2] = 0.0
+                    out[b, len(seq) - 2, (seq[-1] + 1) % tok.vocab_size] = 1.0
+            return out
+
+    assert probe.copy_probe(Oracle(False), tok, cases, batch_size=2) == {"values": 5, "copied": 5}
+    assert probe.copy_probe(Oracle(True), tok, cases, batch_size=2) == {"values": 5, "copied": 0}
+
+
+def test_cli_copy_writes_its_summary(tmp_path, tok, model, world_dir):
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(str(ckpt))
+    tok.save(str(ckpt))
+    probe.main(["--ckpt", str(ckpt), "--data", world_dir, "--split", "test", "--copy", "4", "--out",
+                str(tmp_path / "c.jsonl"), "--device", "cpu"])
+    copy = json.load(open(tmp_path / "c.summary.json"))["copy"]
+    assert copy["split"] == "test" and copy["values"] == 4 and 0 <= copy["copied"] <= 4
