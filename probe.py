@@ -168,7 +168,7 @@ def copy_cases(world, pages, n, split="test"):
     for e, rel, value in common.evenly_spaced(facts, n):
         text = (need(e["name"], rel) + act(e["name"], rel) + env.format_observation([{"contents": pages[e["id"]]}])
                 + read(e["name"], rel, value))
-        cases.append((composition_text(e["name"], [rel]), text[:-len(f" {value}.\n")], str(value)))
+        cases.append((composition_text(e["name"], [rel]), text[:-len(f" {value}.\n")], str(value), rel))
     return cases
 
 
@@ -176,12 +176,13 @@ def copy_probe(model, tok, cases, batch_size=64):
     """Does the model copy a value out of the result it reads? Teacher-forced over copy_cases: a value counts
     as copied when every one of its tokens is the model's most likely next token. A base model that
     answers right on its known pages and writes search calls may still not copy (tests/test_probe.py);
-    its SFT-2 cannot then read the tool. -> {"values": n, "copied": count}."""
-    copied = 0
+    its SFT-2 cannot then read the tool. -> {"values": n, "copied": count, "by_relation": {relation:
+    [copied, n]}} (a model that copies whichever value comes last on the page copies some relations only)."""
+    copied, by_relation = 0, {}
     for i in range(0, len(cases), batch_size):
         batch = cases[i:i + batch_size]
         seqs, spans = [], []
-        for question, text, value in batch:
+        for question, text, value, _ in batch:
             head = common.encode_prompt(tok, question) + tok.encode(text)  # "... the R of X is"
             ids = head + tok.encode(" " + value)  # as the model writes it after the line's head
             seqs.append(ids)
@@ -189,8 +190,13 @@ def copy_probe(model, tok, cases, batch_size=64):
         ids = common.pad(seqs, tok.eos_id)
         with torch.no_grad(), common.autocast(model):
             best = model(ids[:, :-1].to(next(model.parameters()).device)).argmax(-1).cpu()
-        copied += sum(bool((best[j, s - 1:e - 1] == ids[j, s:e]).all()) for j, (s, e) in enumerate(spans))
-    return {"values": len(cases), "copied": copied}
+        for j, (s, e) in enumerate(spans):
+            ok = bool((best[j, s - 1:e - 1] == ids[j, s:e]).all())
+            copied += ok
+            counts = by_relation.setdefault(batch[j][3], [0, 0])
+            counts[0] += ok
+            counts[1] += 1
+    return {"values": len(cases), "copied": copied, "by_relation": dict(sorted(by_relation.items()))}
 
 
 def format_probe(summary):
@@ -254,7 +260,8 @@ def main(argv=None):
         with open(base + ".summary.json", "w") as f:
             json.dump({"args": vars(args), "checkpoint": ckpt, "copy": {"split": args.split, **r}}, f, indent=1)
         print(f"[probe] {ckpt}: copies {r['copied']} of {r['values']} values out of {args.split} entities' pages "
-              f"({100 * r['copied'] / max(r['values'], 1):.1f}%); wrote {base}.summary.json")
+              f"({100 * r['copied'] / max(r['values'], 1):.1f}%); by relation: "
+              + ", ".join(f"{rel} {c}/{n}" for rel, (c, n) in r["by_relation"].items()) + f"; wrote {base}.summary.json")
         return
     rows, model, tok = common.load_for_sampling(args, ckpt, args.split, "probe")
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))

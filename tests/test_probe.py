@@ -83,8 +83,8 @@ def test_copy_cases_cut_each_reading_line_before_its_value(world, world_dir):
     facts = [(e, r, v) for e in world["entities"] if probe.group_of(e) == "test" for r, v in e["facts"].items()]
     cases = probe.copy_cases(world, pages, 1000, "test")
     assert len(cases) == len(facts) > 0 and len(probe.copy_cases(world, pages, 3, "test")) == 3
-    for (e, rel, value), (question, text, said) in zip(facts, cases):
-        assert question == f"What is the {rel} of {e['name']}?" and said == str(value)
+    for (e, rel, value), (question, text, said, relation) in zip(facts, cases):
+        assert question == f"What is the {rel} of {e['name']}?" and said == str(value) and relation == rel
         assert text.endswith(f"{TAGS.result_close}\n\nThe search result says that the {rel} of {e['name']} is")
         assert " ".join(pages[e["id"]].split()) in text and fact_sentence(e["name"], rel, value) in text  # as the tool shows it
 
@@ -95,7 +95,7 @@ def test_copy_probe_counts_values_whose_every_token_is_the_best_guess(tok, world
     import torch
     pages = {r["id"]: r["contents"] for r in probe.common.read_jsonl(f"{world_dir}/corpus.jsonl")}
     cases = probe.copy_cases(world, pages, 5, "test")
-    seqs = [probe.common.encode_prompt(tok, q) + tok.encode(t + " " + v) for q, t, v in cases]
+    seqs = [probe.common.encode_prompt(tok, q) + tok.encode(t + " " + v) for q, t, v, _ in cases]
 
     class Oracle(torch.nn.Module):
         def __init__(self, miss_last):
@@ -113,8 +113,11 @@ def test_copy_probe_counts_values_whose_every_token_is_the_best_guess(tok, world
                     out[b, len(seq) - 2, (seq[-1] + 1) % tok.vocab_size] = 1.0
             return out
 
-    assert probe.copy_probe(Oracle(False), tok, cases, batch_size=2) == {"values": 5, "copied": 5}
-    assert probe.copy_probe(Oracle(True), tok, cases, batch_size=2) == {"values": 5, "copied": 0}
+    right, wrong = (probe.copy_probe(m, tok, cases, batch_size=2) for m in (Oracle(False), Oracle(True)))
+    assert (right["values"], right["copied"], wrong["values"], wrong["copied"]) == (5, 5, 5, 0)
+    rels = {rel for *_, rel in cases}
+    assert right["by_relation"] == {r: [sum(c[3] == r for c in cases)] * 2 for r in sorted(rels)}
+    assert wrong["by_relation"] == {r: [0, sum(c[3] == r for c in cases)] for r in sorted(rels)}
 
 
 def test_cli_copy_writes_its_summary(tmp_path, tok, model, world_dir):
