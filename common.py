@@ -284,11 +284,12 @@ def lr_at(step, args):
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def clip_and_step(model, opt, step, args):
-    """Set this step's lr, clip, and step. A non-finite gradient stops the run before it reaches the weights;
-    weights the step made non-finite (an lr so large that the update overflows) stop it before any save."""
+def clip_and_step(model, opt, step, args, lr=None):
+    """Set this step's lr (lr_at(step, args) unless given), clip, and step. A non-finite gradient stops the
+    run before it reaches the weights; weights the step made non-finite (an lr so large that the update
+    overflows) stop it before any save."""
     for g in opt.param_groups:
-        g["lr"] = lr_at(step, args)
+        g["lr"] = lr_at(step, args) if lr is None else lr
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
     norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     updated = [(n, p) for n, p in model.named_parameters() if p.grad is not None]  # what opt.step() changes
@@ -614,7 +615,8 @@ def restore(model, opt, state):
 
 # What each stage's JSONL rows must hold, written out as data: field -> type; "name?" is optional (null counts
 # as absent); [spec] is a non-empty list of spec; {...} an object. Other fields are allowed and ignored.
-BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool}  # pretrain.py: base.jsonl
+BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool,  # pretrain.py: base.jsonl
+             "phase?": int}
 PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
              "direction?": str}
 TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  # sft_coa.py: stage2, workflow

@@ -9,6 +9,13 @@ memory (half of them with the tool's instruction in the prompt, half without), a
 parallel world (names it never meets again) that, given the tool's instruction, search every fact and
 read it out of the result; all in the R1 chat format. When to act is what SFT stage 1 then teaches.
 
+Two phases. The first goes over that text several times (--steps), and a model this small can then
+remember the parallel world's values as well as copy them out of the results: some seeds learn to
+remember, and their agents cannot read the tool. The second (--fresh-steps, the lr schedule restarted)
+swaps those traces for fresh ones from many more parallel worlds, each fact read about once, where only
+copying lowers the loss (data/build.py; `python probe.py --ckpt runs/base --copy 1000 --split test`
+measures the copying).
+
     python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest
     torchrun --nproc_per_node 2 pretrain.py         # FSDP2 data parallel (gloo on CPU)
@@ -82,6 +89,11 @@ def pack(encoded, L, pad_id, seed=0):
     return windows, masks
 
 
+def in_phase(row, phase):
+    """Is a base.jsonl row trained on in this phase (1 or 2)? Rows without "phase" are in both."""
+    return row.get("phase", phase) == phase
+
+
 def main():
     # -------------------------------------------------------------------------
     # arguments
@@ -95,6 +107,9 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
+    ap.add_argument("--fresh-steps", type=int, default=300,
+                    help="steps of the second phase, after --steps: base.jsonl's rows of phase 2 (fresh tool-use "
+                         "traces) in place of its first-phase traces, the lr schedule restarted (0: none)")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -110,6 +125,9 @@ def main():
     for i, r in enumerate(rows):
         if r.get("response") is not None and r.get("question") is None:
             raise ValueError(f"{rows.where(i)}: a reasoning trace ('response') needs its 'question'")
+        if r.get("phase", 1) not in (1, 2):
+            raise ValueError(f"{rows.where(i)}: 'phase' is {r['phase']!r}: 1 (first phase only) or 2 (second "
+                             "phase only); rows without it are in both")
     # reasoning and tool-use traces: the same chat frame as at run time, with the tool's instruction where
     # the row says so (tool-use traces; data/README.md)
     texts = [chat_prompt(r["question"], env.INSTRUCTION if r.get("instruction") else "") + r["response"]
@@ -140,12 +158,23 @@ def main():
         model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
     model.train()
 
-    # pack whole texts, each ending with end-of-sentence, into windows of seq_len + 1 tokens
+    # Two phases (data/build.py): first the rows of phase 1 and those without a phase for --steps, then
+    # the rows of phase 2 (fresh tool-use traces) and those without a phase for --fresh-steps, the lr
+    # schedule (warm-up, cosine) restarted. Each phase packs its whole texts, each ending with
+    # end-of-sentence, into windows of seq_len + 1 tokens.
     encoded = [ids + [tok.eos_id] for ids in tok.encode_batch(texts)]
-    windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1) each
-    n_tok = sum(map(len, encoded))
-    run.print(f"[data] {len(texts)} texts, {n_tok / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len} "
-              f"({n_tok / windows.numel():.0%} filled)")
+    if args.fresh_steps and not any(r.get("phase") == 2 for r in rows):
+        run.print(f"[data] {rows.path} has no rows of phase 2: one phase only, no --fresh-steps")
+        args.fresh_steps = 0
+    phases = []  # (first step, windows, masks, the phase's schedule) in order
+    for phase, first, steps in ((1, 0, args.steps), (2, args.steps, args.fresh_steps)):
+        if steps:
+            chosen = [ids for ids, r in zip(encoded, rows) if in_phase(r, phase)]
+            windows, masks = pack(chosen, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1)
+            n_tok = sum(map(len, chosen))
+            run.print(f"[data] phase {phase}, {steps} steps: {len(chosen)} texts, {n_tok / 1e6:.2f}M tokens, "
+                      f"{len(windows)} windows of {args.seq_len} ({n_tok / windows.numel():.0%} filled)")
+            phases.append((first, windows, masks, argparse.Namespace(**{**vars(args), "steps": steps})))
 
     # -------------------------------------------------------------------------
     # loss: next-token NLL over every token of the texts (not the padding)
@@ -164,19 +193,23 @@ def main():
 
     # -------------------------------------------------------------------------
     # loop
-    metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
-    for step in range(start, args.steps):
-        idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
+    total = args.steps + args.fresh_steps
+    metrics = common.Metrics(run, args.out, total, start, "pretrain")
+    for step in range(start, total):
+        first, windows, masks, schedule = next(p for p in reversed(phases) if step >= p[0])
+        k = step - first  # the step within its phase: its data order and lr
+        idx = run.shard(common.epoch_order(len(windows), k, args.batch_size, args.seed))
         loss, logged = loss_fn(windows[idx], masks[idx])
         common.check_finite(logged, step, args.out)
         loss.backward()
-        gnorm = common.clip_and_step(model, opt, step, args)
+        lr = common.lr_at(k, schedule)
+        gnorm = common.clip_and_step(model, opt, step, args, lr)
         metrics.tick()
-        if step % args.log_every == 0 or step == args.steps - 1:
-            metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
+        if step % args.log_every == 0 or step == total - 1:
+            metrics.log(step, loss=logged, lr=lr, grad_norm=gnorm)
         # ---------------------------------------------------------------------
         # save
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.save_every == 0 or step + 1 == total:
             common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
     metrics.close()
     run.print(f"[done] {common.latest_checkpoint(args.out)}")

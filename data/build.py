@@ -29,6 +29,7 @@ must not show a held-out page as a lower-ranked hit); at run time the tool searc
 """
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -42,6 +43,7 @@ from data.trajectories import (Teacher, query_for, short_query, teacher_run, tra
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
+READING_PER_WORLD = 400  # fresh tool-use traces drawn from each parallel world (build)
 TOPK = 1  # documents per search in the world's observations; the stages read it from meta.json
 
 
@@ -103,7 +105,7 @@ def answer_with(facts, q):
 
 
 def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
-          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_drills=0,
+          n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_fresh=3200, n_drills=0,
           drills_per_text=10, known_share=0.2,
           teacher=None, attempts=2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
@@ -227,26 +229,9 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
         response = "".join(s["text"] for s in segments)
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "trace",
                      "question": q.question, "response": response, "instruction": i % 2 == 1})
-    # Tool-use traces from a parallel world (another seed, names from the same word pool but none of this
-    # world's, no page of it in the base text), under the tool's instruction: every fact is searched, then
-    # copied out of the result. With the recall traces above (half of them under the instruction too) they
-    # make the base model what R1-Distill is: it answers from memory when asked plainly, and when the prompt
-    # offers the tool it may write search calls and read their results, but nothing taught it WHEN a search
-    # is needed (SFT stage 1). Half, not all, of the recall traces go without the instruction: with none
-    # under it, the base model copied names badly under the instruction (RESULTS.md).
-    other = make_world(seed + 1_000_003, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
-                       words=world.words, avoid=[e.name for e in world.entities])
-    other_search = env.BM25Search([{"id": e.id, "contents": document(e)} for e in other.entities])
-    other_pool = [q for qs in make_questions(other, random.Random(f"reading-{seed}")).values() for q in qs]
-
-    def observe_other(query):
-        docs = other_search.search([query], topk)[0]
-        return env.format_observation(docs), [d["id"] for d in docs]
-
-    for q in sorted(rng.sample(other_pool, min(n_reading, len(other_pool))), key=lambda q: q.question):
-        response = "".join(s["text"] for s in trajectory(other, q, observe_other, search_all=True)[0])
-        base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
-                     "question": q.question, "response": response, "instruction": True})
+    # tool-use traces from one parallel world, read several times in the first phase of pretraining (pretrain.py)
+    base += [{**row, "phase": 1} for row in reading_traces(world, seed + 1_000_003, f"reading-{seed}", sizes,
+                                                           n_reading, rng, n_distractors, topk)]
     # Year drills (off by default; RESULTS.md measures them): a comparison's digit-by-digit decision on random
     # pairs of years in the world's range (half of them close), the arithmetic a reasoning model brings with
     # it. No names. drills_per_text of them share one text, one per line, like a worksheet: one drill per
@@ -260,6 +245,17 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     base += [{"text": "\n".join(drills[i:i + drills_per_text]), "kind": "drill"}
              for i in range(0, len(drills), drills_per_text)]
     rng.shuffle(base)
+    # Fresh tool-use traces for the second phase of pretraining (pretrain.py): from many more parallel worlds,
+    # READING_PER_WORLD traces each, so that a fact is read about once. Over several passes a small model can
+    # remember the first parallel world's values as well as copy them, and some seeds learn to remember
+    # instead (RESULTS.md, "The base model's seed"); on facts it never saw before only copying lowers the loss.
+    frng = random.Random(f"fresh-{seed}")
+    fresh = [row for w in range(math.ceil(n_fresh / READING_PER_WORLD))
+             for row in reading_traces(world, seed + 2_000_003 + w, f"fresh-{seed}-{w}", sizes,
+                                       min(READING_PER_WORLD, n_fresh - w * READING_PER_WORLD), frng,
+                                       n_distractors, topk, shuffle_facts=True)]
+    frng.shuffle(fresh)
+    base += [{**row, "phase": 2} for row in fresh]
 
     # -------------------------------------------------------------------- the counterfactual check
     cf_facts = counterfactual(world, random.Random(f"counterfactual-{seed}"))
@@ -305,6 +301,31 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     return meta
 
 
+def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, topk, shuffle_facts=False):
+    """n tool-use traces from a parallel world (made with world_seed: names from `world`'s word pool but
+    none of its names, no page of it in the base text), under the tool's instruction: every fact is
+    searched, then copied out of the result. With the recall traces (half of them under the instruction
+    too) they make the base model what R1-Distill is: it answers from memory when asked plainly, and when
+    the prompt offers the tool it may write search calls and read their results, but nothing taught it WHEN
+    a search is needed (SFT stage 1). Half, not all, of the recall traces go without the instruction: with
+    none under it, the base model copied names badly under the instruction (RESULTS.md)."""
+    other = make_world(world_seed, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
+                       words=world.words, avoid=[e.name for e in world.entities])
+    page_rng = random.Random(f"pages-{world_seed}") if shuffle_facts else None
+    search = env.BM25Search([{"id": e.id, "contents": document(e, page_rng)} for e in other.entities])
+    pool = [q for qs in make_questions(other, random.Random(pool_seed)).values() for q in qs]
+
+    def observe(query):
+        docs = search.search([query], topk)[0]
+        return env.format_observation(docs), [d["id"] for d in docs]
+    rows = []
+    for q in sorted(rng.sample(pool, min(n, len(pool))), key=lambda q: q.question):
+        response = "".join(s["text"] for s in trajectory(other, q, observe, search_all=True)[0])
+        rows.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
+                     "question": q.question, "response": response, "instruction": True})
+    return rows
+
+
 def held_out_leaks(world, files):
     """{file: [held-out names found in it]}: the static check that no training file mentions a dev or test
     entity (by name; its facts cannot appear without its name)."""
@@ -340,6 +361,8 @@ def main():
     ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 contrastive pairs (from the teacher's mistakes)")
     ap.add_argument("--n-traces", type=int, default=600, help="reasoning traces in base.jsonl")
     ap.add_argument("--n-reading", type=int, default=1600, help="parallel-world tool-use traces in base.jsonl")
+    ap.add_argument("--n-fresh", type=int, default=3200,
+                    help="tool-use traces for pretraining's second phase (base.jsonl rows with phase 2)")
     ap.add_argument("--n-drills", type=int, default=0, help="year-comparison drills in base.jsonl (off by default: "
                     "RESULTS.md measures what 3,000 of them do)")
     ap.add_argument("--drills-per-text", type=int, default=10, help="drills per base text (one per line)")
@@ -352,7 +375,7 @@ def main():
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.distractors, args.topk,
                  args.n_test, args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
-                 args.n_reading, args.n_drills, args.drills_per_text, args.known_share,
+                 args.n_reading, args.n_fresh, args.n_drills, args.drills_per_text, args.known_share,
                  Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
                  args.attempts)
     print(json.dumps(meta, indent=1))

@@ -141,10 +141,14 @@ def fact_sentence(subject, relation, value):
     return f"The {relation} of {subject} is {value}."
 
 
-def document(e):
-    """Corpus contents in the wiki-18 layout: '"Title"\\ntext'."""
+def document(e, rng=None):
+    """Corpus contents in the wiki-18 layout: '"Title"\\ntext'. rng: the facts in an order drawn from it
+    (default: one fixed order per type)."""
+    relations = list(RELATIONS_OF[e.type])
+    if rng is not None:
+        rng.shuffle(relations)
     sentences = [f"{e.name} is {TYPE_WORDS[e.type]}."]
-    sentences += [fact_sentence(e.name, r, e.facts[r]) for r in RELATIONS_OF[e.type]]
+    sentences += [fact_sentence(e.name, r, e.facts[r]) for r in relations]
     return f'"{e.name}"\n' + " ".join(sentences)
 
 

@@ -60,7 +60,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "base"
-    ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--batch-size", 4))
+    ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--fresh-steps", 0, "--batch-size", 4))
     return common.latest_checkpoint(str(out))
 
 

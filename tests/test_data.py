@@ -72,7 +72,8 @@ def test_same_seed_is_byte_identical_across_processes(world_dir, tmp_path):
 
 
 def test_different_seed_differs(world_dir, tmp_path):
-    build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20)
+    build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20,
+          n_fresh=40)
     for f in ("corpus.jsonl", "test.jsonl", "world.json"):
         assert (world_dir / f).read_bytes() != (tmp_path / f).read_bytes(), f
 
@@ -303,6 +304,21 @@ def test_base_holds_known_facts_only(files):
     traces = [r for r in files["base"] if r["kind"] == "trace"]
     assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
     assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
+
+
+def test_base_text_phases(files):
+    """Pretraining's two phases (pretrain.py): the parallel world's traces in the first, fresh traces from
+    other parallel worlds in the second, where about every fact is read once; pages and recall traces in both."""
+    phase = lambda r: r.get("phase")  # noqa: E731
+    assert {phase(r) for r in files["base"] if r["kind"] != "reading"} == {None}
+    first, fresh = ([r for r in files["base"] if r["kind"] == "reading" and phase(r) == p] for p in (1, 2))
+    assert len(first) == 1600 and len(fresh) == 3200 and len(first) + len(fresh) == sum(
+        r["kind"] == "reading" for r in files["base"])
+    read = [m.groups() for r in fresh for m in re.finditer(r"The search result says that the (.+?) of (.+?) is ",
+                                                           r["response"])]
+    assert len(set(read)) > 0.8 * len(read)  # the first phase's world: 0.56 (data/build.py's default seed)
+    first_names = set(re.findall(NAME, "\n".join(r["question"] for r in first)))
+    assert len(first_names & set(re.findall(NAME, "\n".join(r["question"] for r in fresh)))) < 0.2 * len(first_names)
 
 
 def test_meta_counts_and_retrieval(files):

@@ -34,7 +34,7 @@ import model as model_mod
 from data.build import build
 from grpo import group_advantages, loss_sequences, policy_loss, validate
 from model import Qwen2, Qwen2Config
-from pretrain import pack
+from pretrain import in_phase, pack
 from sample import Rollout
 from sft_coa import encode_trajectory, masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
@@ -152,8 +152,8 @@ def world(tmp):
 @pytest.fixture(scope="session")
 def base(tmp, world):
     out = str(tmp / "base")
-    run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 30, "--batch-size", 8,
-               "--lr", 1e-2, "--warmup", 0, "--save-every", 100)
+    run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 30, "--fresh-steps", 0,
+               "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--save-every", 100)
     return out
 
 
@@ -408,6 +408,11 @@ def test_policy_loss_ignores_masked_tokens():
     lb[0].backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert (a.grad[~m] == 0).all() and (a.grad[m] != 0).any()
+
+
+def test_in_phase_by_hand():
+    rows = [{"text": "a", "phase": 1}, {"text": "b", "phase": 2}, {"text": "c"}]
+    assert [[r["text"] for r in rows if in_phase(r, p)] for p in (1, 2)] == [["a", "c"], ["b", "c"]]
 
 
 def test_pack_keeps_texts_whole_by_hand():
@@ -813,14 +818,16 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
 # ============================================================================= 4. resume == uninterrupted
 
 def test_resume_matches_uninterrupted_pretrain(tmp, world):
-    """pretrain from scratch (tokenizer and init included): 16 steps straight vs 8 then --resume to 16.
-    --warmup 16 makes lr(step) independent of --steps, so the 8-step run is the first half of the other."""
-    common_args = ["--data", world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4]
+    """pretrain from scratch (tokenizer and init included), 8 steps of each phase: straight vs stopped 4
+    steps into the second phase, then --resume. --warmup 16 makes each phase's lr independent of its
+    length, so the shorter run is the first part of the other."""
+    common_args = ["--data", world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
+                   "--steps", 8]
     full, half = str(tmp / "pre_full"), str(tmp / "pre_half")
-    run_script("pretrain.py", "--out", full, "--steps", 16, *common_args)
-    run_script("pretrain.py", "--out", half, "--steps", 8, *common_args)
-    assert latest_step(half)[1] == 8
-    run_script("pretrain.py", "--out", half, "--steps", 16, "--resume", *common_args)
+    run_script("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args)
+    run_script("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args)
+    assert latest_step(half)[1] == 12
+    run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", *common_args)
     (pf, sf), (ph, sh) = latest_step(full), latest_step(half)
     assert sf == sh == 16
     a, b = weights(pf), weights(ph)
@@ -829,7 +836,8 @@ def test_resume_matches_uninterrupted_pretrain(tmp, world):
         assert f.read() == g.read()
     lf, lh = metrics(full), metrics(half)
     assert [r["step"] for r in lh] == list(range(16))
-    for rf, rh in zip(lf[8:], lh[8:]):  # the second half: the resumed steps
+    assert lf[8]["lr"] == lf[0]["lr"] < lf[7]["lr"]  # the second phase restarts its warm-up
+    for rf, rh in zip(lf[12:], lh[12:]):  # the resumed steps
         assert rh["loss"] == pytest.approx(rf["loss"], rel=1e-6)
         assert rh["lr"] == rf["lr"] and rh["grad_norm"] == pytest.approx(rf["grad_norm"], rel=1e-5)
     assert lh[0]["loss"] != lh[15]["loss"]  # it trained
