@@ -175,9 +175,9 @@ def copy_cases(world, pages, n, split="test"):
 def copy_probe(model, tok, cases, batch_size=64):
     """Does the model copy a value out of the result it reads? Teacher-forced over copy_cases: a value counts
     as copied when every one of its tokens is the model's most likely next token. A base model that
-    answers right on its known pages and writes search calls may still not copy (tests/test_probe.py);
-    its SFT-2 cannot then read the tool. -> {"values": n, "copied": count, "by_relation": {relation:
-    [copied, n]}} (a model that copies whichever value comes last on the page copies some relations only)."""
+    writes search calls may still not copy, and its SFT-2 then cannot read the tool (RESULTS.md, "The
+    base model's seed"). -> {"values": n, "copied": count, "by_relation": {relation: [copied, n]}} (a
+    model that copies whichever value comes last on the page copies some relations only)."""
     copied, by_relation = 0, {}
     for i in range(0, len(cases), batch_size):
         batch = cases[i:i + batch_size]

@@ -92,8 +92,15 @@ def test_heldout_questions_never_trained_on(files):
     assert not {r["id"] for r in files["dev"]} & {r["id"] for r in files["test"]}
     training = "\n".join([r["question"] for r in files["rl"] + files["stage2"] + files["stage1"]]
                          + [r["prefix"] for r in files["stage1"]] + [r["text"] for r in files["base"]])
+    # every question ends with "?": compare the text ending at each "?" of the training text with the held
+    # questions of each length (one pass; `q not in training` per question is slow on the base text)
+    assert all(q.endswith("?") for q in held)
+    by_length = {}
     for q in held:
-        assert q not in training, q
+        by_length.setdefault(len(q), set()).add(q)
+    for end in (m.end() for m in re.finditer(r"\?", training)):
+        for n, qs in by_length.items():
+            assert training[max(0, end - n):end] not in qs, training[max(0, end - n):end]
     assert "What is the" in training  # the check above is looking at real question text
 
 
@@ -104,10 +111,10 @@ def test_no_held_out_entity_in_any_training_file(files):
     world = files["world"]
     held = [e for e in world["entities"] if e["split"] in ("dev", "test")]
     assert len(held) > 100
-    for name in TRAINING:
-        text = json.dumps(files[name], ensure_ascii=False)
-        for e in held:
-            assert e["name"] not in text, (name, e["name"])
+    names = re.compile(r"\b(" + "|".join(re.escape(e["name"]) for e in held) + r")\b")  # whole names only:
+    for name in TRAINING:  # a parallel world's "Zidun Nitin" is not the held-out "Zidun Niti"
+        found = names.search(json.dumps(files[name], ensure_ascii=False))
+        assert found is None, (name, found and found.group(0))
     base_words = set(re.findall(r"[A-Z][a-z]+", "\n".join(r["text"] for r in files["base"])))
     assert {w for e in held for w in e["name"].split()} <= base_words
     for split, held_split in (("test", "test"), ("dev", "dev")):
@@ -316,7 +323,7 @@ def test_base_text_phases(files):
         r["kind"] == "reading" for r in files["base"])
     read = [m.groups() for r in fresh for m in re.finditer(r"The search result says that the (.+?) of (.+?) is ",
                                                            r["response"])]
-    assert len(set(read)) > 0.8 * len(read)  # the first phase's world: 0.56 (data/build.py's default seed)
+    assert len(set(read)) > 0.8 * len(read)  # the first phase's one world repeats its facts far more
     first_names = set(re.findall(NAME, "\n".join(r["question"] for r in first)))
     assert len(first_names & set(re.findall(NAME, "\n".join(r["question"] for r in fresh)))) < 0.2 * len(first_names)
 
