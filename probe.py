@@ -136,7 +136,7 @@ def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max
 
 def year_cases(n, seed=0):
     """n random pairs of years in the embedded world's range, half of them close, as (prompt, decision):
-    ("Is 1850 born later than 1862?", "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, so 1850 born later: No")."""
+    ("Is 1850 born later than 1862?", "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
     rng, cases = random.Random(seed), []
     for _ in range(n):
         ya, yb = year_pair(rng, 1700, 3000)
@@ -152,7 +152,7 @@ def year_probe(model, tok, n=300, seed=0, batch_size=64, logits_processor=None):
     cases, right = year_cases(n, seed), 0
     for i in range(0, n, batch_size):
         batch = cases[i:i + batch_size]
-        outs = sample(model, tok, [tok.encode(q) for q, _ in batch], mode="none", max_new_tokens=96, temperature=0.0,
+        outs = sample(model, tok, [tok.encode(q) for q, _ in batch], mode="none", max_new_tokens=48, temperature=0.0,
                       logits_processor=logits_processor)
         right += sum((q + tok.decode(o.completion)).startswith(line) for (q, line), o in zip(batch, outs))
     return {"pairs": n, "right": right}

@@ -59,21 +59,19 @@ def read(name, relation, value):
 
 
 def year_check(ya, yb, compare, verb):
-    """The comparison's decision in steps a small model can take one at a time, each either local or a
-    copy of what follows the same tokens earlier on (as a name is copied): the question's verb and word
-    ("born later": after the verb, data/world.COMPARISON_VERB, the word follows as in the question); the
-    digits compared at the same place up to the first that differs; the first year, verb and word again
-    (after the year's digits the rest repeats the line's start), then Yes/No, which depends on the
-    comparison just written and the word just before it:
-    "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, so 1850 born later: No" (data/build.py
-    --n-drills puts it in the base text on random years)."""
+    """The comparison's decision in steps a small model can take one at a time: the question's verb and
+    word ("born later", data/world.COMPARISON_VERB: after the verb, the word is copied from the question
+    as a name is), the digits compared at the same place up to the first that differs, the word copied
+    again next to that comparison, then the answer, which depends on those two tokens only:
+    "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No" (data/build.py --n-drills puts it in
+    the base text on random years)."""
     digits = []
     for da, db in zip(str(ya), str(yb)):
         digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")
         if da != db:
             break
     yes = "Yes" if (ya < yb) == (compare == "earlier") else "No"
-    return f"Is {ya} {verb} {compare} than {yb}? {', '.join(digits)}, so {ya} {verb} {compare}: {yes}"
+    return f"Is {ya} {verb} {compare} than {yb}? {', '.join(digits)}, {compare}: {yes}"
 
 
 def year_pair(rng, lo, hi):
