@@ -191,7 +191,7 @@ def when_to_act(records):
 # states them (read out of a result, or recalled), and its decision line (year_check, then the name)
 COMPARISON_QUESTION = re.compile(r"(?:earlier|later), (.+) or (.+)\?$")
 STATED_FACT = re.compile(r"(?:The search result says|I remember) that the [a-z ]+? of (.+?) is (\d+)\.")
-DECISION = re.compile(r"Is (\d+) (?:[a-z]+ )?(earlier|later) than (\d+)\? .*?, (?:earlier|later): (Yes|No), so it is (.+?)\.\n")
+DECISION = re.compile(r"Is (\d+) (earlier|later) than (\d+)\? .*?, (?:earlier|later): (Yes|No), so it is (.+?)\.\n")
 
 
 def comparison_steps(records):

@@ -32,7 +32,7 @@ import torch
 import common
 import env
 from data.trajectories import act, need, read, year_check, year_pair
-from data.world import COMPARISON_VERB, composition_text, fact_sentence
+from data.world import composition_text, fact_sentence
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
@@ -136,11 +136,11 @@ def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max
 
 def year_cases(n, seed=0):
     """n random pairs of years in the embedded world's range, half of them close, as (prompt, decision):
-    ("Is 1850 born later than 1862?", "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
+    ("Is 1850 later than 1862?", "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
     rng, cases = random.Random(seed), []
     for _ in range(n):
         ya, yb = year_pair(rng, 1700, 3000)
-        line = year_check(ya, yb, rng.choice(("earlier", "later")), rng.choice(list(COMPARISON_VERB.values())))
+        line = year_check(ya, yb, rng.choice(("earlier", "later")))
         cases.append((line[:line.index("?") + 1], line))
     return cases
 

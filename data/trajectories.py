@@ -28,7 +28,7 @@ right answer (chosen) against the one the teacher wrote (rejected), from the sam
 from dataclasses import dataclass
 
 from env import TAGS
-from data.world import COMPARISON_VERB, fact_sentence
+from data.world import fact_sentence
 
 
 def query_for(name, relation):
@@ -58,20 +58,17 @@ def read(name, relation, value):
     return f"The search result says that {s[0].lower()}{s[1:]}\n"
 
 
-def year_check(ya, yb, compare, verb):
-    """The comparison's decision in steps a small model can take one at a time: the question's verb and
-    word ("born later", data/world.COMPARISON_VERB: after the verb, the word is copied from the question
-    as a name is), the digits compared at the same place up to the first that differs, the word copied
-    again next to that comparison, then the answer, which depends on those two tokens only:
-    "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No" (data/build.py --n-drills puts it in
-    the base text on random years)."""
+def year_check(ya, yb, compare):
+    """The comparison's decision in steps a small model can take one at a time: digits compared at the same
+    place up to the first that differs, the question's word copied next to that comparison, then the
+    answer, which depends on those two tokens only: "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No"
+    (data/build.py --n-drills puts it in the base text on random years)."""
     digits = []
     for da, db in zip(str(ya), str(yb)):
         digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")
         if da != db:
             break
-    yes = "Yes" if (ya < yb) == (compare == "earlier") else "No"
-    return f"Is {ya} {verb} {compare} than {yb}? {', '.join(digits)}, {compare}: {yes}"
+    return f"Is {ya} {compare} than {yb}? {', '.join(digits)}, {compare}: {'Yes' if (ya < yb) == (compare == 'earlier') else 'No'}"
 
 
 def year_pair(rng, lo, hi):
@@ -96,7 +93,7 @@ def conclusion(world, q, values=None):
         (a, rel), (b, _) = q.lookups
         ya, yb = values or [world.fact(a, rel), world.fact(b, rel)]
         answer = winner(q, ya, yb)
-        text = f"{year_check(ya, yb, q.compare, COMPARISON_VERB[rel])}, so it is {answer}.\n"
+        text = f"{year_check(ya, yb, q.compare)}, so it is {answer}.\n"
     # the answer is boxed in the reasoning too, so that writing it after </think> repeats a line verbatim
     # (a small model copies "answer is \boxed{" -> Y far more reliably than it re-finds Y in the reasoning)
     return text + f"So the answer is \\boxed{{{answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{answer}}}"

@@ -68,10 +68,6 @@ COMPARISONS = {
     "book": ("publication year", "Which book was published earlier, {a} or {b}?",
              "Which book was published later, {a} or {b}?"),
 }
-# the word before "earlier"/"later" in each question above, by year relation: the reasoning's decision line
-# repeats it ("Is 1850 born later than 1862?", data/trajectories.year_check), so that the question's word
-# follows the same token there as in the question and a small model copies it as it copies names
-COMPARISON_VERB = {"birth year": "born", "founding year": "founded", "publication year": "published"}
 
 DEFAULT_SIZES = {"person": 800, "org": 300, "city": 240, "country": 12, "book": 300}
 SPLITS = ("known", "train", "dev", "test")

@@ -201,12 +201,12 @@ def test_comparison_steps_by_hand():
     def rec(text, question=q, type_="comparison"):
         return {"question": question, "type": type_, "text": text}
     records = [
-        # all right, both years read: Is 1850 born later than 1862? No -> the second name
-        rec(read_a + read_b + "Is 1850 born later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No, so it is Dule Mumo.\n"),
+        # all right, both years read: Is 1850 later than 1862? No -> the second name
+        rec(read_a + read_b + "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No, so it is Dule Mumo.\n"),
         # B recalled; the question's word miscopied ("earlier"), yes/no right for that line, the name follows it
-        rec(read_a + recall_b + "Is 1850 born earlier than 1862? 1 = 1, 8 = 8, 5 < 6, earlier: Yes, so it is Lopi "
+        rec(read_a + recall_b + "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6, earlier: Yes, so it is Lopi "
                                 "Fiben.\n"),
-        # A's year miscopied (1805), wrong yes/no for the line, the name does not follow it (no verb: the old line)
+        # A's year miscopied (1805), wrong yes/no for the line, and the name does not follow it
         rec(read_a + read_b + "Is 1805 later than 1862? 1 = 1, 8 = 8, 0 < 6, later: Yes, so it is Dule Mumo.\n"),
         rec(read_a + "So the answer is \\boxed{Dule Mumo}."),          # no decision line: not counted
         rec("Is 1 later than 2? later: No, so it is x.\n", "What is the birthplace of Lopi Fiben?", "composition"),
