@@ -70,3 +70,26 @@ def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
     todo = pipeline.jobs(0, 0, False, only=pipeline.needed("runs/sft1"))
     assert [(k, needs) for k, _, needs, _ in todo] == [("runs/base", []), ("runs/sft1", ["runs/base"])]
     assert all("--overwrite" in cmd for _, cmd, _, _ in todo)
+
+
+# a base job: makes runs/base holding the --seed it was given (0 without one)
+BASE = ("import os, sys; a = sys.argv; os.makedirs('runs/base', exist_ok=True); "
+        "open('runs/base/seed', 'w').write(a[a.index('--seed') + 1] if '--seed' in a else '0')")
+
+
+@pytest.mark.parametrize("copies, kept, set_aside", [
+    ({0: 0.95}, "0", []),                                  # the first seed copies enough
+    ({0: 0.5, 1: 0.92}, "1", ["base_seed0"]),              # the second does
+    ({0: 0.5, 1: 0.7, 2: 0.6}, "1", ["base_seed0", "base_seed2"]),  # none does: the best copier is kept
+])
+def test_base_gate_pretrains_the_next_seed_until_one_copies(tmp_path, monkeypatch, copies, kept, set_aside):
+    monkeypatch.setattr(pipeline, "ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "dev_copies", lambda seed, threads: copies[seed])
+    after = ("import sys; assert open('runs/base/seed').read() == sys.argv[1], 'started before the gate'; "
+             "open('after', 'w').write('ok')")
+    pipeline.run_jobs([("runs/base", ["-c", BASE, "--overwrite"], [], "runs/base"),
+                       ("after", ["-c", after, kept], ["runs/base"], None)], 2, {})
+    assert (tmp_path / "runs/base/seed").read_text() == kept and (tmp_path / "after").read_text() == "ok"
+    assert sorted(p.name for p in (tmp_path / "runs").glob("base_seed*")) == set_aside
+
