@@ -35,8 +35,8 @@ import random
 import re
 
 import env
-from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity, distinct_years, document, make_questions,
-                        make_world, unknown_lookups)
+from data.world import (COMPARE_WORDS, DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity,
+                        distinct_years, document, make_questions, make_world, unknown_lookups)
 from data.trajectories import (Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory, year_check,
                                year_pair)
 
@@ -107,15 +107,16 @@ def answer_with(facts, q):
 def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TOPK, n_test=800, n_dev=200,
           n_rl=500, n_tool=1500, n_cot=300, n_pairs=600, n_traces=600, n_reading=1600, n_fresh=3200, n_drills=0,
           drills_per_text=10, known_share=0.2,
-          teacher=None, attempts=2):
+          teacher=None, attempts=2, compare_words=COMPARE_WORDS):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict.
     known_share: the share of test and dev questions about known entities only (the rest start from a
     held-out entity). teacher: data.trajectories.Teacher (its mistake rates); attempts: teacher runs per
-    question (the first right one goes to stage 2, each wrong one gives a stage-1 pair)."""
+    question (the first right one goes to stage 2, each wrong one gives a stage-1 pair). compare_words: what
+    comparisons ask (data/world.COMPARE_WORDS), in this world and the parallel ones."""
     # -------------------------------------------------------------------- world and splits
     world = make_world(seed, sizes, fractions, n_distractors=n_distractors)
     rng = random.Random(f"build-{seed}")  # str seeds are hashed with sha512: stable across runs
-    strata = make_questions(world, rng)
+    strata = make_questions(world, rng, words=compare_words)
     by_split = {s: {k: [q for q in v if world.split_of(q) == s] for k, v in sorted(strata.items())}
                 for s in ("train", "dev", "test")}
     all_known = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in by_split["train"].items()}
@@ -231,7 +232,8 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
                      "question": q.question, "response": response, "instruction": i % 2 == 1})
     # tool-use traces from one parallel world, read several times in the first phase of pretraining (pretrain.py)
     base += [{**row, "phase": 1} for row in reading_traces(world, seed + 1_000_003, f"reading-{seed}", sizes,
-                                                           n_reading, rng, n_distractors, topk)]
+                                                           n_reading, rng, n_distractors, topk,
+                                                           words=compare_words)]
     # Year drills (off by default; RESULTS.md measures them): a comparison's digit-by-digit decision on random
     # pairs of years in the world's range (half of them close), the arithmetic a reasoning model brings with
     # it. No names. drills_per_text of them share one text, one per line, like a worksheet: one drill per
@@ -253,7 +255,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     fresh = [row for w in range(math.ceil(n_fresh / READING_PER_WORLD))
              for row in reading_traces(world, seed + 2_000_003 + w, f"fresh-{seed}-{w}", sizes,
                                        min(READING_PER_WORLD, n_fresh - w * READING_PER_WORLD), frng,
-                                       n_distractors, topk, shuffle_facts=True)]
+                                       n_distractors, topk, shuffle_facts=True, words=compare_words)]
     frng.shuffle(fresh)
     base += [{**row, "phase": 2} for row in fresh]
 
@@ -292,7 +294,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
         "held_out_names_in_training_files": 0,
         "stage2_kinds": {k: sum(r["kind"] == k for r in stage2) for k in ("tool", "cot")},
         "stage1_directions": {d: sum(r["direction"] == d for r in stage1) for d in ("search", "answer")},
-        "teacher": {**vars(teacher), **runs},
+        "teacher": {**vars(teacher), **runs}, "compare_words": list(compare_words),
         "hops": {name: {h: sum(r["hops"] == h for r in rs) for h in (1, 2, 3, 4)} for name, rs in rows.items()},
         "retrieval": {"lookups": len(lookups), **retrieval},
     }
@@ -301,7 +303,8 @@ def build(out_dir, seed=0, sizes=None, fractions=None, n_distractors=40, topk=TO
     return meta
 
 
-def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, topk, shuffle_facts=False):
+def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, topk, shuffle_facts=False,
+                   words=COMPARE_WORDS):
     """n tool-use traces from a parallel world (made with world_seed: names from `world`'s word pool but
     none of its names, no page of it in the base text), under the tool's instruction: every fact is
     searched, then copied out of the result. With the recall traces (half of them under the instruction
@@ -313,7 +316,7 @@ def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, t
                        words=world.words, avoid=[e.name for e in world.entities])
     page_rng = random.Random(f"pages-{world_seed}") if shuffle_facts else None
     search = env.BM25Search([{"id": e.id, "contents": document(e, page_rng)} for e in other.entities])
-    pool = [q for qs in make_questions(other, random.Random(pool_seed)).values() for q in qs]
+    pool = [q for qs in make_questions(other, random.Random(pool_seed), words=words).values() for q in qs]
 
     def observe(query):
         docs = search.search([query], topk)[0]
@@ -370,6 +373,8 @@ def main():
         ap.add_argument(f"--teacher-{k.replace('_', '-')}", type=float, default=v,
                         help=f"the teacher's mistake rate: {k} (data/trajectories.py Teacher)")
     ap.add_argument("--attempts", type=int, default=2, help="teacher runs per question")
+    ap.add_argument("--compare-words", nargs="+", choices=("earlier", "later"), default=list(COMPARE_WORDS),
+                    help="what comparison questions ask (data/world.py COMPARE_WORDS has why the default is one)")
     args = ap.parse_args()
     print(vars(args))
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
@@ -377,7 +382,7 @@ def main():
                  args.n_test, args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_traces,
                  args.n_reading, args.n_fresh, args.n_drills, args.drills_per_text, args.known_share,
                  Teacher(**{k: getattr(args, f"teacher_{k}") for k in vars(Teacher())}),
-                 args.attempts)
+                 args.attempts, tuple(args.compare_words))
     print(json.dumps(meta, indent=1))
 
 

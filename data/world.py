@@ -69,6 +69,12 @@ COMPARISONS = {
              "Which book was published later, {a} or {b}?"),
 }
 
+# The words comparison questions ask with. The embedded world asks "earlier" only: its 1M-parameter base
+# model never learned to carry the question's word into the decision line (it wrote "earlier" or "later"
+# whatever the question said, so comparisons stayed at chance; RESULTS.md, "What changed").
+# `python -m data.build --compare-words earlier later` builds the world with both.
+COMPARE_WORDS = ("earlier",)
+
 DEFAULT_SIZES = {"person": 800, "org": 300, "city": 240, "country": 12, "book": 300}
 SPLITS = ("known", "train", "dev", "test")
 HELD_OUT = ("dev", "test")
@@ -343,11 +349,11 @@ def composition_questions(world, max_hops=4):
     return out
 
 
-def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS):
+def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS, words=COMPARE_WORDS):
     """One question per unordered pair of same-type entities (at most max_per_type pairs drawn at random per
-    type, pairs with a held-out entity first so that dev and test have enough); earlier/later and order
-    drawn at random (only one variant per pair, so a held-out pair is not answered in training in another
-    order)."""
+    type, pairs with a held-out entity first so that dev and test have enough); the word (of `words`:
+    "earlier", "later") and the order drawn at random (only one variant per pair, so a held-out pair is not
+    answered in training in another order)."""
     out = []
     for t, (rel, earlier, later) in COMPARISONS.items():
         ents = world.real(t)
@@ -359,7 +365,7 @@ def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS):
         pairs = sorted(rng.sample(held, k) + rng.sample(rest, min(len(rest), max_per_type - k)))
         for i, j in pairs:
             a, b = (ents[i], ents[j]) if rng.random() < 0.5 else (ents[j], ents[i])
-            compare = rng.choice(("earlier", "later"))
+            compare = rng.choice(words)
             ya, yb = a.facts[rel], b.facts[rel]
             win = a if (ya < yb) == (compare == "earlier") else b
             text = (earlier if compare == "earlier" else later).format(a=a.name, b=b.name)
@@ -367,10 +373,10 @@ def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS):
     return out
 
 
-def make_questions(world, rng, max_hops=4):
+def make_questions(world, rng, max_hops=4, words=COMPARE_WORDS):
     """All candidate questions, grouped by stratum ("composition", hops) / ("comparison", 2)."""
     strata = {}
-    for q in composition_questions(world, max_hops) + comparison_questions(world, rng):
+    for q in composition_questions(world, max_hops) + comparison_questions(world, rng, words=words):
         strata.setdefault((q.type, q.hops), []).append(q)
     return strata
 

@@ -72,10 +72,13 @@ def test_same_seed_is_byte_identical_across_processes(world_dir, tmp_path):
 
 
 def test_different_seed_differs(world_dir, tmp_path):
-    build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20,
-          n_fresh=40)
+    meta = build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20,
+                 n_fresh=40, compare_words=("earlier", "later"))
     for f in ("corpus.jsonl", "test.jsonl", "world.json"):
         assert (world_dir / f).read_bytes() != (tmp_path / f).read_bytes(), f
+    # --compare-words earlier later: comparisons ask both ways
+    asked = {w for r in read_jsonl(tmp_path / "test.jsonl") for w in ("earlier", "later") if f" {w}, " in r["question"]}
+    assert asked == {"earlier", "later"} and meta["compare_words"] == ["earlier", "later"]
 
 
 def test_cli_help():
@@ -147,6 +150,10 @@ def test_question_rows_and_hops(files):
     assert len(files["test"]) == 800 and not any(r["held_out"] for r in files["rl"])
     assert {r["hops"] for r in files["stage2"]} == {1, 2, 3, 4}
     assert {r["hops"] for r in files["stage1"]} == {1, 2, 3, 4}
+    # comparisons ask "earlier" only by default (data/world.COMPARE_WORDS), in every file, the base text too
+    comparisons = [r["question"] for f in ("rl", "dev", "test", "stage2") for r in files[f] if r["type"] == "comparison"]
+    assert comparisons and all(" earlier, " in q for q in comparisons)
+    assert not any(" later, " in r.get("question", "") for r in files["base"])
 
 
 def test_gold_answers_follow_from_the_facts(files):
