@@ -166,15 +166,33 @@ def jobs(limit, batch_size, skip_train, only=None):
     return out
 
 
+def copy_share(summary):
+    """The share of values copied, from a probe.py --copy summary file."""
+    with open(summary) as f:
+        r = json.load(f)["copy"]
+    return r["copied"] / max(r["values"], 1)
+
+
 def dev_copies(seed, threads):
     """The share of the dev entities' values runs/base copies out of their pages (probe.py --copy)."""
     out = os.path.join(ROOT, COPY_DEV.format(seed))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     subprocess.run([sys.executable, "probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "dev", "--out", out],
                    cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    with open(out[:-len(".jsonl")] + ".summary.json") as f:
-        r = json.load(f)
-    return r["copied"] / max(r["values"], 1)
+    return copy_share(out[:-len(".jsonl")] + ".summary.json")
+
+
+def set_aside():
+    """{seed: share copied} of the bases the gate has set aside so far (runs/base_seed<S>), so that an
+    interrupted pipeline goes on with the next seed."""
+    seeds = [int(d.rsplit("seed", 1)[1]) for d in os.listdir(os.path.join(ROOT, "runs"))
+             if d.startswith("base_seed")] if os.path.isdir(os.path.join(ROOT, "runs")) else []
+    return {s: copy_share(os.path.join(ROOT, COPY_DEV.format(s)[:-len(".jsonl")] + ".summary.json")) for s in seeds}
+
+
+def with_seed(cmd, seed):
+    i = cmd.index("--seed") if "--seed" in cmd else len(cmd)
+    return cmd[:i] + cmd[i + 2:] + ["--seed", str(seed)]
 
 
 def base_gate(cmd, tried, threads):
@@ -188,8 +206,7 @@ def base_gate(cmd, tried, threads):
     os.replace(os.path.join(ROOT, "runs/base"), os.path.join(ROOT, f"runs/base_seed{seed}"))
     if len(tried) < BASE_SEEDS:
         print(f"[pipeline] below {COPY_GATE:.0%}: set aside as runs/base_seed{seed}, pretraining seed {seed + 1}")
-        i = cmd.index("--seed") if "--seed" in cmd else len(cmd)
-        return cmd[:i] + cmd[i + 2:] + ["--seed", str(seed + 1)]
+        return with_seed(cmd, seed + 1)
     best = max(tried, key=tried.get)
     print(f"[pipeline] no seed reached {COPY_GATE:.0%}; keeping the best copier, seed {best}")
     os.replace(os.path.join(ROOT, f"runs/base_seed{best}"), os.path.join(ROOT, "runs/base"))
@@ -203,7 +220,9 @@ def run_jobs(todo, workers, times):
     os.makedirs(os.path.join(ROOT, "runs/logs"), exist_ok=True)
     pending = {k for k, *_ in todo}
     commands = {k: cmd for k, cmd, *_ in todo}
-    running, tried = {}, {}
+    running, tried = {}, set_aside() if "runs/base" in commands else {}
+    if tried:  # the gate was interrupted: the next seed
+        commands["runs/base"] = with_seed(commands["runs/base"], max(tried) + 1)
     while pending or running:
         ready = [(k, commands[k]) for k, _, needs, _ in todo
                  if k in pending and not any(n in pending or n in running for n in needs)]

@@ -93,3 +93,18 @@ def test_base_gate_pretrains_the_next_seed_until_one_copies(tmp_path, monkeypatc
     assert (tmp_path / "runs/base/seed").read_text() == kept and (tmp_path / "after").read_text() == "ok"
     assert sorted(p.name for p in (tmp_path / "runs").glob("base_seed*")) == set_aside
 
+
+
+def test_base_gate_resumes_with_the_next_seed(tmp_path, monkeypatch):
+    """An interrupted gate: runs/base_seed0 was set aside (its dev copy summary beside it); a new pipeline
+    pretrains seed 1, and weighs seed 0 by its summary when none passes."""
+    monkeypatch.setattr(pipeline, "ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/base_seed0").mkdir(parents=True)
+    (tmp_path / "runs/base_seed0/seed").write_text("0")
+    (tmp_path / "runs/eval").mkdir()
+    (tmp_path / "runs/eval/copy_dev_seed0.summary.json").write_text('{"copy": {"copied": 8, "values": 10}}')
+    monkeypatch.setattr(pipeline, "dev_copies", lambda seed, threads: {1: 0.5, 2: 0.6}[seed])
+    pipeline.run_jobs([("runs/base", ["-c", BASE, "--overwrite"], [], "runs/base")], 2, {})
+    assert (tmp_path / "runs/base/seed").read_text() == "0"  # seeds 1 and 2 copy less than seed 0's 0.8
+    assert sorted(p.name for p in (tmp_path / "runs").glob("base_seed*")) == ["base_seed1", "base_seed2"]

@@ -5,6 +5,7 @@ import json
 from data.world import fact_sentence
 from env import TAGS
 
+import pipeline
 import probe
 from sample import sample
 from test_eval import Script, bm25, chain, ending, model, question, rows, tok, world, world_dir  # noqa: F401 (fixtures)
@@ -128,3 +129,4 @@ def test_cli_copy_writes_its_summary(tmp_path, tok, model, world_dir):
                 str(tmp_path / "c.jsonl"), "--device", "cpu"])
     copy = json.load(open(tmp_path / "c.summary.json"))["copy"]
     assert copy["split"] == "test" and copy["values"] == 4 and 0 <= copy["copied"] <= 4
+    assert pipeline.copy_share(tmp_path / "c.summary.json") == copy["copied"] / 4  # what pipeline's base gate reads
