@@ -190,6 +190,11 @@ def set_aside():
     return {s: copy_share(os.path.join(ROOT, COPY_DEV.format(s)[:-len(".jsonl")] + ".summary.json")) for s in seeds}
 
 
+def seed_of(cmd):
+    """The --seed of a pretrain.py command (its default, 0, without one)."""
+    return int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else 0
+
+
 def with_seed(cmd, seed):
     i = cmd.index("--seed") if "--seed" in cmd else len(cmd)
     return cmd[:i] + cmd[i + 2:] + ["--seed", str(seed)]
@@ -198,7 +203,7 @@ def with_seed(cmd, seed):
 def base_gate(cmd, tried, threads):
     """After runs/base was pretrained by cmd: None when it copies enough (COPY_GATE), else cmd with the next
     --seed. tried: {seed: share copied} of the bases made so far (updated here)."""
-    seed = int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else 0
+    seed = seed_of(cmd)
     tried[seed] = dev_copies(seed, threads)
     print(f"[pipeline] base seed {seed} copies {100 * tried[seed]:.1f}% of the dev entities' values", flush=True)
     if tried[seed] >= COPY_GATE:

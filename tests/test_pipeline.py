@@ -94,7 +94,6 @@ def test_base_gate_pretrains_the_next_seed_until_one_copies(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "runs").glob("base_seed*")) == set_aside
 
 
-
 def test_base_gate_resumes_with_the_next_seed(tmp_path, monkeypatch):
     """An interrupted gate: runs/base_seed0 was set aside (its dev copy summary beside it); a new pipeline
     pretrains seed 1, and weighs seed 0 by its summary when none passes."""
