@@ -36,7 +36,7 @@ import re
 
 import env
 from data.world import (COMPARE_WORDS, DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, Entity,
-                        distinct_years, document, make_questions, make_world, unknown_lookups)
+                        document, make_questions, make_world, unknown_lookups)
 from data.trajectories import (Teacher, query_for, short_query, teacher_run, trajectory, workflow_trajectory, year_check,
                                year_pair)
 
@@ -73,28 +73,31 @@ def write_jsonl(path, rows):
 
 def counterfactual(world, rng):
     """A copy of the world's facts in which every held-out entity's facts have other values of the same kind
-    (an entity it may point at, or a year no other fact has) -> {name: facts}."""
+    -> {name: facts}: a name becomes another entity it may point at, a year the year another entity has for
+    the same relation, so a changed year stays in the range the models were trained on."""
     facts = {e.name: dict(e.facts) for e in world.entities}
-    years = {v for e in world.entities for v in e.facts.values() if isinstance(v, int)}
     for e in world.real():
         if not e.held_out:
             continue
         for rel, value in e.facts.items():
             obj = RELATIONS[rel][1]
             if obj == "year":
-                facts[e.name][rel] = distinct_years(rng, 1, value - 40, 80, years)[0]
+                others = [x.facts[rel] for x in world.real(e.type) if rel in x.facts and x.facts[rel] != value]
             else:
                 others = [x.name for x in world.real(obj) if x.name != value and (not x.held_out or x.split == e.split)]
-                facts[e.name][rel] = rng.choice(others)
+            facts[e.name][rel] = rng.choice(others)
     return facts
 
 
 def answer_with(facts, q):
     """q's answer when the world's facts are `facts` (the chain is followed again: a changed fact can lead
-    to other entities). None if the chain breaks (an entity without that relation)."""
+    to other entities). None if there is none: the chain breaks (an entity without that relation) or a
+    comparison's two years are equal."""
     if q.type == "comparison":
         (a, rel), (b, _) = q.lookups
         ya, yb = facts[a][rel], facts[b][rel]
+        if ya == yb:
+            return None
         return a if (ya < yb) == (q.compare == "earlier") else b
     cur = q.lookups[0][0]
     for _, rel in q.lookups:

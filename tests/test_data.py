@@ -361,6 +361,11 @@ def test_counterfactual_questions_follow_the_changed_corpus(files):
         name = after["contents"].split("\n", 1)[0].strip('"')
         assert (before != after) == (by_name[name]["split"] in ("dev", "test"))
     assert len(files["test_cf"]) > 0.5 * sum(r["held_out"] for r in files["test"])
+    # a changed year is one the real corpus has for that relation: the models were trained on its range
+    real_years = {(rel, value) for row in files["corpus"] for rel, _, value in FACT_RE.findall(row["contents"])
+                  if rel.endswith("year")}
+    cf_years = {(rel, value) for page in pages.values() for rel, value in page.items() if rel.endswith("year")}
+    assert cf_years <= real_years and len(cf_years) > 0.8 * len(real_years)
     for r in files["test_cf"]:
         assert r["original_answers"] == test[r["id"]]["answers"] != r["answers"]
         steps = lookups[r["id"]]
