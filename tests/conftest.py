@@ -8,3 +8,85 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny ops: a second thread only adds OpenMP spin when cores are shared
+
+
+# ----------------------------------------------------------------------------- the stage scripts' tiny world
+# Built once per session and shared by tests/test_stages.py and tests/test_faults.py: a world of ~35 pages
+# and a ~40k-parameter base model, then each SFT stage on top (tests/stage_runs.py runs the scripts).
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+
+import common  # noqa: E402
+import env  # noqa: E402
+from data.build import build  # noqa: E402
+from stage_runs import GRPO_ACT_REWARD, ROOT, TINY, CountingSearch, run_script  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("stages")
+
+
+@pytest.fixture(scope="session")
+def world(tmp):
+    out = str(tmp / "world")
+    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
+          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base(tmp, world):
+    out = str(tmp / "base")
+    run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 30, "--fresh-steps", 0,
+               "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--save-every", 100)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft1(tmp, world, base):
+    out = str(tmp / "sft1")
+    # the whole set (16 pairs) every step, so the logged loss is one objective going down, not batch noise
+    run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 20,
+               "--batch-size", 16, "--lr", 1e-2, "--warmup", 0, "--max-len", 1024)  # a prefix holds observations
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft2(tmp, world, sft1):
+    out = str(tmp / "sft2")
+    p = run_script("sft_coa.py", "--mask-obs", "--data", world, "--init", sft1, "--out", out, "--steps", 40,
+                   "--batch-size", 24, "--lr", 1e-2, "--warmup", 5, "--max-len", 256)
+    return out, p.stdout
+
+
+@pytest.fixture(scope="session")
+def sft3(tmp, world, sft2):
+    out = str(tmp / "sft3")
+    p = run_script("sft_coa.py", "--data", world, "--init", sft2[0], "--out", out, "--steps", 20,
+                   "--batch-size", 24, "--lr", 5e-3, "--warmup", 0, "--max-len", 256)
+    return out, p.stdout
+
+
+@pytest.fixture(scope="session")
+def tok(base):
+    return Tokenizer.from_pretrained(common.latest_checkpoint(base))
+
+
+@pytest.fixture
+def search_server(world):
+    spy = CountingSearch(os.path.join(world, "corpus.jsonl"))
+    srv = env.RetrievalServer(spy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.url, spy
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def grpo_act(tmp):
+    path = tmp / "grpo_act_reward.py"
+    path.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="grpo.py"))
+    return str(path)

@@ -6,7 +6,7 @@ down to nothing to train.
 
 The stage scripts run in-process (main() with sys.argv set), with the model loader replaced by one that
 fails the test: a check that passes must have run before the model was loaded. Their data is the tiny
-world of tests/test_stages.py with one row made bad.
+world of tests/conftest.py (copied) with one row made bad.
 """
 import json
 import os
@@ -23,18 +23,9 @@ import grpo
 import pretrain
 import sft_coa
 import sft_contrastive
-from data.build import build
 from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("valid") / "world")
-    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
-    return out
 
 
 @pytest.fixture(scope="session")
