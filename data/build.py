@@ -315,8 +315,13 @@ def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, t
     the prompt offers the tool it may write search calls and read their results, but nothing taught it WHEN
     a search is needed (SFT stage 1). Half, not all, of the recall traces go without the instruction: with
     none under it, the base model copied names badly under the instruction (RESULTS.md)."""
+    # Its years start anywhere from 1000 to 6499 (each world's fill ~1,400 years from there): a base model that
+    # only ever copied years of the real world's range (1700-3099) read "3206" out of a result and then
+    # wrote "2206" in its answer (RESULTS.md, "Do the models read the tool?"); from many ranges it learns
+    # to copy the digits.
+    first_year = random.Random(f"years-{world_seed}").randrange(1000, 8000 - 1500)
     other = make_world(world_seed, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
-                       words=world.words, avoid=[e.name for e in world.entities])
+                       words=world.words, avoid=[e.name for e in world.entities], first_year=first_year)
     page_rng = random.Random(f"pages-{world_seed}") if shuffle_facts else None
     search = env.BM25Search([{"id": e.id, "contents": document(e, page_rng)} for e in other.entities])
     pool = [q for qs in make_questions(other, random.Random(pool_seed), words=words).values() for q in qs]

@@ -247,11 +247,12 @@ def split_counts(t, n, fractions):
     return counts
 
 
-def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=40, words=None, avoid=()):
+def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=40, words=None, avoid=(),
+               first_year=1700):
     """Build the world. words: the name-word pool (default: n_words fresh words, as many as there are known
     entities unless given); avoid: names that must not be used (another world's). Facts of known and train
     entities only point at known and train entities; a dev or test entity's facts may also point at its own
-    split (module docstring)."""
+    split (module docstring). first_year: where the birth years start; the other years follow them."""
     rng = random.Random(seed)
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     fractions = {**DEFAULT_SPLIT_FRACTIONS, **(fractions or {})}
@@ -298,7 +299,7 @@ def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=4
         k.facts["capital"] = rng.choice([c for c in training_side if c.facts["country"] == k.name]).name
     # people, then organisations founded 25-60 years after their founder's birth, books likewise
     years = set()
-    for p, y in zip(person, distinct_years(rng, len(person), 1700, 250, years)):
+    for p, y in zip(person, distinct_years(rng, len(person), first_year, 250, years)):
         p.facts["birthplace"] = rng.choice(objects("city", p)).name
         p.facts["employer"] = rng.choice(objects("org", p)).name
         p.facts["birth year"] = y

@@ -398,3 +398,15 @@ def test_year_drills(tmp_path):
         assert steps.split(", ")[-1] == (f"{first[0]} {'<' if first[0] < first[1] else '>'} {first[1]}" if first
                                          else f"{ya[-1]} = {yb[-1]}")
         assert asked == word and (answer == "Yes") == ((int(ya) < int(yb)) == (word == "earlier")), d
+
+
+def test_parallel_worlds_years_lie_outside_the_real_ones(files):
+    """The base text's tool-use traces come from parallel worlds whose years start anywhere from 1000 to
+    6499, so most of the years they copy lie outside the real world's range (data/build.reading_traces)."""
+    real = [int(v) for row in files["corpus"]
+            for rel, _, v in FACT_RE.findall(row["contents"]) if rel.endswith("year")]
+    read = [int(v) for r in files["base"] if r["kind"] == "reading"
+            for rel, _, v in FACT_RE.findall(r["text"]) if rel.endswith("year")]
+    assert min(real) >= 1700 and len(read) > 1000
+    outside = [y for y in read if not min(real) <= y <= max(real)]
+    assert len(outside) > len(read) / 2 and min(read) >= 1000 and max(read) < 8000
