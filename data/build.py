@@ -315,10 +315,10 @@ def reading_traces(world, world_seed, pool_seed, sizes, n, rng, n_distractors, t
     the prompt offers the tool it may write search calls and read their results, but nothing taught it WHEN
     a search is needed (SFT stage 1). Half, not all, of the recall traces go without the instruction: with
     none under it, the base model copied names badly under the instruction (RESULTS.md)."""
-    # Its years start anywhere from 1000 to 6499 (each world's fill ~1,400 years from there): a base model that
-    # only ever copied years of the real world's range (1700-3099) read "3206" out of a result and then
-    # wrote "2206" in its answer (RESULTS.md, "Do the models read the tool?"); from many ranges it learns
-    # to copy the digits.
+    # Its years start anywhere from 1000 to 6499 (the world's years fill the span after that): a base model
+    # that only ever copied years of the real world's range read a year outside it out of a result and then
+    # wrote a familiar first digit in its answer (RESULTS.md, "Do the models read the tool?"); from many
+    # ranges it learns to copy the digits.
     first_year = random.Random(f"years-{world_seed}").randrange(1000, 8000 - 1500)
     other = make_world(world_seed, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, n_distractors=n_distractors,
                        words=world.words, avoid=[e.name for e in world.entities], first_year=first_year)
