@@ -173,13 +173,18 @@ def copy_share(summary):
     return r["copied"] / max(r["values"], 1)
 
 
+def dev_summary(seed):
+    """Where probe.py --copy writes the summary of base seed `seed` on the dev entities."""
+    return os.path.join(ROOT, COPY_DEV.format(seed)[:-len(".jsonl")] + ".summary.json")
+
+
 def dev_copies(seed, threads):
     """The share of the dev entities' values runs/base copies out of their pages (probe.py --copy)."""
     out = os.path.join(ROOT, COPY_DEV.format(seed))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     subprocess.run([sys.executable, "probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "dev", "--out", out],
                    cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    return copy_share(out[:-len(".jsonl")] + ".summary.json")
+    return copy_share(dev_summary(seed))
 
 
 def set_aside():
@@ -187,7 +192,7 @@ def set_aside():
     interrupted pipeline goes on with the next seed."""
     seeds = [int(d.rsplit("seed", 1)[1]) for d in os.listdir(os.path.join(ROOT, "runs"))
              if d.startswith("base_seed")] if os.path.isdir(os.path.join(ROOT, "runs")) else []
-    return {s: copy_share(os.path.join(ROOT, COPY_DEV.format(s)[:-len(".jsonl")] + ".summary.json")) for s in seeds}
+    return {s: copy_share(dev_summary(s)) for s in seeds}
 
 
 def seed_of(cmd):

@@ -1,4 +1,5 @@
-"""Shared test set-up: the repo root on sys.path, Triton kernels run by the CPU interpreter, small threads."""
+"""Shared test set-up: the repo root on sys.path, Triton kernels run by the CPU interpreter, small threads;
+and the stage scripts' tiny world and checkpoints, built once per session (below)."""
 import os
 import sys
 
