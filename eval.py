@@ -57,6 +57,7 @@ import time
 
 import torch
 
+import checkpoints
 import common
 import env
 import viewer
@@ -419,7 +420,7 @@ def main(argv=None):
         return
     if not args.ckpt:
         ap.error("--ckpt is required (unless --report)")
-    ckpt = common.resolve_checkpoint(args.ckpt)
+    ckpt = checkpoints.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
     split = args.split

@@ -40,6 +40,7 @@ import re
 
 import torch
 
+import checkpoints
 import common
 import env
 from sample import add_sampling_args, sample
@@ -162,19 +163,19 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
-    common.claim_out(run, args)
+    checkpoints.claim_out(run, args)
     run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
 
     # -------------------------------------------------------------------------
     # data, checked before the model loads: a row without answers would otherwise stop the run at the
     # step that draws it, and a question longer than the context would size a KV cache for it
-    common.ensure(args.data, run)
+    checkpoints.ensure(args.data, run)
     prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"), common.QUESTION_ROWS)
     dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl"), common.QUESTION_ROWS) if args.val_prompts else []
 
     # -------------------------------------------------------------------------
     # model + tokenizer, and the frozen reference (the policy at its initialisation)
-    path, state = common.resume_or_init(run, args, default_init="runs/sft3")
+    path, state = checkpoints.resume_or_init(run, args, default_init="runs/sft3")
     for rows in (prompts, dev):
         common.check_prompts(rows, path)
     model, tok = common.load_model(path, run, args.grad_checkpointing)
@@ -207,7 +208,7 @@ def main():
     # -------------------------------------------------------------------------
     # optimizer + schedule
     opt = common.make_optimizer(model, args)
-    start = common.restore(model, opt, state) if state else 0
+    start = checkpoints.restore(model, opt, state) if state else 0
     real_calls = state["extra"]["real_search_calls"] if state else 0
     failed_calls = state["extra"].get("failed_search_calls", 0) if state else 0  # of real_calls
 
@@ -267,7 +268,7 @@ def main():
                 kl_sum, pg_sum = kl_sum + kl, pg_sum + pg
             gnorm = common.clip_and_step(model, opt, step, args)
         kl_mean, pg_mean = run.all_sum(kl_sum) / max(n_tok, 1), run.all_sum(pg_sum) / max(n_tok, 1)
-        common.check_finite(pg_mean + kl_mean, step, args.out)
+        checkpoints.check_finite(pg_mean + kl_mean, step, args.out)
 
         metrics.tick()
         n = run.all_sum(len(rolls))
@@ -284,11 +285,11 @@ def main():
         extra = {"real_search_calls": real_calls, "failed_search_calls": failed_calls,
                  "reference": os.path.abspath(ref_path)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)
+            checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)
         if step + 1 == n_sim < args.steps:  # the end of RL stage 1 (simulated only): the paper's "RL-1" model
-            common.save_checkpoint(run, os.path.join(args.out, "rl1"), step + 1, model, tok, opt, args, extra=extra)
+            checkpoints.save_checkpoint(run, os.path.join(args.out, "rl1"), step + 1, model, tok, opt, args, extra=extra)
     metrics.close()
-    run.print(f"[done] {common.latest_checkpoint(args.out) or 'no checkpoint (--steps 0: validation only)'}; "
+    run.print(f"[done] {checkpoints.latest_checkpoint(args.out) or 'no checkpoint (--steps 0: validation only)'}; "
               f"real search calls: {real_calls}")
     run.close()
 

@@ -506,7 +506,7 @@ def replace_dir(src, dst):
     """Move directory src to dst, replacing dst. Between the two renames dst briefly does not exist (POSIX
     cannot swap two directories in one rename), but its old contents survive under dst + '.old' until the
     new one is in place. So a directory that a pointer names (a training run's `latest`) must never be
-    replaced this way: common.save_checkpoint writes such a step under another name, then switches."""
+    replaced this way: checkpoints.save_checkpoint writes such a step under another name, then switches."""
     old = dst.rstrip("/") + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(dst):

@@ -44,13 +44,13 @@ import subprocess
 import sys
 import time
 
-import common
+import checkpoints
 import eval as eval_lib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
 # The default chain: each output, the command that makes it with its defaults; each needs the one before.
-# A stage script whose default input is missing has it built here (common.ensure -> `--build`).
+# A stage script whose default input is missing has it built here (checkpoints.ensure -> `--build`).
 DEFAULT_CHAIN = {
     "runs/world": ["-m", "data.build", "--out", "runs/world"],
     "runs/base": ["pretrain.py"],
@@ -142,7 +142,7 @@ def jobs(limit, batch_size, skip_train, only=None):
         if only is not None and key not in only:
             continue
         cmd, needs = TRAIN[key]
-        if common.have(os.path.join(ROOT, key)):
+        if checkpoints.have(os.path.join(ROOT, key)):
             print(f"[pipeline] {key}: already done, skipping")
             continue
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
@@ -151,7 +151,7 @@ def jobs(limit, batch_size, skip_train, only=None):
         scheduled = {k for k, *_ in out}
         return [(k, cmd, [n for n in needs if n in scheduled], o) for k, cmd, needs, o in out]
     for name, ckpt, policy, made_by, extra in [(*row, []) for row in ROWS] + CHECKS:
-        if skip_train and not common.have(os.path.join(ROOT, ckpt)):
+        if skip_train and not checkpoints.have(os.path.join(ROOT, ckpt)):
             print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
             continue
         cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
@@ -267,7 +267,7 @@ def run_jobs(todo, workers, times):
 def rl_real_calls(path):
     """Real search calls made while training an RL checkpoint (saved in its trainer_state.pt)."""
     import torch
-    ckpt = common.resolve_checkpoint(os.path.join(ROOT, path))
+    ckpt = checkpoints.resolve_checkpoint(os.path.join(ROOT, path))
     state = os.path.join(ckpt, "trainer_state.pt") if ckpt else None
     if not state or not os.path.isfile(state):
         return None

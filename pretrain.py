@@ -31,6 +31,7 @@ import random
 import torch
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
+import checkpoints
 import common
 import env
 from model import Qwen2, Qwen2Config
@@ -116,11 +117,11 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
-    common.claim_out(run, args)
+    checkpoints.claim_out(run, args)
 
     # -------------------------------------------------------------------------
     # data: base text, rendered as documents and as chat-format reasoning traces
-    common.ensure(args.data, run)
+    checkpoints.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, "base.jsonl"), common.BASE_ROWS)
     for i, r in enumerate(rows):
         if r.get("response") is not None and r.get("question") is None:
@@ -138,7 +139,7 @@ def main():
     # model + tokenizer
     state = None
     if args.resume or args.init:  # continue a run, or keep pretraining a given checkpoint
-        path, state = common.resume_or_init(run, args, default_init=None)
+        path, state = checkpoints.resume_or_init(run, args, default_init=None)
         model, tok = common.load_model(path, run, args.grad_checkpointing)
     else:
         tok = train_tokenizer(args.data, texts, args.vocab_size)
@@ -189,7 +190,7 @@ def main():
     # -------------------------------------------------------------------------
     # optimizer + schedule
     opt = common.make_optimizer(model, args)
-    start = common.restore(model, opt, state) if state else 0
+    start = checkpoints.restore(model, opt, state) if state else 0
 
     # -------------------------------------------------------------------------
     # loop
@@ -200,7 +201,7 @@ def main():
         k = step - first  # the step within its phase: its data order and lr
         idx = run.shard(common.epoch_order(len(windows), k, args.batch_size, args.seed))
         loss, logged = loss_fn(windows[idx], masks[idx])
-        common.check_finite(logged, step, args.out)
+        checkpoints.check_finite(logged, step, args.out)
         loss.backward()
         lr = common.lr_at(k, schedule)
         gnorm = common.clip_and_step(model, opt, step, args, lr)
@@ -210,9 +211,9 @@ def main():
         # ---------------------------------------------------------------------
         # save
         if (step + 1) % args.save_every == 0 or step + 1 == total:
-            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+            checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
     metrics.close()
-    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.print(f"[done] {checkpoints.latest_checkpoint(args.out)}")
     run.close()
 
 

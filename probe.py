@@ -29,6 +29,7 @@ import re
 
 import torch
 
+import checkpoints
 import common
 import env
 from data.trajectories import act, need, read, year_check, year_pair
@@ -232,7 +233,7 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
     args = common.parse_args(ap, {}, argv)  # on the embedded world: its --topk (meta.json)
 
-    ckpt = common.resolve_checkpoint(args.ckpt)
+    ckpt = checkpoints.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
     if args.years:

@@ -20,6 +20,7 @@ import argparse
 import collections
 import os
 
+import checkpoints
 import common
 
 
@@ -73,16 +74,16 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
-    common.claim_out(run, args)
+    checkpoints.claim_out(run, args)
 
     # -------------------------------------------------------------------------
     # data, checked before the model loads: a bad row stops the run in seconds, naming its line
-    common.ensure(args.data, run)
+    checkpoints.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, args.file), common.TRAJECTORY_ROWS)
 
     # -------------------------------------------------------------------------
     # model + tokenizer
-    path, state = common.resume_or_init(run, args, default_init="runs/sft1" if stage == 2 else "runs/sft2")
+    path, state = checkpoints.resume_or_init(run, args, default_init="runs/sft1" if stage == 2 else "runs/sft2")
     model, tok = common.load_model(path, run, args.grad_checkpointing)
     model.train()
 
@@ -118,7 +119,7 @@ def main():
     # -------------------------------------------------------------------------
     # optimizer + schedule
     opt = common.make_optimizer(model, args)
-    start = common.restore(model, opt, state) if state else 0
+    start = checkpoints.restore(model, opt, state) if state else 0
 
     # -------------------------------------------------------------------------
     # loop
@@ -126,7 +127,7 @@ def main():
     for step in range(start, args.steps):
         batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
         logged = loss_backward(batch)
-        common.check_finite(logged, step, args.out)  # before the optimizer step: the weights stay as they were
+        checkpoints.check_finite(logged, step, args.out)  # before the optimizer step: the weights stay as they were
         gnorm = common.clip_and_step(model, opt, step, args)
         metrics.tick()
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -134,9 +135,9 @@ def main():
         # ---------------------------------------------------------------------
         # save
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+            checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
     metrics.close()
-    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.print(f"[done] {checkpoints.latest_checkpoint(args.out)}")
     run.close()
 
 

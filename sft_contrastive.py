@@ -19,6 +19,7 @@ import os
 
 import torch.nn.functional as F
 
+import checkpoints
 import common
 
 
@@ -55,16 +56,16 @@ def main():
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
-    common.claim_out(run, args)
+    checkpoints.claim_out(run, args)
 
     # -------------------------------------------------------------------------
     # data, checked before the model loads: a bad row stops the run in seconds, naming its line
-    common.ensure(args.data, run)
+    checkpoints.ensure(args.data, run)
     pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"), common.PAIR_ROWS)
 
     # -------------------------------------------------------------------------
     # model + tokenizer
-    path, state = common.resume_or_init(run, args, default_init="runs/base")
+    path, state = checkpoints.resume_or_init(run, args, default_init="runs/base")
     model, tok = common.load_model(path, run, args.grad_checkpointing)
     model.train()
 
@@ -111,7 +112,7 @@ def main():
     # -------------------------------------------------------------------------
     # optimizer + schedule
     opt = common.make_optimizer(model, args)
-    start = common.restore(model, opt, state) if state else 0
+    start = checkpoints.restore(model, opt, state) if state else 0
 
     # -------------------------------------------------------------------------
     # loop
@@ -119,7 +120,7 @@ def main():
     for step in range(start, args.steps):
         batch = [encoded[i] for i in run.shard(common.epoch_order(len(encoded), step, args.batch_size, args.seed))]
         stats = loss_backward(batch)
-        common.check_finite(stats["loss"], step, args.out)  # before the optimizer step: the weights stay as they were
+        checkpoints.check_finite(stats["loss"], step, args.out)  # before the optimizer step: the weights stay as they were
         gnorm = common.clip_and_step(model, opt, step, args)
         metrics.tick()
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -127,9 +128,9 @@ def main():
         # ---------------------------------------------------------------------
         # save
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
+            checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
     metrics.close()
-    run.print(f"[done] {common.latest_checkpoint(args.out)}")
+    run.print(f"[done] {checkpoints.latest_checkpoint(args.out)}")
     run.close()
 
 

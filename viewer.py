@@ -17,6 +17,7 @@ import argparse
 import html
 import json
 
+import checkpoints
 import common
 import env
 
@@ -132,7 +133,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="the first N records only")
     ap.add_argument("--policy", help="only the records of this policy")
     a = ap.parse_args(argv)
-    ckpt = common.resolve_checkpoint(a.ckpt)
+    ckpt = checkpoints.resolve_checkpoint(a.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {a.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
     with open(a.records, encoding="utf-8") as f:

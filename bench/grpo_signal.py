@@ -28,6 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import common  # noqa: E402
 import env  # noqa: E402
 from grpo import group_advantages, policy_loss  # noqa: E402
@@ -79,7 +80,7 @@ def main():
         ap.error("--batches must be >= 3 (a standard error needs a spread)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt = args.ckpt if os.path.exists(os.path.join(args.ckpt, "config.json")) else common.latest_checkpoint(args.ckpt)
+    ckpt = args.ckpt if os.path.exists(os.path.join(args.ckpt, "config.json")) else checkpoints.latest_checkpoint(args.ckpt)
     if ckpt is None:
         sys.exit(f"bench/grpo_signal.py: no checkpoint in {args.ckpt}")
     run = common.Run(argparse.Namespace(device="cpu", dtype="float32", seed=args.seed, threads=args.threads))

@@ -120,10 +120,10 @@ class CheckpointTeacher:
     def __init__(self, path, tool, args):
         import torch
 
-        import common
+        import checkpoints
         from model import Qwen2
         from tokenizer import Tokenizer
-        ckpt = common.resolve_checkpoint(path)
+        ckpt = checkpoints.resolve_checkpoint(path)
         if ckpt is None:
             raise FileNotFoundError(f"--teacher {path}: no checkpoint there (config.json or a 'latest' pointer)")
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ import threading  # noqa: E402
 
 import pytest  # noqa: E402
 
-import common  # noqa: E402
+import checkpoints  # noqa: E402
 import env  # noqa: E402
 from data.build import build  # noqa: E402
 from stage_runs import GRPO_ACT_REWARD, ROOT, TINY, CountingSearch, run_script  # noqa: E402
@@ -73,7 +73,7 @@ def sft3(tmp, world, sft2):
 
 @pytest.fixture(scope="session")
 def tok(base):
-    return Tokenizer.from_pretrained(common.latest_checkpoint(base))
+    return Tokenizer.from_pretrained(checkpoints.latest_checkpoint(base))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import checkpoints
 import common
 import env
 from model import Qwen2, Qwen2Config
@@ -88,7 +89,7 @@ def weights(path):
 def assert_complete_checkpoint(path, step):
     """Every file of a checkpoint is there, the weights load strictly and are finite, and the trainer
     state is the one of `step`."""
-    assert re.fullmatch(rf"step_{step:06d}(_1)?", os.path.basename(path)), path  # _1: common.save_checkpoint
+    assert re.fullmatch(rf"step_{step:06d}(_1)?", os.path.basename(path)), path  # _1: checkpoints.save_checkpoint
     for f in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "args.json"):
         assert os.path.isfile(os.path.join(path, f)), f"{path} lacks {f}"
     state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
@@ -100,7 +101,7 @@ def assert_complete_checkpoint(path, step):
 
 
 def latest_step(out):
-    path = common.latest_checkpoint(out)
+    path = checkpoints.latest_checkpoint(out)
     assert path is not None, f"{out}: no valid 'latest'"
     return path, int(os.path.basename(path).split("_")[1])
 
@@ -156,7 +157,7 @@ def check_grpo_run(out, spy, init, n_sim, n_steps):
     assert rows[-1]["real_search_calls"] + sum(r["val_search_calls"] for r in val) == len(calls)
     _, sim_state = assert_complete_checkpoint(os.path.join(out, f"step_{n_sim:06d}"), n_sim)  # end of RL-1
     assert sim_state["extra"]["real_search_calls"] == 0
-    _, state = assert_complete_checkpoint(common.latest_checkpoint(out), n_steps)
+    _, state = assert_complete_checkpoint(checkpoints.latest_checkpoint(out), n_steps)
     assert state["extra"] == {"real_search_calls": rows[-1]["real_search_calls"], "failed_search_calls": 0,
                               "reference": os.path.abspath(init)}
     return rows

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import checkpoints
 import common
 from data.build import build
 from model import CheckpointError, Qwen2, Qwen2Config
@@ -61,7 +62,7 @@ def world(tmp_path_factory):
 def base(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "base"
     ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--fresh-steps", 0, "--batch-size", 4))
-    return common.latest_checkpoint(str(out))
+    return checkpoints.latest_checkpoint(str(out))
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +94,7 @@ def saved(tmp_path, tok, step=1):
     args.out = out
     backward(net)
     common.clip_and_step(net, opt, 0, args)
-    common.save_checkpoint(MASTER, out, step, net, tok, opt, args)
+    checkpoints.save_checkpoint(MASTER, out, step, net, tok, opt, args)
     return out, net, opt, args
 
 
@@ -205,8 +206,8 @@ def test_save_refuses_non_finite_weights(tmp_path, tok):
     with torch.no_grad():
         net.model.norm.weight[0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"non-finite weight model\.norm\.weight at the save of step 2"):
-        common.save_checkpoint(MASTER, out, 2, net, tok, opt, args)
-    assert step_dirs(out) == ["step_000001"] and common.latest_checkpoint(out).endswith("step_000001")
+        checkpoints.save_checkpoint(MASTER, out, 2, net, tok, opt, args)
+    assert step_dirs(out) == ["step_000001"] and checkpoints.latest_checkpoint(out).endswith("step_000001")
 
 
 def test_a_non_finite_loss_takes_latest_back_to_the_checkpoint_before(tmp_path, tok):
@@ -214,17 +215,17 @@ def test_a_non_finite_loss_takes_latest_back_to_the_checkpoint_before(tmp_path, 
     (step 2's) is NaN, checkpoint 2 is not a good one: `latest` goes back to checkpoint 1, whose weights
     gave a finite loss, and checkpoint 2 is removed."""
     out, net, opt, args = saved(tmp_path, tok)
-    common.save_checkpoint(MASTER, out, 2, net, tok, opt, args)
-    common.check_finite(1.0, 2, out)  # finite: nothing happens
-    assert common.latest_checkpoint(out).endswith("step_000002")
+    checkpoints.save_checkpoint(MASTER, out, 2, net, tok, opt, args)
+    checkpoints.check_finite(1.0, 2, out)  # finite: nothing happens
+    assert checkpoints.latest_checkpoint(out).endswith("step_000002")
     good = os.path.join(out, "step_000001")
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2; removed .*step_000002, whose "
                                                  r"weights gave it; stopping\. Last good checkpoint: " + re.escape(good)):
-        common.check_finite(float("nan"), 2, out)
-    assert common.latest_checkpoint(out) == good and step_dirs(out) == ["step_000001"]
+        checkpoints.check_finite(float("nan"), 2, out)
+    assert checkpoints.latest_checkpoint(out) == good and step_dirs(out) == ["step_000001"]
     with pytest.raises(FloatingPointError, match=r"Last good checkpoint: none \(start again"):
-        common.check_finite(float("inf"), 1, out)
-    assert common.latest_checkpoint(out) is None and step_dirs(out) == []
+        checkpoints.check_finite(float("inf"), 1, out)
+    assert checkpoints.latest_checkpoint(out) is None and step_dirs(out) == []
 
 
 def test_a_non_finite_loss_leaves_the_checkpoint_the_run_started_from(tmp_path, tok):
@@ -236,8 +237,8 @@ def test_a_non_finite_loss_leaves_the_checkpoint_the_run_started_from(tmp_path, 
     start = os.path.join(other, "step_000001")
     with pytest.raises(FloatingPointError, match=f"at step 1; {re.escape(start)}, which this run started from, "
                                                  f"gave it; stopping. Last good checkpoint: none"):
-        common.check_finite(float("nan"), 1, other)
-    assert common.latest_checkpoint(other) == start and step_dirs(other) == ["step_000001"]
+        checkpoints.check_finite(float("nan"), 1, other)
+    assert checkpoints.latest_checkpoint(other) == start and step_dirs(other) == ["step_000001"]
 
 
 def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
@@ -256,7 +257,7 @@ def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
         msg = failure(run_script("sft_coa.py", "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
                                  "--save-every", 1, "--resume"))
         assert re.search(said + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
-        assert common.latest_checkpoint(str(out)) == str(out / "step_000002")
+        assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")
         assert step_dirs(out)[-1] == "step_000002"  # (step_000001 went when step_000003 was saved, under 1e20)
         after = Qwen2.from_pretrained(str(out / "step_000002")).state_dict()
         assert all(torch.equal(after[k], before[k]) for k in before)
@@ -264,7 +265,7 @@ def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
     msg = failure(run_script("sft_coa.py", "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT,
                              "--steps", 4, "--lr", "1e20", "--save-every", 1))
     assert "at step 1" in msg and "Last good checkpoint: none" in msg, msg
-    assert common.latest_checkpoint(str(tmp_path / "fresh")) is None and step_dirs(tmp_path / "fresh") == []
+    assert checkpoints.latest_checkpoint(str(tmp_path / "fresh")) is None and step_dirs(tmp_path / "fresh") == []
 
 
 # ============================================================================= 8. `latest` never dangles; --out; modes; metrics; shards
@@ -279,19 +280,19 @@ def test_resaving_the_step_latest_names_never_leaves_it_dangling(tmp_path, tok, 
 
     def checked_rename(src, dst):
         rename(src, dst)
-        path = common.latest_checkpoint(out)
+        path = checkpoints.latest_checkpoint(out)
         seen.append(path)
         assert path is not None and os.path.isfile(os.path.join(path, "trainer_state.pt")), (src, dst)
     monkeypatch.setattr(os, "rename", checked_rename)
     for name in ("step_000004_1", "step_000004", "step_000004_1"):
         with torch.no_grad():
             net.model.norm.weight.add_(1.0)
-        common.save_checkpoint(MASTER, out, 4, net, tok, opt, args)
-        assert common.latest_checkpoint(out) == os.path.join(out, name) and step_dirs(out) == [name]
+        checkpoints.save_checkpoint(MASTER, out, 4, net, tok, opt, args)
+        assert checkpoints.latest_checkpoint(out) == os.path.join(out, name) and step_dirs(out) == [name]
         w = Qwen2.from_pretrained(os.path.join(out, name)).state_dict()
         assert torch.equal(w["model.norm.weight"], net.model.norm.weight)
     assert seen  # the check above ran
-    assert common.step_of("step_000004_1") == common.step_of("step_000004") == 4
+    assert checkpoints.step_of("step_000004_1") == checkpoints.step_of("step_000004") == 4
 
 
 def test_checkpoints_get_normal_permissions(tmp_path, tok):

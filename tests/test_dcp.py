@@ -1,4 +1,4 @@
-"""The sharded training state (common.save_checkpoint / restore): step_N/train_state/ is a
+"""The sharded training state (checkpoints.save_checkpoint / restore): step_N/train_state/ is a
 torch.distributed.checkpoint of the fp32 master weights and the AdamW state, written by every rank for its
 own shards and read back by any number of ranks; the HF-layout export beside it is in config.json's dtype.
 
@@ -123,22 +123,23 @@ def test_resume_is_bit_exact(tiny, straight, tmp_path, ranks):
 RESAVE = """import sys
 sys.path.insert(0, {root!r})
 from types import SimpleNamespace
+import checkpoints
 import common
 args = SimpleNamespace(resume=True, out={src!r}, init=None, data="unused", device="cpu", dtype="bfloat16", seed=0,
                        threads=None, lr=1e-3, weight_decay=0.0)
 run = common.Run(args)
-path, state = common.resume_or_init(run, args, default_init=None)
+path, state = checkpoints.resume_or_init(run, args, default_init=None)
 model, tok = common.load_model(path, run)
 opt = common.make_optimizer(model, args)
-step = common.restore(model, opt, state)
-common.save_checkpoint(run, {dst!r}, step, model, tok, opt, args)
+step = checkpoints.restore(model, opt, state)
+checkpoints.save_checkpoint(run, {dst!r}, step, model, tok, opt, args)
 run.close()
 """
 
 
 @pytest.mark.parametrize("saved, loaded", [(2, 1), (1, 2)])
 def test_train_state_moves_between_world_sizes(tiny, straight, tmp_path, saved, loaded):
-    """A checkpoint written by `saved` ranks, resumed (common.resume_or_init + restore) on `loaded` ranks and
+    """A checkpoint written by `saved` ranks, resumed (checkpoints.resume_or_init + restore) on `loaded` ranks and
     saved again there, holds the same masters, moments and step counts, bit for bit: each rank of the
     new world read exactly its shards of what the old world wrote, and wrote them back."""
     src = str(tmp_path / "src")

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import checkpoints
 import common
 import env
 import model as model_mod
@@ -78,7 +79,7 @@ CRASH_POINTS = {  # (object, attribute, replacement): where the save dies
     "model file written": lambda: (model_mod, "save_file", crash_after(model_mod.save_file)),
     "train state (DCP)": lambda: (torch.distributed.checkpoint, "save", crash_before),
     "trainer state": lambda: (torch, "save", crash_writing("trainer_state.pt", torch.save)),
-    "step dir rename": lambda: (common, "replace_dir", crash_before),
+    "step dir rename": lambda: (checkpoints, "replace_dir", crash_before),
     "latest switch": lambda: (os, "replace", crash_before),
     "old checkpoint cleanup": lambda: (shutil, "rmtree", crash_removing("step_000001", shutil.rmtree)),
 }
@@ -91,17 +92,17 @@ def test_crash_mid_save_keeps_last_checkpoint(tmp_path, tok, monkeypatch, where)
     net, opt, args = tiny_setup(tok)
     args.out = out
     train_one_step(net, opt, args, 0)
-    common.save_checkpoint(run, out, 1, net, tok, opt, args)
+    checkpoints.save_checkpoint(run, out, 1, net, tok, opt, args)
     train_one_step(net, opt, args, 1)
     train_one_step(net, opt, args, 2)
-    common.save_checkpoint(run, out, 3, net, tok, opt, args)  # two complete checkpoints now
+    checkpoints.save_checkpoint(run, out, 3, net, tok, opt, args)  # two complete checkpoints now
     good3 = {k: v.clone() for k, v in net.state_dict().items()}
     train_one_step(net, opt, args, 3)
     obj, name, fn = CRASH_POINTS[where]()
     with monkeypatch.context() as mp:
         mp.setattr(obj, name, fn)
         with pytest.raises(Crash):
-            common.save_checkpoint(run, out, 4, net, tok, opt, args)
+            checkpoints.save_checkpoint(run, out, 4, net, tok, opt, args)
     # `latest` names a complete, loadable checkpoint: the previous one, or the new one once the switch is done
     path, step = latest_step(out)
     expect_step, expect_w = (4, net.state_dict()) if where == "old checkpoint cleanup" else (3, good3)
@@ -111,9 +112,9 @@ def test_crash_mid_save_keeps_last_checkpoint(tmp_path, tok, monkeypatch, where)
         assert not os.path.exists(os.path.join(out, "step_000004")) or where == "latest switch"
     # --resume picks that checkpoint; the next save (the resumed run's) works despite the debris
     rargs = SimpleNamespace(resume=True, out=out, init=None)
-    rpath, rstate = common.resume_or_init(SimpleNamespace(print=lambda *a: None), rargs, default_init=None)
+    rpath, rstate = checkpoints.resume_or_init(SimpleNamespace(print=lambda *a: None), rargs, default_init=None)
     assert rpath == path and rstate["step"] == expect_step
-    common.save_checkpoint(run, out, 4, net, tok, opt, args)
+    checkpoints.save_checkpoint(run, out, 4, net, tok, opt, args)
     path, _ = latest_step(out)
     assert_complete_checkpoint(path, 4)
     assert save_debris(out) == []
@@ -156,7 +157,7 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         t0, armed = time.time(), None
         while proc.poll() is None and time.time() - t0 < 120:
-            path = common.latest_checkpoint(out)
+            path = checkpoints.latest_checkpoint(out)
             if armed is None and path and int(os.path.basename(path)[5:]) >= target:
                 armed = time.time() + (0 if mid_save else rng.uniform(0, 0.1))
             if armed is not None and time.time() >= armed and (not mid_save or save_debris(out)):
@@ -178,7 +179,7 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
     path, step = latest_step(out)
     assert step == 60
     assert save_debris(out) == []  # the killed saves' temporary directories were cleaned up
-    a, b = weights(path), weights(common.latest_checkpoint(sft_straight))
+    a, b = weights(path), weights(checkpoints.latest_checkpoint(sft_straight))
     assert all(torch.equal(a[k], b[k]) for k in a)
     straight, resumed = last_per_step(metrics(sft_straight)), last_per_step(metrics(out))
     assert sorted(resumed) == list(range(60))
@@ -218,7 +219,7 @@ def test_grpo_resume_matches_uninterrupted(tmp, world, sft3, grpo_act):
     """GRPO cut after step 2 of 4 (its last checkpoint then) and resumed ends with exactly the weights and
     per-step rewards of a run never cut: the prompts, the sampler's dice, the optimizer state, the frozen
     reference and the real-call count all carry over (the cut falls where simulated steps turn real)."""
-    init = common.latest_checkpoint(sft3[0])
+    init = checkpoints.latest_checkpoint(sft3[0])
     args = [grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--steps", 4, "--batch-size", 4,
             "--group-size", 4, "--max-new-tokens", 48, "--save-every", 2, "--val-prompts", 0,
             "--trainable", ".", "--lr", 3e-3]
@@ -229,7 +230,7 @@ def test_grpo_resume_matches_uninterrupted(tmp, world, sft3, grpo_act):
     (cut / "latest").write_text("step_000002")
     p = run_script(*args, "--out", cut, "--resume")
     assert f"[resume] {cut / 'step_000002'}" in p.stdout
-    a, b = weights(common.latest_checkpoint(full)), weights(common.latest_checkpoint(cut))
+    a, b = weights(checkpoints.latest_checkpoint(full)), weights(checkpoints.latest_checkpoint(cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], weights(init)[k]) for k in a)  # it trained
     straight, resumed = last_per_step(metrics(full)), last_per_step(metrics(cut))
@@ -246,10 +247,10 @@ def test_check_finite_and_clip_and_step_stop_on_nan(tmp_path, tok):
     with open(os.path.join(out, "latest"), "w") as f:
         f.write("step_000003\n")
     os.makedirs(os.path.join(out, "step_000003"))
-    common.check_finite(1.5, 7, out)
+    checkpoints.check_finite(1.5, 7, out)
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(FloatingPointError, match=r"at step 7.*Last good checkpoint: .*step_000003"):
-            common.check_finite(bad, 7, out)
+            checkpoints.check_finite(bad, 7, out)
     # a NaN gradient stops the step before the optimizer touches the weights
     net, opt, args = tiny_setup(tok)
     args.out = out
@@ -268,7 +269,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1):
     naming step 21 and step_000020, write nothing after it, and leave step_000020 loadable and finite."""
     out = str(tmp / "sft1_diverge")
     shutil.copytree(sft1, out)
-    before = weights(common.latest_checkpoint(out))
+    before = weights(checkpoints.latest_checkpoint(out))
     p = run_script("sft_contrastive.py", "--data", world, "--out", out, "--resume", "--steps", 40,
                    "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100,
                    check=False)
@@ -303,7 +304,7 @@ def test_torchrun_fsdp2_matches_one_process(tmp, world, base, sft_straight):
     path, step = latest_step(out)
     assert step == 60
     a, _ = assert_complete_checkpoint(path, 60)  # gathered from the shards into one full checkpoint
-    b = weights(common.latest_checkpoint(sft_straight))
+    b = weights(checkpoints.latest_checkpoint(sft_straight))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
@@ -313,21 +314,21 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     number of sampler forwards per rank) must not hang, and the policy update must run (non-zero gradient)."""
     url, spy = search_server
     out = str(tmp / "rl_fsdp")
-    init = common.latest_checkpoint(sft3[0])
+    init = checkpoints.latest_checkpoint(sft3[0])
     run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, "--master-port", free_port(), grpo_act,
                "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 4, "--batch-size", 4,
                "--group-size", 2, "--max-new-tokens", 48, "--temperature", 1.0, "--save-every", 2,
                "--search", url, "--trainable", r"^model\.norm\.weight$")  # one weight in an FSDP group of frozen ones
     rows = check_grpo_run(out, spy, init, 2, 4)
     assert any(r["grad_norm"] > 0 for r in rows)
-    before, after = weights(init), weights(common.latest_checkpoint(out))
+    before, after = weights(init), weights(checkpoints.latest_checkpoint(out))
     assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
     assert all(torch.equal(before[k], after[k]) for k in before if k != "model.norm.weight")
 
 
 def test_grpo_trainable_errors(tmp, world, sft3):
     """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why."""
-    init = common.latest_checkpoint(sft3[0])
+    init = checkpoints.latest_checkpoint(sft3[0])
     for pattern, said in (("(", "not a regular expression"), ("^no_such_weight$", "matches no parameter name")):
         p = run_script("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern,
                        check=False)
@@ -361,7 +362,7 @@ def test_unsharded_lets_ranks_run_different_numbers_of_forwards(tmp, base):
     """common.unsharded: inside it, FSDP2 forwards issue no collectives (rank 1 runs 4 forwards, rank 0 one,
     in inference mode, as the sampler does), and training works afterwards. Without it this hangs."""
     script = tmp / "uneven_forwards.py"
-    script.write_text(UNEVEN_FORWARDS.format(root=ROOT, ckpt=common.latest_checkpoint(base)))
+    script.write_text(UNEVEN_FORWARDS.format(root=ROOT, ckpt=checkpoints.latest_checkpoint(base)))
     p = run_script("-m", "torch.distributed.run", "--nproc_per_node", 2, "--master-port", free_port(), script,
                    timeout=120)
     found = sorted(re.findall(r"rank (\d) loss (\S+) after (\S+)", p.stdout + p.stderr))
@@ -427,7 +428,7 @@ def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted
     """A server that answers 500: eval, GRPO and the sampler's CLI each stop at their start-up check, saying
     which server and why, before any work (only the check's 3 attempts reach the server)."""
     url, log = scripted(lambda n, queries: 500)
-    init = common.latest_checkpoint(sft3[0])
+    init = checkpoints.latest_checkpoint(sft3[0])
     said = f"search server {url} failed its start-up check: HTTPStatusError: HTTP 500"
     runs = [("eval.py", "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
              "--out", tmp / "eval_dead" / "x.jsonl"),
@@ -445,7 +446,7 @@ def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted):
     with the count, the limit and the last error instead of scoring "Retrieval failed." as answers."""
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "eval_failing" / "x.jsonl"
-    p = run_script("eval.py", "--ckpt", common.latest_checkpoint(sft3[0]), "--data", world, "--policy", "rag",
+    p = run_script("eval.py", "--ckpt", checkpoints.latest_checkpoint(sft3[0]), "--data", world, "--policy", "rag",
                    "--search", url, "--limit", 4, "--batch-size", 4, "--out", out, check=False)
     assert p.returncode != 0 and ("[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures "
                                   "0.1; last error: HTTPStatusError: HTTP 500") in p.stderr, p.stderr[-2000:]
@@ -455,7 +456,7 @@ def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted):
 def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "rl_failing"
-    p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", common.latest_checkpoint(sft3[0]),
+    p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", checkpoints.latest_checkpoint(sft3[0]),
                    "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
                    "--val-prompts", 0, "--search", url, check=False)
     # the first step in which the sampled rollouts searched at all stops the run (which step that is depends
@@ -464,7 +465,7 @@ def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
                       r"last error: HTTPStatusError: HTTP 500", p.stderr)
     assert p.returncode != 0 and found and found[2] == found[3], p.stderr[-2000:]
     assert int(found[2]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
-    assert common.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
+    assert checkpoints.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
 
 
 def test_loss_sequences_zero_the_mask_of_rollouts_that_saw_a_failed_search():
@@ -477,7 +478,7 @@ def test_grpo_leaves_rollouts_with_failed_searches_out_of_the_loss(tmp, world, s
     """Every search after the start-up check is refused (a 422: not retried) and the limit is off: the run
     goes on, counts each refused query as failed, and leaves the rollouts that saw one out of the loss."""
     url, log = scripted(lambda n, queries: 422 if n > 0 else None)
-    out, init = str(tmp / "rl_some_failing"), common.latest_checkpoint(sft3[0])
+    out, init = str(tmp / "rl_some_failing"), checkpoints.latest_checkpoint(sft3[0])
     run_script(grpo_act, "--sim-ratio", 0, "--data", world, "--init", init, "--out", out, "--steps", 3,
                "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--val-prompts", 0, "--search", url,
                "--max-search-failures", 1.0, "--save-every", 3)
@@ -486,5 +487,5 @@ def test_grpo_leaves_rollouts_with_failed_searches_out_of_the_loss(tmp, world, s
     assert refused > 0 and rows[-1]["failed_search_calls"] == rows[-1]["real_search_calls"] == refused, log
     failed = [b["failed_search_calls"] - a for a, b in zip([0] + [r["failed_search_calls"] for r in rows], rows)]
     assert all((f > 0) == (r["excluded_rollouts"] > 0) and r["excluded_rollouts"] <= f for f, r in zip(failed, rows))
-    _, state = assert_complete_checkpoint(common.latest_checkpoint(out), 3)
+    _, state = assert_complete_checkpoint(checkpoints.latest_checkpoint(out), 3)
     assert state["extra"]["failed_search_calls"] == refused

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import checkpoints
 import common
 from bench import memory_plan
 from model import Qwen2, Qwen2Config
@@ -45,7 +46,7 @@ def sft(tiny, out, dtype):
                "--lr", 2e-5, "--warmup", 0, "--steps", 30, "--batch-size", 8, "--max-len", 384, "--save-every", 100)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]
-    return losses, Qwen2.from_pretrained(common.latest_checkpoint(out)).state_dict()
+    return losses, Qwen2.from_pretrained(checkpoints.latest_checkpoint(out)).state_dict()
 
 
 def test_bf16_sft_trains_like_fp32(tiny, tmp_path):

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import common
+import checkpoints
 import env
 import sft_coa
 from data import convert, distill
@@ -186,7 +186,7 @@ def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
     out = run("sample.py", "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
               "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
     assert "=== " + HOTPOT[0]["question"] in out
-    ckpt = common.latest_checkpoint(str(tmp_path / "rl"))
+    ckpt = checkpoints.latest_checkpoint(str(tmp_path / "rl"))
     assert_ordinary_checkpoint(ckpt, r1)
 
 
@@ -225,7 +225,7 @@ def test_chatml_sft_to_transformers(servers, tmp_path):
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
     run("sft_coa.py", "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
         "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
-    assert_ordinary_checkpoint(common.latest_checkpoint(str(tmp_path / "sft2")), src)
+    assert_ordinary_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "sft2")), src)
 
 
 def test_init_without_data_is_an_error(r1, tmp_path):

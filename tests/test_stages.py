@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import checkpoints
 import common
 import env
 from grpo import group_advantages, policy_loss, validate
@@ -278,7 +279,7 @@ def test_pretrain_loss_goes_down(base):
     rows = metrics(base)
     assert [r["step"] for r in rows] == list(range(30))
     assert_loss_down(rows)
-    assert_complete_checkpoint(common.latest_checkpoint(base), 30)
+    assert_complete_checkpoint(checkpoints.latest_checkpoint(base), 30)
 
 
 def test_sft_contrastive_loss_and_margin(sft1):
@@ -287,7 +288,7 @@ def test_sft_contrastive_loss_and_margin(sft1):
     assert_loss_down(rows)
     margin = [r["logp_chosen"] - r["logp_rejected"] for r in rows]
     assert margin[-1] > margin[0] and rows[-1]["acc"] >= rows[0]["acc"]
-    assert_complete_checkpoint(common.latest_checkpoint(sft1), 20)
+    assert_complete_checkpoint(checkpoints.latest_checkpoint(sft1), 20)
 
 
 def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
@@ -305,7 +306,7 @@ def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
         rel = 1e-4 if r1["step"] == 0 else 2e-3
         for k in ("loss", "logp_chosen", "logp_rejected", "acc", "grad_norm"):
             assert r2[k] == pytest.approx(r1[k], rel=rel, abs=1e-6), (r1["step"], k)
-    a, b = (weights(common.latest_checkpoint(runs[mt])) for mt in (2, 100_000))
+    a, b = (weights(checkpoints.latest_checkpoint(runs[mt])) for mt in (2, 100_000))
     # a coordinate whose gradient is ~0 can take Adam's step either way on rounding alone, so a few may
     # differ by ~lr; pairs split or weighted wrongly would move nearly every coordinate
     for k in a:
@@ -319,7 +320,7 @@ def test_sft_coa_stage2_and_stage3(sft2, sft3):
         rows = metrics(out)
         assert len(rows) == n
         assert_loss_down(rows)
-        assert_complete_checkpoint(common.latest_checkpoint(out), n)
+        assert_complete_checkpoint(checkpoints.latest_checkpoint(out), n)
     # same data, same truncation: stage 3 also scores the observations, so strictly more tokens
     pat = r"\[data\] stage (\d), stage2\.jsonl: .* (\d+) tokens, (\d+) scored"
     (s2, tok2, sc2), (s3, tok3, sc3) = re.search(pat, log2).groups(), re.search(pat, log3).groups()
@@ -335,7 +336,7 @@ def test_sft_coa_trains_the_workflow_model_from_its_file(tmp, world, base):
     rows = metrics(out)
     assert len(rows) == 15
     assert_loss_down(rows)
-    assert_complete_checkpoint(common.latest_checkpoint(out), 15)
+    assert_complete_checkpoint(checkpoints.latest_checkpoint(out), 15)
 
 
 def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
@@ -345,7 +346,7 @@ def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
     is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
     url, spy = search_server
     out = str(tmp / "rl")
-    init = common.latest_checkpoint(sft3[0])
+    init = checkpoints.latest_checkpoint(sft3[0])
     run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 6,
                "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3,
                "--save-every", 3, "--search", url, "--trainable", ".")  # every weight
@@ -405,7 +406,7 @@ def test_grpo_signal_bench_reports_every_weight_group(tmp, world, sft3):
     p = run_script(act, *args)
     rows = re.findall(r"^(\S+)\s+[\d,]+\s+([+-]\d\.\d{4})\s+(\d\.\d{3})\s+(\d\.\d{3})$", p.stdout, re.M)
     run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0, threads=None))
-    model, _ = common.load_model(common.latest_checkpoint(sft3[0]), run)
+    model, _ = common.load_model(checkpoints.latest_checkpoint(sft3[0]), run)
     assert {r[0] for r in rows} == {re.sub(r"layers\.\d+\.", "layers.*.", n) for n, _ in model.named_parameters()}
     assert all(-1 <= float(c) <= 1 and 0 <= float(sig) <= 1 for _, c, sig, _ in rows)
     assert sum(float(share) for *_, share in rows) == pytest.approx(1, abs=0.01)
@@ -415,7 +416,7 @@ def test_validation_repeats_exactly_for_one_policy(world, sft3):
     """val_reward draws its samples with the same seed every time: the same policy scores the same, so two
     validations differ by what training changed, not by the dice. Every search call is counted."""
     run = common.Run(SimpleNamespace(device="cpu", dtype=None, seed=0, threads=None))
-    model, tok = common.load_model(common.latest_checkpoint(sft3[0]), run)
+    model, tok = common.load_model(checkpoints.latest_checkpoint(sft3[0]), run)
     rows = common.read_jsonl(os.path.join(world, "dev.jsonl"))[:6]
     calls, bm25 = [], env.make_search_tool(os.path.join(world, "corpus.jsonl"))
     tool = SimpleNamespace(search=lambda queries, topk: calls.extend(queries) or bm25.search(queries, topk))

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+import checkpoints
 import common
 import eval as ev
 import grpo
@@ -37,7 +38,7 @@ def ckpt(world, tmp_path_factory):
                         "--vocab-size", "300", "--steps", "1", "--fresh-steps", "1", "--batch-size", "2"], cwd=ROOT, capture_output=True,
                        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    return common.latest_checkpoint(str(out))
+    return checkpoints.latest_checkpoint(str(out))
 
 
 @pytest.fixture
@@ -199,7 +200,7 @@ def test_plain_text_rows_are_enough_for_pretrain(tmp_path, monkeypatch):
     run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base", "--hidden", 16, "--intermediate", 32,
              "--layers", 1, "--heads", 2, "--kv-heads", 1, "--seq-len", 16, "--vocab-size", 300, "--steps", 1,
              "--batch-size", 2)
-    assert common.step_of(os.path.basename(common.latest_checkpoint(str(tmp_path / "base")))) == 1  # no phase 2 rows
+    assert checkpoints.step_of(os.path.basename(checkpoints.latest_checkpoint(str(tmp_path / "base")))) == 1  # no phase 2 rows
 
 
 def test_sft_coa_checks_segments_before_loading(tmp_path, ckpt, data, monkeypatch, no_model):

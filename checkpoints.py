@@ -1,0 +1,287 @@
+"""Checkpoints that are written atomically and resume exactly, and the stop that keeps the last good one.
+
+Layout of a stage's `--out DIR`:
+    DIR/step_000100/          Hugging Face layout (config.json, model.safetensors, tokenizer.json), the
+                              weights in config.json's torch_dtype (bf16 for R1-Distill), for eval and export
+                              + train_state/ (torch.distributed.checkpoint: the fp32 master weights and the
+                              optimizer state, one file per rank; it loads on any number of ranks)
+                              + trainer_state.pt (step, RNG, the stage's extras) + args.json
+    DIR/latest                the name of the newest complete step directory, replaced atomically
+    DIR/metrics.jsonl         one JSON object per logged step (common.Metrics; a resumed run first drops the
+                              steps it redoes)
+A step directory is written under a temporary name and renamed when complete, and `latest` is only
+switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable
+(the next save removes what a killed one left half-written); the directory `latest` names is never
+replaced in place. Weights are checked finite after every optimizer step (common.clip_and_step) and
+before every save, and a NaN/Inf loss or gradient stops the run naming the last checkpoint whose weights
+gave a finite loss. A new run refuses an --out that holds another run's checkpoints unless given --resume
+or --overwrite.
+"""
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from model import Qwen2, first_nonfinite, replace_dir
+
+# torch.distributed.checkpoint on one process (no process group) is intended here: say nothing about it
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+# -----------------------------------------------------------------------------
+# where checkpoints are, and starting a run from one
+
+def step_of(name):
+    """The step of a checkpoint directory's name: step_000100 -> 100, and step_000100_1 (a re-save of the
+    step `latest` named, see save_checkpoint) -> 100; None for any other name."""
+    m = re.fullmatch(r"step_(\d+)(_1)?", name)
+    return int(m[1]) if m else None
+
+
+def point_latest(out, name):
+    """Switch out/latest to `name` atomically (write a temporary file, then rename it over the pointer)."""
+    tmp = os.path.join(out, ".latest.tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out, "latest"))
+
+
+def latest_checkpoint(out):
+    """Path of the newest complete checkpoint in `out`, or None."""
+    ptr = os.path.join(out, "latest")
+    if not os.path.isfile(ptr):
+        return None
+    with open(ptr) as f:
+        name = f.read().strip()
+    path = os.path.join(out, name)
+    return path if os.path.isdir(path) else None
+
+
+def export_dtype(config):
+    """The dtype a checkpoint's weights are exported in: config.json's torch_dtype, i.e. the one the model
+    came in (bf16 for R1-Distill), whatever the masters' dtype; fp32 for a config that names none."""
+    name = config.extra.get("torch_dtype") or config.extra.get("dtype")
+    return getattr(torch, name) if name else torch.float32
+
+
+def exported_state(run, model):
+    """{name: CPU tensor in export_dtype} on rank 0, {} on the others, gathered one tensor at a time: under
+    FSDP2 no device holds more than one full tensor beyond its shards, and rank 0's host holds the export
+    (2 bytes per weight in bf16), never the full fp32 state."""
+    dtype, state = export_dtype(model.config), {}
+    for name, t in model.state_dict().items():
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t  # an all-gather: every rank, in the same order
+        if run.master:
+            state[name] = t.detach().to(device="cpu", dtype=dtype)
+    return state
+
+
+def train_state(model, opt):
+    """The state a resume needs, as torch.distributed.checkpoint reads and writes it: the fp32 master weights
+    and the optimizer state keyed by parameter name, each rank's own shards (DTensors) under FSDP2, plain
+    tensors on one process. An optimizer that has not stepped yet gets its state initialised (zeros), so that
+    a load has a place for every moment."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, opt)
+    return {"model": msd, "optimizer": osd}
+
+
+SAVED = set()  # (abspath of an --out, step) of every checkpoint this process wrote: stop() takes back only those
+
+
+def save_checkpoint(run, out, step, model, tok, opt, args, extra=None, keep=2):
+    """Write out/step_{step} atomically, then point `latest` at it: the HF-layout export (exported_state),
+    train_state/ (torch.distributed.checkpoint: every rank writes its own shards of the fp32 masters and of
+    the optimizer state, which nobody gathers), trainer_state.pt (step, RNG, extras) and args.json.
+    Non-finite weights are never saved. The directory `latest` names is never replaced in place (its
+    replacement would leave `latest` dangling for a moment): a re-save of that step (GRPO's RL-1 checkpoint
+    after a resume) goes to step_{step}_1, or back, and the old one is removed after the switch."""
+    import torch.distributed.checkpoint as dcp
+    bad = first_nonfinite(model.named_parameters())  # this rank's shards
+    if run.distributed:  # every rank stops together, or the others would wait in the next collective
+        flag = torch.tensor(float(bad is not None), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bad or ("a weight on another rank" if flag.item() else None)
+    if bad is not None:
+        stop(f"non-finite weight {bad} at the save of step {step}", step, out)
+    SAVED.add((os.path.abspath(out), step))
+    name = f"step_{step:06d}"
+    live = latest_checkpoint(out)  # every rank reads the same pointer: only the end of this save changes it
+    if live and os.path.basename(live) == name:
+        name += "_1"
+    tmp = os.path.join(out, f".tmp-{name}")
+    if run.master:
+        os.makedirs(out, exist_ok=True)
+        for d in os.listdir(out):  # left by a save killed half-way (never pointed to; a model's size each)
+            if d.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    state = exported_state(run, model)  # collective under FSDP: all ranks
+    if run.master:
+        save_state_dict_pretrained(model.config, state, tmp)
+    del state
+    if run.distributed:
+        dist.barrier()  # tmp exists before any rank writes into it
+    dcp.save(train_state(model, opt), checkpoint_id=os.path.join(tmp, "train_state"), no_dist=not run.distributed)
+    if run.master:
+        tok.save(os.path.join(tmp, "tokenizer.json"))
+        torch.save({"step": step, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                    "extra": extra or {}}, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+        replace_dir(tmp, os.path.join(out, name))  # `latest` does not name `name`: no reader can miss it
+        point_latest(out, name)  # the atomic switch
+        # Removed now: debris of a killed replace_dir, the superseded copy of this step, and all but the
+        # newest keep - 1 earlier checkpoints. Later steps (a run resumed from an earlier `latest`) are left.
+        others = [d for d in os.listdir(out) if d.startswith("step_") and d != name]
+        earlier = sorted((step_of(d), d) for d in others if step_of(d) is not None and step_of(d) < step)
+        remove = [d for d in others if step_of(d) in (None, step)] + [d for _, d in earlier[:max(0, len(earlier) - (keep - 1))]]
+        for d in remove:
+            shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    if run.distributed:
+        dist.barrier()
+
+
+def save_state_dict_pretrained(config, state, path):
+    """HF-layout save of a plain state dict (no module needed), via a meta-device model's save_pretrained."""
+    with torch.device("meta"):
+        shell = Qwen2(config)
+    shell.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        shell.lm_head.weight = shell.model.embed_tokens.weight
+    shell.save_pretrained(path)
+
+
+def resolve_checkpoint(path):
+    """A checkpoint directory itself (has config.json), or a stage's --out (its `latest`), or None."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    return latest_checkpoint(path)
+
+
+def have(path):
+    """Whether a pipeline output exists: the world's files, or a complete checkpoint."""
+    return bool(os.path.isfile(os.path.join(path, "meta.json")) if path.endswith("world") else resolve_checkpoint(path))
+
+
+def ensure(path, run):
+    """Make a missing default input (the embedded world or a stage's checkpoint, all under runs/), so that
+    any stage runs on a fresh machine: pipeline.py, which holds the graph of stages, builds it and what it
+    needs. Anything else (a user's --data or --init) is left alone."""
+    if have(path) or os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] != "runs":
+        return
+    cmd = [sys.executable, "pipeline.py", "--build", path]
+    if run.distributed:
+        raise FileNotFoundError(f"{path} is missing: run `{' '.join(cmd[1:])}` first")
+    run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd[1:])}")
+    import subprocess
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def resume_or_init(run, args, default_init):
+    """Pick where the weights come from: --resume (latest checkpoint of --out), --init, or the default
+    (made by its stage if missing). Returns (checkpoint path, trainer_state or None)."""
+    if args.resume:
+        path = latest_checkpoint(args.out)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {args.out} (no 'latest' pointer)")
+        if not os.path.isdir(os.path.join(path, "train_state")):
+            raise FileNotFoundError(f"--resume: {path} has no train_state/ (the fp32 weights and optimizer state; "
+                                    f"an older checkpoint layout): start a new run from it with --init {path}")
+        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        state["path"] = path  # restore() reads train_state/ from here
+        run.print(f"[resume] {path} at step {state['step']}")
+        return path, state
+    if args.init is None:
+        ensure(default_init, run)
+    path = resolve_checkpoint(args.init or default_init)
+    if path is None:
+        raise FileNotFoundError(f"--init {args.init or default_init}: no checkpoint there (config.json or 'latest')")
+    return path, None
+
+
+def claim_out(run, args):
+    """Call first thing: a run never writes into another run's --out by accident. An --out that holds
+    checkpoints (a `latest` or step directories) is continued with --resume, or started over with
+    --overwrite, which first deletes them, metrics.jsonl and nested runs (GRPO's rl1); otherwise refused."""
+    if args.resume:
+        if args.overwrite:
+            raise SystemExit("--resume continues the run in --out and --overwrite deletes it: pass one of them")
+        return
+    held = sorted(d for d in os.listdir(args.out) if d == "latest" or d.startswith("step_")) \
+        if os.path.isdir(args.out) else []
+    if not held:
+        return
+    if not args.overwrite:
+        raise SystemExit(f"--out {args.out} already holds a run ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''})"
+                         f": pass --resume to continue it, or --overwrite to delete it and start over")
+    init = os.path.abspath(resolve_checkpoint(args.init) or args.init) if args.init else ""
+    if init.startswith(os.path.abspath(args.out) + os.sep):
+        raise SystemExit(f"--init {args.init} lies inside --out {args.out}, which --overwrite would delete")
+    if run.master:
+        for d in os.listdir(args.out):
+            p = os.path.join(args.out, d)
+            if os.path.isdir(p) and (d.startswith(("step_", ".tmp-")) or os.path.isfile(os.path.join(p, "latest"))):
+                shutil.rmtree(p)
+            elif d in ("latest", ".latest.tmp", "metrics.jsonl"):
+                os.remove(p)
+        run.print(f"[out] --overwrite: deleted the run that was in {args.out}")
+    if run.distributed:
+        dist.barrier()
+
+
+def restore(model, opt, state):
+    """Load the fp32 master weights and the optimizer state from the checkpoint's train_state/, then the RNG
+    state. Each rank reads the parts of the tensors it holds, whatever number of ranks wrote them; the weights
+    the model was loaded with (the export, bf16 for a bf16 model) are replaced by the masters, so a resumed
+    run continues exactly."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+    sd = train_state(model, opt)  # this run's layout: its shards, its parameter names
+    dcp.load(sd, checkpoint_id=os.path.join(state["path"], "train_state"), no_dist=not dist.is_initialized())
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return state["step"]
+
+
+# -----------------------------------------------------------------------------
+# a non-finite loss or weight stops the run
+
+def check_finite(value, step, out, what="loss", detail=None):
+    """A NaN or Inf loss (or gradient) at `step` stops the run. The weights it was computed with are those
+    of checkpoint `step` (saved after `step` updates), so that checkpoint is not a good one to resume from."""
+    if not math.isfinite(value):
+        stop(f"non-finite {what} {value} at step {step}" + (f" ({detail})" if detail else ""), step, out)
+
+
+def stop(msg, bad_step, out):
+    """Raise FloatingPointError(msg), naming the last good checkpoint: the newest one from before `bad_step`,
+    whose weights are finite (checked before every save) and gave a finite loss (checked at its step).
+    If `latest` names the checkpoint of bad_step that this run saved (before its loss was seen), rank 0
+    points `latest` back at the last good one and removes it; one the run started from is left as it is."""
+    live = latest_checkpoint(out)
+    last = live
+    if live and (step_of(os.path.basename(live)) or 0) >= bad_step:
+        earlier = sorted((step_of(d), d) for d in os.listdir(out) if (step_of(d) or bad_step) < bad_step)
+        last = os.path.join(out, earlier[-1][1]) if earlier else None
+        if (os.path.abspath(out), step_of(os.path.basename(live))) not in SAVED:
+            msg += f"; {live}, which this run started from, gave it"
+        else:
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                if last:
+                    point_latest(out, os.path.basename(last))
+                else:
+                    os.remove(os.path.join(out, "latest"))
+                shutil.rmtree(live, ignore_errors=True)
+            msg += f"; removed {live}, whose weights gave it"
+    raise FloatingPointError(f"{msg}; stopping. Last good checkpoint: " + (
+        f"{last} (resume with --resume after fixing the cause)" if last else "none (start again after fixing the cause)"))
