@@ -61,6 +61,7 @@ import checkpoints
 import common
 import env
 import viewer
+from data.world import parse_facts
 from sample import SAMPLING_DEFAULTS, add_sampling_args, sample, sampling_kwargs
 
 POLICIES = ("agent", "none", "rag", "workflow")
@@ -221,13 +222,13 @@ def comparison_steps(records):
     return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
 
 
-# a line that reads a result (data/trajectories.read) and the fact sentence it reads (data/world.fact_sentence)
-READ_LINE = re.compile(r"The search result says that the ([a-z ]+?) of (.+?) is (.+?)\.\n")
+# a line that reads a result (data/trajectories.read), around the fact sentence it reads (data/world.parse_facts)
+READ_LINE = re.compile(r"The search result says that (.+?\.)\n")
 
 
 def reading(records):
-    """How faithfully the reasoning copies what it reads: of the lines "The search result says that the R
-    of X is V." that follow a result stating the R of X, the share whose V is the result's value (a model
+    """How faithfully the reasoning copies what it reads: of the lines "The search result says that <the R
+    of X is V>." that follow a result stating the R of X, the share whose V is the result's value (a model
     that names the right entity and relation, then writes another value, remembers or guesses instead of
     copying). None when no line qualifies."""
     n = copied = 0
@@ -236,13 +237,14 @@ def reading(records):
         for m in READ_LINE.finditer(text):
             start = text.rfind(env.TAGS.result_open, 0, m.start())
             close = text.find(env.TAGS.result_close, start) if start >= 0 else -1
-            if close < 0 or close > m.start():
-                continue  # no whole result above this line
-            stated = re.search(re.escape(f"The {m.group(1)} of {m.group(2)} is ") + r"(.+?)\.(?:\s|$)",
-                               text[start:m.start()])
+            line = parse_facts(m.group(1))
+            if close < 0 or close > m.start() or len(line) != 1:
+                continue  # no whole result above this line, or no fact on it
+            (relation, subject, value), = line
+            stated = [v for r, s, v in parse_facts(text[start:close]) if (r, s) == (relation, subject)]
             if stated:
                 n += 1
-                copied += stated.group(1) == m.group(3)
+                copied += stated[0] == value
     return {"n": n, "copied": copied / n} if n else None
 
 

@@ -33,7 +33,7 @@ import checkpoints
 import common
 import env
 from data.trajectories import act, need, read, year_check, year_pair
-from data.world import composition_text, fact_sentence
+from data.world import composition_text, fact_prefix, fact_sentence
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
@@ -69,7 +69,7 @@ def judge(predicted, fact, name, rel):
     or neither ("absent")?"""
     if fact in predicted:
         return "right"
-    return "wrong" if re.search(re.escape(f"The {rel} of {name} is ") + r"[^.\n]*\.", predicted) else "absent"
+    return "wrong" if re.search(re.escape(fact_prefix(name, rel) + " ") + r"[^.\n]*\.", predicted) else "absent"
 
 
 def group_of(entity):

@@ -3,11 +3,11 @@
 A question is resolved one lookup at a time. Every lookup is one "step" that opens with a decision
 point, "I need the <relation> of <X>.", and continues in one of two ways (paper §3.1):
 - X is known (its page was in pretraining): recall the fact from memory,
-      " I remember that the birthplace of X is Y.\\n"
+      " I remember that X was born in Y.\\n"
 - X is unknown: act, then copy the fact out of the observation,
       " I will search for it. <begin_search> X birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"        (tool segment)
-      "The search result says that the birthplace of X is Y.\\n"
+      "The search result says that X was born in Y.\\n"
 and the response ends with "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS; nothing here hard-codes a tag string.
 
@@ -39,9 +39,14 @@ def need(name, relation):
     return f"I need the {relation} of {name}."
 
 
-def recall(name, relation, value):
+def in_clause(name, relation, value):
+    """The fact sentence as the object of "that": "the birth year of X is 1850.", "X was born in Y."."""
     s = fact_sentence(name, relation, value)
-    return f" I remember that {s[0].lower()}{s[1:]}\n"
+    return "the" + s[3:] if s.startswith("The ") else s
+
+
+def recall(name, relation, value):
+    return f" I remember that {in_clause(name, relation, value)}\n"
 
 
 def act(name, relation, query=None):
@@ -54,8 +59,7 @@ def short_query(name, relation):
 
 
 def read(name, relation, value):
-    s = fact_sentence(name, relation, value)
-    return f"The search result says that {s[0].lower()}{s[1:]}\n"
+    return f"The search result says that {in_clause(name, relation, value)}\n"
 
 
 def year_check(ya, yb, compare):

@@ -36,6 +36,7 @@ the real datasets).
 import argparse
 import math
 import random
+import re
 from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------- schema
@@ -142,9 +143,36 @@ class World:
 
 
 # ----------------------------------------------------------------------------- text
+# A name-valued fact is a verb phrase ("X was born in Y."): the words just before its value differ from one
+# fact of a page to the next, so a reading line that ends in them finds its value by matching them. With
+# "The birthplace of X is Y." every value follows "is", and some pretraining seeds learned to copy
+# whichever name the page states last (RESULTS.md, "The base model's seed"). Years (digits, always
+# copied) and the capital (one fact per page) keep the plain form.
+PHRASES = {"birthplace": "was born in", "employer": "works for", "founder": "was founded by",
+           "headquarters": "is based in", "country": "lies in", "mayor": "is governed by", "author": "was written by"}
+
+
+def fact_prefix(subject, relation):
+    """A fact's sentence up to its value: "X was born in", "The birth year of X is"."""
+    return f"{subject} {PHRASES[relation]}" if relation in PHRASES else f"The {relation} of {subject} is"
+
+
 def fact_sentence(subject, relation, value):
     """The one sentence form of a fact, shared by documents and reasoning traces."""
-    return f"The {relation} of {subject} is {value}."
+    return f"{fact_prefix(subject, relation)} {value}."
+
+
+_NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # make_names: two capitalised words
+FACT_RE = re.compile(rf"(?:({_NAME}) ({'|'.join(PHRASES.values())})|\b[Tt]he ([a-z]+(?: [a-z]+)?) of ({_NAME}) is) "
+                     rf"({_NAME}|\d+)\.")
+_RELATION_OF = {phrase: relation for relation, phrase in PHRASES.items()}
+
+
+def parse_facts(text):
+    """Every fact sentence in text (fact_sentence, or a reasoning line's lower-case "the ... of ... is"),
+    as (relation, subject, value) strings, in order."""
+    return [(_RELATION_OF[phrase], s1, value) if s1 else (relation, s2, value)
+            for s1, phrase, relation, s2, value in FACT_RE.findall(text)]
 
 
 def document(e, rng=None):

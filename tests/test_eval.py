@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 import env
 import eval as ev
 from data.build import build
+from data.trajectories import read
 from data.world import fact_sentence
 from env import TAGS
 from model import Qwen2, Qwen2Config
@@ -228,17 +229,19 @@ def test_comparison_steps_by_hand():
 def test_reading_by_hand():
     """eval.reading: a reading line counts when the whole result above it states its entity's relation; it
     copies when the value is the result's."""
-    result = ("\n\n<search_result> result 1: \"Lopi Fiben\" Lopi Fiben is a person. The birthplace of Lopi Fiben "
-              "is Dule Mumo. The birth year of Lopi Fiben is 1850. </search_result>\n\n")
-    line = "The search result says that the {} of {} is {}.\n"
+    result = ("\n\n<search_result> result 1: \"Lopi Fiben\" Lopi Fiben is a person. Lopi Fiben was born in Dule "
+              "Mumo. The birth year of Lopi Fiben is 1850. </search_result>\n\n")
+
+    def line(rel, name, value):
+        return read(name, rel, value)  # data/trajectories.py: "The search result says that ...\n"
     records = [
-        {"text": result + line.format("birthplace", "Lopi Fiben", "Dule Mumo")},           # copied
-        {"text": result + line.format("birth year", "Lopi Fiben", "1805")},                # miscopied
-        {"text": result + line.format("employer", "Lopi Fiben", "Kabim Fegil")},           # not in the result
-        {"text": line.format("birthplace", "Lopi Fiben", "Dule Mumo")},                    # no result above
-        {"text": result.replace(" </search_result>", "") + line.format("birthplace", "Lopi Fiben", "Dule Mumo")},
-        {"text": result + line.format("birth year", "Lopi Fiben", "1850") + result
-         + line.format("birthplace", "Lopi Fiben", "Dule Mum")},                           # copied, then not
+        {"text": result + line("birthplace", "Lopi Fiben", "Dule Mumo")},           # copied
+        {"text": result + line("birth year", "Lopi Fiben", "1805")},                # miscopied
+        {"text": result + line("employer", "Lopi Fiben", "Kabim Fegil")},           # not in the result
+        {"text": line("birthplace", "Lopi Fiben", "Dule Mumo")},                    # no result above
+        {"text": result.replace(" </search_result>", "") + line("birthplace", "Lopi Fiben", "Dule Mumo")},
+        {"text": result + line("birth year", "Lopi Fiben", "1850") + result
+         + line("birthplace", "Lopi Fiben", "Dule Mum")},                           # copied, then not
     ]
     assert ev.reading(records) == {"n": 4, "copied": 0.5}
     assert ev.reading(records[2:5]) is None

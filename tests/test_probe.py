@@ -2,7 +2,8 @@
 against the world's fact; on a tiny world, with the agent's actions scripted (tests/test_eval.py's Script)."""
 import json
 
-from data.world import fact_sentence
+from data.trajectories import read
+from data.world import fact_prefix, fact_sentence
 from env import TAGS
 
 import pipeline
@@ -39,7 +40,7 @@ def test_judge_and_parse_query_by_hand(world):
     rel, value = next(iter(e["facts"].items()))
     name, fact = e["name"], fact_sentence(e["name"], rel, value)
     assert probe.judge(f" result 1: x. {fact} y", fact, name, rel) == "right"
-    assert probe.judge(f" result 1: The {rel} of {name} is Zzz.", fact, name, rel) == "wrong"
+    assert probe.judge(f" result 1: {fact_prefix(name, rel)} Zzz.", fact, name, rel) == "wrong"
     assert probe.judge(" result 1: nothing", fact, name, rel) == "absent"
     assert probe.parse_query(f"{name} {rel}", world) == (e, rel) and probe.parse_query("nobody home", world) is None
     assert probe.group_of({"known": True}) == "known" and probe.group_of({"known": False}) == "unknown"
@@ -86,7 +87,7 @@ def test_copy_cases_cut_each_reading_line_before_its_value(world, world_dir):
     assert len(cases) == len(facts) > 0 and len(probe.copy_cases(world, pages, 3, "test")) == 3
     for (e, rel, value), (question, text, said, relation) in zip(facts, cases):
         assert question == f"What is the {rel} of {e['name']}?" and said == str(value) and relation == rel
-        assert text.endswith(f"{TAGS.result_close}\n\nThe search result says that the {rel} of {e['name']} is")
+        assert text.endswith(f"{TAGS.result_close}\n\n{read(e['name'], rel, value)[:-len(f' {value}.' + chr(10))]}")
         assert " ".join(pages[e["id"]].split()) in text and fact_sentence(e["name"], rel, value) in text  # as the tool shows it
 
 

@@ -119,9 +119,9 @@ def token_spans(tok, ids):
 HAND_ROW = {"question": "What is the employer of Reget Nadit?", "segments": [
     {"text": "I need the employer of Reget Nadit. I will search for it. <begin_search> Reget Nadit employer "
              "</end_search>", "tool": False},
-    {"text": "\n\n<search_result> result 1: \"Reget Nadit\" Reget Nadit is a person. The employer of Reget Nadit "
-             "is Neta Poras. </search_result>\n\n", "tool": True},
-    {"text": "The search result says that the employer of Reget Nadit is Neta Poras.\nSo the answer is Neta "
+    {"text": "\n\n<search_result> result 1: \"Reget Nadit\" Reget Nadit is a person. Reget Nadit works for Neta "
+             "Poras. </search_result>\n\n", "tool": True},
+    {"text": "The search result says that Reget Nadit works for Neta Poras.\nSo the answer is Neta "
              "Poras.\n</think>\n\nThe answer is \\boxed{Neta Poras}", "tool": False}]}
 
 
