@@ -144,10 +144,12 @@ class World:
 
 # ----------------------------------------------------------------------------- text
 # A name-valued fact is a verb phrase ("X was born in Y."): the words just before its value differ from one
-# fact of a page to the next, so a reading line that ends in them finds its value by matching them. With
-# "The birthplace of X is Y." every value follows "is", and some pretraining seeds learned to copy
-# whichever name the page states last (RESULTS.md, "The base model's seed"). Years (digits, always
-# copied) and the capital (one fact per page) keep the plain form.
+# fact of a page to the next and occur nowhere else in a trajectory (the question, the decision line and the
+# query name the relation), so a reading line that ends in them matches one place on the page. With "The
+# birthplace of X is Y." every value follows "is"; with "X has the birthplace Y." it follows the relation's
+# name, which the query holds too; with either, some pretraining seeds copied whichever name the page
+# states last (RESULTS.md, "The base model's seed"). Years (digits, always copied) and the capital (one
+# fact per page) keep the plain form.
 PHRASES = {"birthplace": "was born in", "employer": "works for", "founder": "was founded by",
            "headquarters": "is based in", "country": "lies in", "mayor": "is governed by", "author": "was written by"}
 
