@@ -467,7 +467,7 @@ def sampling_kwargs(args):
 def main(argv=None):
     import env
     from model import Qwen2
-    from common import resolve_checkpoint
+    from checkpoints import resolve_checkpoint
     from tokenizer import Tokenizer
     from viewer import terminal
 
