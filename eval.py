@@ -189,10 +189,12 @@ def when_to_act(records):
             "names_known": rate(known, "first_step_names"), "names_unknown": rate(unknown, "first_step_names")}
 
 
-# a comparison of the embedded world (data/trajectories.py): the question, the facts as the reasoning
-# states them (read out of a result, or recalled), and its decision line (year_check, then the name)
+# a line of the embedded world's reasoning that states a fact (data/trajectories.read or recall), read out of
+# a result or recalled, around the fact sentence itself (data/world.parse_facts reads it)
+STATED = re.compile(r"(The search result says|I remember) that (.+?\.)\n")
+# a comparison of the embedded world (data/trajectories.py): the question, and its decision line (year_check,
+# then the name)
 COMPARISON_QUESTION = re.compile(r"(?:earlier|later), (.+) or (.+)\?$")
-STATED_FACT = re.compile(r"(?:The search result says|I remember) that the [a-z ]+? of (.+?) is (\d+)\.")
 DECISION = re.compile(r"Is (\d+) (earlier|later) than (\d+)\? .*?, (?:earlier|later): (Yes|No), so it is (.+?)\.\n")
 
 
@@ -212,18 +214,16 @@ def comparison_steps(records):
         n += 1
         (a, b), (ya, word, yb, yes, name) = q.groups(), line.groups()
         stated = {}  # the last statement about each name, and whether it was read
-        for m in STATED_FACT.finditer(r["text"][:line.start()]):
-            stated[m.group(1)] = (m.group(2), m.group(0).startswith("The search"))
+        for m in STATED.finditer(r["text"][:line.start()]):
+            for _, subject, value in parse_facts(m.group(2)):
+                if value.isdigit():
+                    stated[subject] = (value, m.group(1) == "The search result says")
         counts["years"] += stated.get(a, ("",))[0] == ya and stated.get(b, ("",))[0] == yb
         counts["word"] += word in r["question"].split(",")[0].split()
         counts["decision"] += (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
         counts["name"] += name == (a if yes == "Yes" else b)
         counts["searched"] += all(stated.get(x, (None, False))[1] for x in (a, b))
     return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
-
-
-# a line that reads a result (data/trajectories.read), around the fact sentence it reads (data/world.parse_facts)
-READ_LINE = re.compile(r"The search result says that (.+?\.)\n")
 
 
 def reading(records):
@@ -234,14 +234,16 @@ def reading(records):
     n = copied = 0
     for r in records:
         text = r.get("text", "")
-        for m in READ_LINE.finditer(text):
+        for m in STATED.finditer(text):
+            if m.group(1) != "The search result says":
+                continue  # recalled, not read
             start = text.rfind(env.TAGS.result_open, 0, m.start())
             close = text.find(env.TAGS.result_close, start) if start >= 0 else -1
-            line = parse_facts(m.group(1))
+            line = parse_facts(m.group(2))
             if close < 0 or close > m.start() or len(line) != 1:
                 continue  # no whole result above this line, or no fact on it
             (relation, subject, value), = line
-            stated = [v for r, s, v in parse_facts(text[start:close]) if (r, s) == (relation, subject)]
+            stated = [v for rel, subj, v in parse_facts(text[start:close]) if (rel, subj) == (relation, subject)]
             if stated:
                 n += 1
                 copied += stated[0] == value
