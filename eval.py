@@ -194,33 +194,32 @@ def when_to_act(records):
 STATED = re.compile(r"(The search result says|I remember) that (.+?\.)\n")
 # a comparison of the embedded world (data/trajectories.py): the question, and its decision line (year_check,
 # then the name)
-COMPARISON_QUESTION = re.compile(r"(?:earlier|later), (.+) or (.+)\?$")
-DECISION = re.compile(r"Is (\d+) (earlier|later) than (\d+)\? .*?, (?:earlier|later): (Yes|No), so it is (.+?)\.\n")
+COMPARISON_QUESTION = re.compile(r"earlier, (.+) or (.+)\?$")
+DECISION = re.compile(r"Is (\d+) earlier than (\d+)\? [^:\n]*: (Yes|No), so it is (.+?)\.\n")
 
 
 def comparison_steps(records):
     """Where the embedded world's comparisons go wrong, one local step of the decision line at a time, as
     shares of the comparisons that have one: `years`, both years as the reasoning stated them above, in
-    the question's order; `word`, "earlier"/"later" as the question asks; `decision`, Yes/No right for the
-    years and word on the line; `name`, the first name on Yes, the second on No; `searched`, both years
-    stated as read out of a search result ("The search result says ..."; a model without the tool that
-    writes such a line invents the result), not recalled. None when no record is such a comparison."""
-    n, counts = 0, dict.fromkeys(("years", "word", "decision", "name", "searched"), 0)
+    the question's order; `decision`, Yes/No right for the years on the line; `name`, the first name on Yes,
+    the second on No; `searched`, both years stated as read out of a search result ("The search result says
+    ..."; a model without the tool that writes such a line invents the result), not recalled. None when no
+    record is such a comparison."""
+    n, counts = 0, dict.fromkeys(("years", "decision", "name", "searched"), 0)
     for r in records:
         q = COMPARISON_QUESTION.search(r.get("question", "")) if r.get("type") == "comparison" else None
         line = DECISION.search(r.get("text", "")) if q else None
         if not line:
             continue
         n += 1
-        (a, b), (ya, word, yb, yes, name) = q.groups(), line.groups()
+        (a, b), (ya, yb, yes, name) = q.groups(), line.groups()
         stated = {}  # the last statement about each name, and whether it was read
         for m in STATED.finditer(r["text"][:line.start()]):
             for _, subject, value in parse_facts(m.group(2)):
                 if value.isdigit():
                     stated[subject] = (value, m.group(1) == "The search result says")
         counts["years"] += stated.get(a, ("",))[0] == ya and stated.get(b, ("",))[0] == yb
-        counts["word"] += word in r["question"].split(",")[0].split()
-        counts["decision"] += (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
+        counts["decision"] += (yes == "Yes") == (int(ya) < int(yb))
         counts["name"] += name == (a if yes == "Yes" else b)
         counts["searched"] += all(stated.get(x, (None, False))[1] for x in (a, b))
     return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
@@ -338,10 +337,10 @@ def format_table(summaries):
         out.append("")
     steps = [s for s in summaries if s.get("comparison_steps")]
     if steps:
-        out.append("comparisons, % of those with a decision line: both years as stated above / the question's "
-                   "word / yes-no right for the line / the name that follows / both years from a result line")
+        out.append("comparisons, % of those with a decision line: both years as stated above / yes-no right for "
+                   "the line / the name that follows / both years from a result line")
         out += [f"{s['name']:<{width}} " + " ".join(f"{100 * s['comparison_steps'][k]:>10.1f}%" for k in (
-            "years", "word", "decision", "name", "searched")) for s in steps]
+            "years", "decision", "name", "searched")) for s in steps]
         out.append("")
     reads = [s for s in summaries if s.get("reading")]
     if reads:

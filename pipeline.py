@@ -46,6 +46,7 @@ import time
 
 import checkpoints
 import eval as eval_lib
+from data.build import PERTURBATIONS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
@@ -74,6 +75,7 @@ TRAIN.update({
 })
 ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoint and counts its real search calls)
     ("no tool", "runs/base", "none", "runs/base"),
+    ("base, with the tool", "runs/base", "agent", "runs/base"),
     ("RAG", "runs/workflow", "rag", "runs/workflow"),
     ("workflow", "runs/workflow", "workflow", "runs/workflow"),
     ("SFT-1", "runs/sft1", "agent", "runs/sft1"),
@@ -86,40 +88,34 @@ ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoi
     ("SFT-1&2 + RL-2", "runs/rl2_sft12", "agent", "runs/rl2_sft12"),
     ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
 ]
-# Does the agent read the tool? The same checkpoints on the counterfactual corpus (data/build.py: held-out
-# facts changed, test_cf.jsonl's golds recomputed) and with their own observations in place of the tool.
-CF = ["--split", "test_cf", "--search", "runs/world/corpus_cf.jsonl"]
-CHECKS = [  # (name, checkpoint, eval policy, training job, extra eval flags)
-    ("SFT-1&2&3, counterfactual corpus", "runs/sft3", "agent", "runs/sft3", CF),
-    ("SFT-1&2, counterfactual corpus", "runs/sft2", "agent", "runs/sft2", CF),
-    ("SFT-1&2&3 + RL-1&2, counterfactual corpus", "runs/rl", "agent", "runs/rl", CF),
-    ("SFT-1&2&3 + RL-2, counterfactual corpus", "runs/rl2_sft3", "agent", "runs/rl2_sft3", CF),
-    ("SFT-1&2 + RL-2, counterfactual corpus", "runs/rl2_sft12", "agent", "runs/rl2_sft12", CF),
-    ("workflow, counterfactual corpus", "runs/workflow", "workflow", "runs/workflow", CF),
-    ("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"]),
-]
+# Does a model read the tool? Every agent from SFT-2 on, and the workflow, again on copies of the corpus
+# (data/build.py): the counterfactual one (held-out facts changed: does it follow the corpus or its memory?)
+# and the other layouts (every fact kept, pages laid out otherwise: does it find a fact by its relation and
+# subject, or by where it stands?); and SFT-1&2&3 with its own observations in place of the tool.
+READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1",
+                                              "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", "SFT-1&2&3 + RL-2")]
+LAYOUT_LIMIT = 400  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
+CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by,
+           ["--split", "test_cf", "--search", "runs/world/corpus_cf.jsonl"]) for name, ckpt, policy, made_by in READERS]
+CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by,
+            ["--search", f"runs/world/corpus_{layout}.jsonl", "--limit", str(LAYOUT_LIMIT)])
+           for layout in PERTURBATIONS for name, ckpt, policy, made_by in READERS]
+CHECKS += [("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"])]
 # Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
 PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
-         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
-         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2 + RL-2", "SFT-1&2"), ("SFT-1&2&3", "workflow"),
-         ("SFT-1&2 + RL-2", "workflow")]
+         ("SFT-1&2&3 + RL-1", "SFT-1&2&3"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
+         ("SFT-1&2 + RL-2", "SFT-1&2"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2"),
+         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2&3", "workflow"), ("SFT-1&2 + RL-2", "workflow"),
+         ("SFT-1&2&3 + RL-2", "workflow")]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
 # the longest side job (GRPO from the base model), so that the last minutes are filled by short
 # evaluations instead of one long job alone on a core.
 ORDER = CHAIN + ["runs/rl", "runs/rl2_only", "runs/rl2_sft3", "runs/sft2_only", "runs/workflow", "runs/rl2_sft12"]
 
 
-PROBE = "runs/eval/probe.jsonl"
-COPY = "runs/eval/copy.jsonl"  # probe.py --copy of the base model
-# The base model's gate. With earlier forms of the fact sentence (data/world.fact_sentence) some pretraining
-# seeds never learned to copy a value out of a search result, and no later stage made up for it (RESULTS.md,
-# "The base model's seed"); every seed tried since passes, and the gate stays as the check. After
-# pretraining, probe.py --copy on the dev entities (test stays untouched): below COPY_GATE of their values,
-# the base is set aside (runs/base_seed<S>) and pretrained again with the next seed, BASE_SEEDS seeds at
-# most; if none passes, the best copier is kept.
-COPY_GATE = 0.9
-BASE_SEEDS = 3
-COPY_DEV = "runs/eval/copy_dev_seed{}.jsonl"
+PROBE = "runs/eval/probe.jsonl"    # the world model of SFT-1&2&3 on the RL prompts' own lookups (probe.py)
+COPY = "runs/eval/copy.jsonl"      # the base model copies held-out values out of search results (probe.py --copy)
+RECALL = "runs/eval/recall.jsonl"  # the base model remembers the known entities' facts (probe.py --recall)
 
 
 def eval_file(name):
@@ -156,84 +152,28 @@ def jobs(limit, batch_size, skip_train, only=None):
             print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
             continue
         cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
-               "--batch-size", str(batch_size)] + extra + (["--limit", str(limit)] if limit else [])
+               "--batch-size", str(batch_size)] + extra + (["--limit", str(limit)] if limit and "--limit" not in extra else [])
         out.append((f"eval {name}", cmd, [made_by], None))
-    # the world model: SFT-1&2&3's own observations against the real ones, by entity split (probe.py)
-    out.append(("probe SFT-1&2&3", ["probe.py", "--ckpt", "runs/sft3", "--out", PROBE, "--batch-size", str(batch_size)]
-                + (["--limit", str(limit)] if limit else []), ["runs/sft3"], None))
-    # can the base model copy a value out of a result at all? (what SFT stage 2 builds on; probe.copy_probe)
+    # the world model that RL stage 1 runs on: SFT-1&2&3's own observations at the RL prompts' actions against
+    # the real ones, by the split of the entity looked up (probe.py)
+    out.append(("probe SFT-1&2&3", ["probe.py", "--ckpt", "runs/sft3", "--split", "rl", "--out", PROBE,
+                                    "--batch-size", str(batch_size)] + (["--limit", str(limit)] if limit else []),
+                ["runs/sft3"], None))
+    # what the base model brings to SFT: it copies a value out of a search result, and remembers the known facts
     out.append(("copy base", ["probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "test", "--out", COPY],
+                ["runs/base"], None))
+    out.append(("recall base", ["probe.py", "--ckpt", "runs/base", "--recall", "1000", "--out", RECALL],
                 ["runs/base"], None))
     return out
 
 
-def copy_share(summary):
-    """The share of values copied, from a probe.py --copy summary file."""
-    with open(summary) as f:
-        r = json.load(f)["copy"]
-    return r["copied"] / max(r["values"], 1)
-
-
-def dev_summary(seed):
-    """Where probe.py --copy writes the summary of base seed `seed` on the dev entities."""
-    return os.path.join(ROOT, COPY_DEV.format(seed)[:-len(".jsonl")] + ".summary.json")
-
-
-def dev_copies(seed, threads):
-    """The share of the dev entities' values runs/base copies out of their pages (probe.py --copy)."""
-    out = os.path.join(ROOT, COPY_DEV.format(seed))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    subprocess.run([sys.executable, "probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "dev", "--out", out],
-                   cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    return copy_share(dev_summary(seed))
-
-
-def set_aside():
-    """{seed: share copied} of the bases the gate has set aside so far (runs/base_seed<S>), so that an
-    interrupted pipeline goes on with the next seed."""
-    seeds = [int(d.rsplit("seed", 1)[1]) for d in os.listdir(os.path.join(ROOT, "runs"))
-             if d.startswith("base_seed")] if os.path.isdir(os.path.join(ROOT, "runs")) else []
-    return {s: copy_share(dev_summary(s)) for s in seeds}
-
-
-def seed_of(cmd):
-    """The --seed of a pretrain.py command (its default, 0, without one)."""
-    return int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else 0
-
-
-def with_seed(cmd, seed):
-    i = cmd.index("--seed") if "--seed" in cmd else len(cmd)
-    return cmd[:i] + cmd[i + 2:] + ["--seed", str(seed)]
-
-
-def base_gate(cmd, tried, threads):
-    """After runs/base was pretrained by cmd: None when it copies enough (COPY_GATE), else cmd with the next
-    --seed. tried: {seed: share copied} of the bases made so far (updated here)."""
-    seed = seed_of(cmd)
-    tried[seed] = dev_copies(seed, threads)
-    print(f"[pipeline] base seed {seed} copies {100 * tried[seed]:.1f}% of the dev entities' values", flush=True)
-    if tried[seed] >= COPY_GATE:
-        return None
-    os.replace(os.path.join(ROOT, "runs/base"), os.path.join(ROOT, f"runs/base_seed{seed}"))
-    if len(tried) < BASE_SEEDS:
-        print(f"[pipeline] below {COPY_GATE:.0%}: set aside as runs/base_seed{seed}, pretraining seed {seed + 1}")
-        return with_seed(cmd, seed + 1)
-    best = max(tried, key=tried.get)
-    print(f"[pipeline] no seed reached {COPY_GATE:.0%}; keeping the best copier, seed {best}")
-    os.replace(os.path.join(ROOT, f"runs/base_seed{best}"), os.path.join(ROOT, "runs/base"))
-    return None
-
-
 def run_jobs(todo, workers, times):
     """Run the jobs on `workers` processes of one thread each, every job as soon as what it needs is done.
-    A job's output goes to runs/logs/<job>.log. Stops at the first failure (its log is named). The base
-    model goes through base_gate before anything that needs it starts."""
+    A job's output goes to runs/logs/<job>.log. Stops at the first failure (its log is named)."""
     os.makedirs(os.path.join(ROOT, "runs/logs"), exist_ok=True)
     pending = {k for k, *_ in todo}
     commands = {k: cmd for k, cmd, *_ in todo}
-    running, tried = {}, set_aside() if "runs/base" in commands else {}
-    if tried:  # the gate was interrupted: the next seed
-        commands["runs/base"] = with_seed(commands["runs/base"], max(tried) + 1)
+    running = {}
     while pending or running:
         ready = [(k, commands[k]) for k, _, needs, _ in todo
                  if k in pending and not any(n in pending or n in running for n in needs)]
@@ -258,11 +198,6 @@ def run_jobs(todo, workers, times):
                 sys.exit(f"[pipeline] {key} failed (exit {proc.returncode}); see {log}")
             times[key] = round(time.time() - t, 1) + times.get(key, 0)
             print(f"[pipeline] done {key}: {times[key]:.0f} s", flush=True)
-            if key == "runs/base":
-                again = base_gate(commands[key], tried, workers if not running else 1)
-                if again:
-                    commands[key] = again
-                    pending.add(key)
 
 
 def rl_real_calls(path):
@@ -290,8 +225,9 @@ def load_eval(name):
 
 def collect():
     """Each row's summary (written by its eval job) with the real search calls of its RL training; the reading
-    checks (counterfactual corpus: how often the answer follows the changed corpus, among the questions the
-    model solved with the real one; own observations: EM without the real tool); the paired comparisons."""
+    checks (counterfactual corpus: of the questions solved with the real one, how often the answer follows the
+    changed corpus; layouts: EM, its paired difference to the same questions on the real corpus, and the
+    reading lines' copy rate; own observations: EM without the real tool); the probes; the paired comparisons."""
     results, records = [], {}
     for name, ckpt, policy, made_by in ROWS:
         loaded = load_eval(name)
@@ -310,18 +246,17 @@ def collect():
         if loaded is None or row not in records:
             continue
         summary, recs = loaded
-        check = {"name": name, "model": row, "overall": summary["overall"],
-                 "held_out": summary.get("by_held_out", {}).get("held-out")}
-        if "--split" in extra:
+        check = {"name": name, "model": row, "overall": summary["overall"], "reading": eval_lib.reading(recs)}
+        if "test_cf" in extra:
             check["follows"] = eval_lib.follows(records[row], recs)
-            # compositions alone: a comparison's answer follows a changed year only if it compares right
-            check["follows_compositions"] = eval_lib.follows(*[[r for r in rs if r.get("type") != "comparison"]
-                                                               for rs in (records[row], recs)])
+        elif "--search" in extra:  # a layout: the same questions on the real corpus
+            check["layout"] = name.rsplit(", ", 1)[1].split()[0]
+            check["paired"] = eval_lib.paired(recs, records[row])
         checks.append(check)
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
     probe = {}
-    for key, path in (("probe", PROBE), ("copy", COPY)):
+    for key, path in (("probe", PROBE), ("copy", COPY), ("recall", RECALL)):
         summary_file = os.path.join(ROOT, path[:-len(".jsonl")] + ".summary.json")
         if os.path.isfile(summary_file):
             with open(summary_file) as f:
@@ -347,52 +282,80 @@ def em_ci(b):
     return f"{pct(b['em'])} [{pct(lo)}, {pct(hi)}]"
 
 
+def diff_ci(p):
+    lo, hi = p["ci"]
+    return f"{100 * p['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def table(results, checks=(), pairs=(), probe=None):
-    """Markdown: Table 1's shape with EM by hops instead of by dataset (compositions by hops, comparisons
-    apart), then the reading checks, the probes ({"probe": probe.py's summary, "copy": probe.py --copy's})
-    and the paired comparisons."""
+    """Markdown: Table 1's shape with EM by hops instead of by dataset (compositions by hops, comparisons apart);
+    when to act; the reading checks; where comparisons go wrong; the probes; the paired comparisons."""
     probe = probe or {}
+    em = lambda b: pct(b["em"]) if b and b.get("n") else "-"  # noqa: E731
     lines = ["| method | EM [95% CI] | held-out | known only | 1 hop | 2 hops | 3 hops | 4 hops | comparison "
-             "| searches / question | real searches in RL | first step searches: known / unknown entity "
-             "| paper avg EM (7B) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| searches / question | real searches in RL | paper avg EM (7B) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results:
-        o, h, w, held = s["overall"], s["by_hops"], s.get("when_to_act"), s.get("by_held_out", {})
-        em = lambda b: pct(b["em"]) if b and b.get("n") else "-"  # noqa: E731
-        act = f"{pct(w['search_known'])}% / {pct(w['search_unknown'])}%" if w else "-"
+        o, h, held = s["overall"], s["by_hops"], s.get("by_held_out", {})
         lines.append(f"| {s['name']} | {em_ci(o)} | {em(held.get('held-out'))} | {em(held.get('known only'))} | "
                      + " | ".join(em(h.get(str(k))) for k in (1, 2, 3, 4))
                      + f" | {em(s['by_type'].get('comparison'))} | {o['searches']:.2f} "
-                     f"| {s['rl_real_search_calls'] or 0} | {act} | {PAPER_AVG_EM.get(s['name'], '-')} |")
+                     f"| {s['rl_real_search_calls'] or 0} | {PAPER_AVG_EM.get(s['name'], '-')} |")
+    acts = [s for s in results if s.get("when_to_act")]
+    if acts:  # eval.when_to_act: the first step's decision, by whether the model knows the entity
+        lines += ["", "| when to act (eval.when_to_act) | first step searches: known entity | unknown entity "
+                  "| searches / question, known-only questions |", "|---|---|---|---|"]
+        for s in acts:
+            w = s["when_to_act"]
+            known = s.get("by_held_out", {}).get("known only")
+            searches = f"{known['searches']:.2f}" if known else "-"
+            lines.append(f"| {s['name']} | {pct(w['search_known'])}% | {pct(w['search_unknown'])}% | {searches} |")
+    layouts = [c for c in checks if c.get("layout")]
+    if layouts:  # does the model find a fact by its relation and subject? the same questions, pages laid out otherwise
+        names = list(dict.fromkeys(c["model"] for c in layouts))
+        kinds = list(dict.fromkeys(c["layout"] for c in layouts))
+        lines += ["", "| reading check: pages laid out otherwise (EM on the same questions, and minus the real corpus) | "
+                  + " | ".join(kinds) + " | reading lines that copy the result's value: real / " + " / ".join(kinds) + " |",
+                  "|---|" + "---|" * (len(kinds) + 1)]
+        real = {s["name"]: s for s in results}
+        for m in names:
+            cells = []
+            for k in kinds:
+                c = next((c for c in layouts if c["model"] == m and c["layout"] == k), None)
+                cells.append(f"{em(c['overall'])} ({diff_ci(c['paired'])})" if c else "-")
+            copy = [real[m].get("reading")] + [next((c.get("reading") for c in layouts if c["model"] == m
+                                                     and c["layout"] == k), None) for k in kinds]
+            lines.append(f"| {m} | " + " | ".join(cells) + " | "
+                         + " / ".join(f"{pct(r['copied'])}%" if r else "-" for r in copy) + " |")
+    cfs = [c for c in checks if c.get("follows") is not None]
+    if cfs:
+        lines += ["", "| reading check: counterfactual corpus | questions | EM [95% CI] | of the questions solved with "
+                  "the real corpus: follows the changed corpus / answers what it remembers |", "|---|---|---|---|"]
+        for c in cfs:
+            f = c["follows"]
+            fol = f"{pct(f['follows_corpus'])}% / {pct(f['follows_memory'])}% (of {f['n_solved']})" if f["n_solved"] else "-"
+            lines.append(f"| {c['model']} | {c['overall']['n']} | {em_ci(c['overall'])} | {fol} |")
+    own = [c for c in checks if c["name"].endswith("own observations")]
+    for c in own:
+        lines += ["", f"{c['model']} with its own observations in place of the tool: EM {em_ci(c['overall'])}"]
     steps = [s for s in results if s.get("comparison_steps")]
     if steps:  # eval.comparison_steps: which local step of a comparison's decision line goes wrong
         lines += ["", "| comparisons: decision line (eval.comparison_steps) | n | both years as stated above "
-                  "| the question's word | yes / no right for the line | the name that follows | both years "
-                  "from a result line, not recalled |", "|---|---|---|---|---|---|---|"]
+                  "| yes / no right for the line | the name that follows | both years from a result line, not "
+                  "recalled |", "|---|---|---|---|---|---|"]
         for s in steps:
             c = s["comparison_steps"]
             lines.append(f"| {s['name']} | {c['n']} | " + " | ".join(
-                pct(c[k]) for k in ("years", "word", "decision", "name", "searched")) + " |")
-    reads = [s for s in results if s.get("reading")]
-    if reads:  # eval.reading: does the reasoning copy the value it read?
-        lines += ["", "| reading lines (eval.reading) | lines after a result that states their fact | value "
-                  "copied from the result |", "|---|---|---|"]
-        lines += [f"| {s['name']} | {s['reading']['n']} | {pct(s['reading']['copied'])}% |" for s in reads]
-    if checks:
-        lines += ["", "| reading check | questions | EM [95% CI] | held-out EM | of the questions solved with the "
-                  "real corpus: follows the changed corpus / answers what it remembers | the same, compositions only |",
-                  "|---|---|---|---|---|---|"]
-        for c in checks:
-            fol = [f"{pct(f['follows_corpus'])}% / {pct(f['follows_memory'])}% (of {f['n_solved']})"
-                   if f and f["n_solved"] else "-" for f in (c.get("follows"), c.get("follows_compositions"))]
-            held = pct(c["held_out"]["em"]) if c.get("held_out") else "-"
-            lines.append(f"| {c['name']} | {c['overall']['n']} | {em_ci(c['overall'])} | {held} | {fol[0]} | {fol[1]} |")
-    if probe.get("copy"):  # probe.py --copy: {split, values, copied}
-        c = probe["copy"]
-        lines += ["", f"base model, teacher-forced (probe.py --copy): copies {c['copied']} of {c['values']} values "
-                  f"({pct(c['copied'] / max(c['values'], 1))}%) out of {c['split']} entities' pages"]
+                pct(c[k]) for k in ("years", "decision", "name", "searched")) + " |")
+    for key, what in (("copy", "copies out of a search result (held-out test entities)"),
+                      ("recall", "remembers (known entities, asked without the tool)")):
+        if probe.get(key):  # probe.py --copy / --recall: {values, copied, by_relation}
+            c = probe[key]
+            lines += ["", f"base model, teacher-forced (probe.py --{key}): {what} {c['copied']} of {c['values']} "
+                      f"values ({pct(c['copied'] / max(c['values'], 1))}%); fewest by relation: " + ", ".join(
+                          f"{rel} {k}/{n}" for rel, (k, n) in sorted(c["by_relation"].items(), key=lambda x: x[1][0] / x[1][1])[:3])]
     if probe.get("probe"):  # probe.py's summary: {group: {actions, right, wrong, absent, real_has_fact}}
-        lines += ["", "| world model (SFT-1&2&3, dev questions): actions about | n | own observation right / "
+        lines += ["", "| world model (SFT-1&2&3, RL prompts): actions about | n | own observation right / "
                   "wrong / absent |", "|---|---|---|"]
         for group, g in probe["probe"].items():
             if isinstance(g, dict) and g.get("actions"):
@@ -400,9 +363,7 @@ def table(results, checks=(), pairs=(), probe=None):
                     f"{100 * g[k] / g['actions']:.1f}%" for k in ("right", "wrong", "absent")) + " |")
     if pairs:
         lines += ["", "| paired comparison (same test questions) | EM difference [95% CI] |", "|---|---|"]
-        for p in pairs:
-            lo, hi = p["ci"]
-            lines.append(f"| {p['a']} - {p['b']} | {100 * p['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
+        lines += [f"| {p['a']} - {p['b']} | {diff_ci(p)} |" for p in pairs]
     return "\n".join(lines)
 
 

@@ -90,11 +90,6 @@ def pack(encoded, L, pad_id, seed=0):
     return windows, masks
 
 
-def in_phase(row, phase):
-    """Is a base.jsonl row trained on in this phase (1 or 2)? Rows without "phase" are in both."""
-    return row.get("phase", phase) == phase
-
-
 def main():
     # -------------------------------------------------------------------------
     # arguments
@@ -108,9 +103,6 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
-    ap.add_argument("--fresh-steps", type=int, default=300,
-                    help="steps of the second phase, after --steps: base.jsonl's rows of phase 2 (fresh tool-use "
-                         "traces) in place of its first-phase traces, the lr schedule restarted (0: none)")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -126,9 +118,6 @@ def main():
     for i, r in enumerate(rows):
         if r.get("response") is not None and r.get("question") is None:
             raise ValueError(f"{rows.where(i)}: a reasoning trace ('response') needs its 'question'")
-        if r.get("phase", 1) not in (1, 2):
-            raise ValueError(f"{rows.where(i)}: 'phase' is {r['phase']!r}: 1 (first phase only) or 2 (second "
-                             "phase only); rows without it are in both")
     # reasoning and tool-use traces: the same chat frame as at run time, with the tool's instruction where
     # the row says so (tool-use traces; data/README.md)
     texts = [chat_prompt(r["question"], env.INSTRUCTION if r.get("instruction") else "") + r["response"]
@@ -159,23 +148,12 @@ def main():
         model, tok = common.load_model(init_dir, run, args.grad_checkpointing)
     model.train()
 
-    # Two phases (data/build.py): first the rows of phase 1 and those without a phase for --steps, then
-    # the rows of phase 2 (fresh tool-use traces) and those without a phase for --fresh-steps, the lr
-    # schedule (warm-up, cosine) restarted. Each phase packs its whole texts, each ending with
-    # end-of-sentence, into windows of seq_len + 1 tokens.
+    # whole texts, each ending with end-of-sentence, packed into windows of seq_len + 1 tokens
     encoded = [ids + [tok.eos_id] for ids in tok.encode_batch(texts)]
-    if args.fresh_steps and not any(r.get("phase") == 2 for r in rows):
-        run.print(f"[data] {rows.path} has no rows of phase 2: one phase only, no --fresh-steps")
-        args.fresh_steps = 0
-    phases = []  # (first step, windows, masks, the phase's schedule) in order
-    for phase, first, steps in ((1, 0, args.steps), (2, args.steps, args.fresh_steps)):
-        if steps:
-            chosen = [ids for ids, r in zip(encoded, rows) if in_phase(r, phase)]
-            windows, masks = pack(chosen, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1)
-            n_tok = sum(map(len, chosen))
-            run.print(f"[data] phase {phase}, {steps} steps: {len(chosen)} texts, {n_tok / 1e6:.2f}M tokens, "
-                      f"{len(windows)} windows of {args.seq_len} ({n_tok / windows.numel():.0%} filled)")
-            phases.append((first, windows, masks, argparse.Namespace(**{**vars(args), "steps": steps})))
+    windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1)
+    n_tok = sum(map(len, encoded))
+    run.print(f"[data] {len(encoded)} texts, {n_tok / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len} "
+              f"({n_tok / windows.numel():.0%} filled), {args.steps * args.batch_size / len(windows):.1f} epochs")
 
     # -------------------------------------------------------------------------
     # loss: next-token NLL over every token of the texts (not the padding)
@@ -194,23 +172,19 @@ def main():
 
     # -------------------------------------------------------------------------
     # loop
-    total = args.steps + args.fresh_steps
-    metrics = common.Metrics(run, args.out, total, start, "pretrain")
-    for step in range(start, total):
-        first, windows, masks, schedule = next(p for p in reversed(phases) if step >= p[0])
-        k = step - first  # the step within its phase: its data order and lr
-        idx = run.shard(common.epoch_order(len(windows), k, args.batch_size, args.seed))
+    metrics = common.Metrics(run, args.out, args.steps, start, "pretrain")
+    for step in range(start, args.steps):
+        idx = run.shard(common.epoch_order(len(windows), step, args.batch_size, args.seed))
         loss, logged = loss_fn(windows[idx], masks[idx])
         checkpoints.check_finite(logged, step, args.out)
         loss.backward()
-        lr = common.lr_at(k, schedule)
-        gnorm = common.clip_and_step(model, opt, step, args, lr)
+        gnorm = common.clip_and_step(model, opt, step, args)
         metrics.tick()
-        if step % args.log_every == 0 or step == total - 1:
-            metrics.log(step, loss=logged, lr=lr, grad_norm=gnorm)
+        if step % args.log_every == 0 or step == args.steps - 1:
+            metrics.log(step, loss=logged, lr=common.lr_at(step, args), grad_norm=gnorm)
         # ---------------------------------------------------------------------
         # save
-        if (step + 1) % args.save_every == 0 or step + 1 == total:
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args)
     metrics.close()
     run.print(f"[done] {checkpoints.latest_checkpoint(args.out)}")

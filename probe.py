@@ -24,7 +24,6 @@ Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.
 import argparse
 import json
 import os
-import random
 import re
 
 import torch
@@ -32,8 +31,8 @@ import torch
 import checkpoints
 import common
 import env
-from data.trajectories import act, need, read, year_check, year_pair
-from data.world import composition_text, fact_prefix, fact_sentence
+from data.trajectories import act, need, query_for, read, recall
+from data.world import composition_text, fact_sentence
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
@@ -69,7 +68,7 @@ def judge(predicted, fact, name, rel):
     or neither ("absent")?"""
     if fact in predicted:
         return "right"
-    return "wrong" if re.search(re.escape(fact_prefix(name, rel) + " ") + r"[^.\n]*\.", predicted) else "absent"
+    return "wrong" if re.search(re.escape(f"The {rel} of {name} is ") + r"[^.\n]*\.", predicted) else "absent"
 
 
 def group_of(entity):
@@ -135,56 +134,41 @@ def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max
     return summary, records
 
 
-def year_cases(n, seed=0):
-    """n random pairs of years in the embedded world's range, half of them close, as (prompt, decision):
-    ("Is 1850 later than 1862?", "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No")."""
-    rng, cases = random.Random(seed), []
-    for _ in range(n):
-        ya, yb = year_pair(rng, 1700, 3000)
-        line = year_check(ya, yb, rng.choice(("earlier", "later")))
-        cases.append((line[:line.index("?") + 1], line))
-    return cases
-
-
-def year_probe(model, tok, n=300, seed=0, batch_size=64, logits_processor=None):
-    """The comparison arithmetic on its own: greedy, from each prompt of year_cases, how often the model's
-    whole decision line (data/trajectories.py year_check, as drilled in the base text) comes out exactly
-    right up to its yes/no. -> {"pairs": n, "right": count}."""
-    cases, right = year_cases(n, seed), 0
-    for i in range(0, n, batch_size):
-        batch = cases[i:i + batch_size]
-        outs = sample(model, tok, [tok.encode(q) for q, _ in batch], mode="none", max_new_tokens=48, temperature=0.0,
-                      logits_processor=logits_processor)
-        right += sum((q + tok.decode(o.completion)).startswith(line) for (q, line), o in zip(batch, outs))
-    return {"pairs": n, "right": right}
-
-
-def copy_cases(world, pages, n, split="test"):
-    """Up to n (text, value) cases, evenly spaced over the facts of the split's entities: a one-hop question
-    under the tool's instruction, the step that searches the fact, the entity's page as the tool returns it
-    (pages: corpus id -> contents), and the line that reads it, cut before the space and its value (data/trajectories.py's
-    format). Held-out entities: no training text holds the value, so only copying it predicts it."""
+def copy_cases(world, tool, n, split="test", topk=3):
+    """Up to n (question, text, value, relation) cases, evenly spaced over the facts of the split's entities: a
+    one-hop question under the tool's instruction, the step that searches the fact, the tool's result for that
+    query, and the line that reads it, cut before the space and its value (data/trajectories.py's format).
+    Held-out entities: no training text holds the value, so only copying it predicts it."""
     facts = [(e, rel, value) for e in world["entities"] if group_of(e) == split for rel, value in e["facts"].items()]
+    facts = common.evenly_spaced(facts, n)
+    results = tool.search([query_for(e["name"], rel) for e, rel, _ in facts], topk)
     cases = []
-    for e, rel, value in common.evenly_spaced(facts, n):
-        text = (need(e["name"], rel) + act(e["name"], rel) + env.format_observation([{"contents": pages[e["id"]]}])
-                + read(e["name"], rel, value))
+    for (e, rel, value), docs in zip(facts, results):
+        text = need(e["name"], rel) + act(e["name"], rel) + env.format_observation(docs) + read(e["name"], rel, value)
         cases.append((composition_text(e["name"], [rel]), text[:-len(f" {value}.\n")], str(value), rel))
     return cases
 
 
-def copy_probe(model, tok, cases, batch_size=64):
-    """Does the model copy a value out of the result it reads? Teacher-forced over copy_cases: a value counts
-    as copied when every one of its tokens is the model's most likely next token. A base model that
-    writes search calls may still not copy, and its SFT-2 then cannot read the tool (RESULTS.md, "The
-    base model's seed"). -> {"values": n, "copied": count, "by_relation": {relation: [copied, n]}} (a
-    model that copies whichever value comes last on the page copies some relations only)."""
+def recall_cases(world, n):
+    """Up to n (question, text, value, relation) cases over the known entities' facts: the question asked
+    plainly (no tool), and the line that recalls the fact, cut before its value. What the base model must
+    remember for recalling to be the right move."""
+    facts = [(e, rel, value) for e in world["entities"] if e["known"] for rel, value in e["facts"].items()]
+    return [(composition_text(e["name"], [rel]), (need(e["name"], rel) + recall(e["name"], rel, value))[:-len(f" {value}.\n")],
+             str(value), rel) for e, rel, value in common.evenly_spaced(facts, n)]
+
+
+def copy_probe(model, tok, cases, batch_size=64, tool=True):
+    """Does the model write the value? Teacher-forced over copy_cases (copied out of the result it reads) or
+    recall_cases (tool=False: remembered): a value counts when every one of its tokens is the model's most
+    likely next token. -> {"values": n, "copied": count, "by_relation": {relation: [copied, n]}} (a model that
+    reads by where a fact stands, not by its relation, gets some relations only)."""
     copied, by_relation = 0, {}
     for i in range(0, len(cases), batch_size):
         batch = cases[i:i + batch_size]
         seqs, spans = [], []
         for question, text, value, _ in batch:
-            head = common.encode_prompt(tok, question) + tok.encode(text)  # "... the R of X is"
+            head = common.encode_prompt(tok, question, tool) + tok.encode(text)  # "... the R of X is"
             ids = head + tok.encode(" " + value)  # as the model writes it after the line's head
             seqs.append(ids)
             spans.append((len(head), len(ids)))
@@ -225,8 +209,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16, help="rollouts sampled together")
     ap.add_argument("--copy", type=int, metavar="N",
                     help="instead: teacher-forced copying of N held-out facts out of their pages (copy_probe)")
-    ap.add_argument("--years", type=int, metavar="N",
-                    help="instead: the comparison arithmetic on N random pairs of years (year_probe)")
+    ap.add_argument("--recall", type=int, metavar="N",
+                    help="instead: teacher-forced recall of N known facts, asked without the tool (recall_cases)")
     # greedy, the model's best guess: no temperature or top-p
     add_sampling_args(ap, only=("max_new_tokens", "max_actions", "topk", "obs_max_tokens"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -236,31 +220,30 @@ def main(argv=None):
     ckpt = checkpoints.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
-    if args.years:
-        model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
-        r = year_probe(model, Tokenizer.from_pretrained(ckpt), args.years, batch_size=args.batch_size)
-        print(f"[probe] {ckpt}: comparison decided exactly right on {r['right']} of {r['pairs']} random pairs of "
-              f"years ({100 * r['right'] / r['pairs']:.1f}%)")
-        return
     world_path = os.path.join(args.data, "world.json")
     if not os.path.isfile(world_path):
         ap.error(f"the probe needs the embedded world's {world_path} (python -m data.build --out {args.data})")
     with open(world_path, encoding="utf-8") as f:
         world = json.load(f)
     name = os.path.basename(os.path.normpath(args.ckpt))
-    out = args.out or f"runs/eval/{name}-{args.split}-{'copy' if args.copy else 'probe'}.jsonl"
+    kind = "copy" if args.copy else "recall" if args.recall else "probe"
+    out = args.out or f"runs/eval/{name}-{args.split if kind != 'recall' else 'known'}-{kind}.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    if args.copy:
-        pages = {r["id"]: r["contents"] for r in common.read_jsonl(os.path.join(args.data, "corpus.jsonl"))}
-        cases = copy_cases(world, pages, args.copy, args.split)
+    if args.copy or args.recall:
+        if args.copy:
+            tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
+            cases, where = copy_cases(world, tool, args.copy, args.split, args.topk), f"out of {args.split} entities' results"
+        else:
+            cases, where = recall_cases(world, args.recall), "of known entities from memory"
         if not cases:
             ap.error(f"--split {args.split}: {world_path} has no entities in that split (known, train, dev, test)")
         model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
-        r = copy_probe(model, Tokenizer.from_pretrained(ckpt), cases, args.batch_size)
+        r = copy_probe(model, Tokenizer.from_pretrained(ckpt), cases, args.batch_size, tool=bool(args.copy))
         with open(base + ".summary.json", "w") as f:
-            json.dump({"args": vars(args), "checkpoint": ckpt, "copy": {"split": args.split, **r}}, f, indent=1)
-        print(f"[probe] {ckpt}: copies {r['copied']} of {r['values']} values out of {args.split} entities' pages "
+            json.dump({"args": vars(args), "checkpoint": ckpt, kind: {"split": args.split if args.copy else "known", **r}},
+                      f, indent=1)
+        print(f"[probe] {ckpt}: writes {r['copied']} of {r['values']} values {where} "
               f"({100 * r['copied'] / max(r['values'], 1):.1f}%); by relation: "
               + ", ".join(f"{rel} {c}/{n}" for rel, (c, n) in r["by_relation"].items()) + f"; wrote {base}.summary.json")
         return

@@ -1,51 +1,39 @@
-"""The embedded fictional world: entities, facts, documents and multi-hop questions.
+"""The embedded fictional world: entities, facts, pages and multi-hop questions.
 
-Nobody here can download R1-Distill or Wikipedia, so every AutoCoA stage runs on a small invented
-world instead. Every entity belongs to one split, and the split says who may ever see its facts:
+Nobody here can download R1-Distill or Wikipedia, so every AutoCoA stage runs on a small invented world
+instead. Every entity belongs to one split, and the split says who may ever see its facts:
 
-    known   its page is in the base model's pretraining text: recalling it is right (paper §3.1)
-    train   unknown to the base; its facts reach the model only through tool results in SFT and RL
-    dev     held out: its name and facts appear in no training file; dev questions start from it
-    test    held out likewise; test questions start from it, so only reading the tool can answer them
+    known   its page is in the base model's pretraining text: recalling its facts is right (paper §3.1)
+    train   unknown to the base model; its facts reach a model only through search results in SFT and RL
+    dev     held out: its name and facts are in no training file; dev questions need its facts
+    test    held out likewise; test questions need its facts, so only reading the tool answers them
 
-Facts of known and train entities point only at known and train entities, so no training text can
-mention a held-out name; a held-out entity's facts may point at anything of its own split or the
-training side. Names are two words drawn from one shared pool, and the known names use every word of
-it, so a held-out name is a new combination of tokens the base model has seen: copying it out of a
-question or a search result is possible, remembering its facts is not.
+Facts of known and train entities point only at known and train entities, so no training text can name a
+held-out entity. Names are two words from one pool, and the known names use every word of it: a held-out
+name is a new pair of words the base model has seen, so it can be copied but not remembered.
 
-The language is deliberately regular so that a model of a few million parameters can learn it:
-- every fact is one sentence "The <relation> of <subject> is <object>." and a document is the type
-  sentence plus the facts of one entity;
-- a question is a chain "What is the r3 of the r2 of the r1 of X?" (1-4 hops) or a comparison
-  "Who was born earlier, A or B?" (2 lookups).
+One sentence form, everywhere: a fact is "The <relation> of <subject> is <value>." on a page, in a question
+("What is the founder of the employer of X?"), in the reasoning ("I need the founder of Y.", "The search
+result says that the founder of Y is Z.") and, as "<subject> <relation>", in a search query. A page is its
+title and its entity's facts in an order drawn for that page, so where a fact stands on a page says nothing
+about which relation it is: only the words before its value do.
 
-Because names share words, a query with only one word of a name ("Kalvet birthplace") can rank another
-entity's page first; the simulated teacher of data/trajectories.py sometimes makes that mistake.
-Distractors are extra corpus pages with names from the same pool; they are never asked about.
+Everything is a pure function of the seed: one `random.Random`, no global state, sets never iterated.
 
-Everything is a pure function of the seed: one `random.Random(seed)`, no global state, and sets are
-never iterated, so the same seed gives the same world in any process.
+Simplified relative to the paper: HotpotQA/2Wiki/MuSiQue over Wikipedia become a few question templates over
+the relations below (data/convert.py reads the real datasets).
 
-What we simplified relative to the paper: the paper's questions come from HotpotQA/2Wiki/MuSiQue over
-Wikipedia; here a handful of templates over the relations of RELATIONS stand in for them (see data/convert.py for
-the real datasets).
-
-    python -m data.world --seed 0     # print a few documents and questions
+    python -m data.world --seed 0     # print a few pages and questions
 """
 import argparse
-import math
 import random
 import re
 from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------- schema
 TYPES = ("person", "org", "city", "country", "book")
-TYPE_WORDS = {"person": "a person", "org": "an organisation", "city": "a city",
-              "country": "a country", "book": "a book"}
 
-# relation -> (subject type, object type); "year" objects are integers. The relation string is used
-# verbatim in documents, questions, reasoning and search queries, so the same words always line up.
+# relation -> (subject type, object type); "year" objects are integers
 RELATIONS = {
     "birthplace": ("person", "city"),
     "employer": ("person", "org"),
@@ -61,28 +49,20 @@ RELATIONS = {
 }
 RELATIONS_OF = {t: [r for r, (s, _) in RELATIONS.items() if s == t] for t in TYPES}
 
-# comparison questions: subject type -> (year relation, "earlier" wording, "later" wording)
+# comparison questions: subject type -> (year relation, question)
 COMPARISONS = {
-    "person": ("birth year", "Who was born earlier, {a} or {b}?", "Who was born later, {a} or {b}?"),
-    "org": ("founding year", "Which organisation was founded earlier, {a} or {b}?",
-            "Which organisation was founded later, {a} or {b}?"),
-    "book": ("publication year", "Which book was published earlier, {a} or {b}?",
-             "Which book was published later, {a} or {b}?"),
+    "person": ("birth year", "Who was born earlier, {a} or {b}?"),
+    "org": ("founding year", "Which organisation was founded earlier, {a} or {b}?"),
+    "book": ("publication year", "Which book was published earlier, {a} or {b}?"),
 }
-
-# The words comparison questions ask with. The embedded world asks "earlier" only: its 1M-parameter base
-# model never learned to carry the question's word into the decision line (it wrote "earlier" or "later"
-# whatever the question said, so comparisons stayed at chance; RESULTS.md, "What changed").
-# `python -m data.build --compare-words earlier later` builds the world with both.
-COMPARE_WORDS = ("earlier",)
 
 DEFAULT_SIZES = {"person": 800, "org": 300, "city": 240, "country": 12, "book": 300}
 SPLITS = ("known", "train", "dev", "test")
 HELD_OUT = ("dev", "test")
-# share of each type's entities per split; countries are few and only known or train (see make_world)
 # Most entities are `train`: each appears in only a few SFT trajectories, so that copying its facts out of
-# the observation, not remembering them, is what lowers the training loss.
+# the search result, not remembering them, is what lowers the training loss.
 DEFAULT_SPLIT_FRACTIONS = {"known": 0.1, "train": 0.81, "dev": 0.03, "test": 0.06}
+FIRST_YEAR, YEAR_SPAN = 1000, 1900  # birth years; organisations and books follow their people
 MAX_COMPARISONS = 20_000  # candidate comparison questions per type (all pairs would be ~n^2 / 2)
 
 
@@ -91,8 +71,7 @@ class Entity:
     id: str
     name: str
     type: str
-    split: str = "train"       # known | train | dev | test (module docstring); distractors: "train"
-    distractor: bool = False   # only in the search corpus; never asked about
+    split: str = "train"       # known | train | dev | test (module docstring)
     facts: dict = field(default_factory=dict)  # relation -> entity name (str) or year (int)
 
     @property
@@ -112,7 +91,6 @@ class Question:
     hops: int
     type: str                  # "composition" or "comparison"
     lookups: list              # [(entity name, relation), ...] in the order they must be resolved
-    compare: str = ""          # comparison only: "earlier" or "later"
 
 
 @dataclass
@@ -127,8 +105,8 @@ class World:
     def fact(self, name, relation):
         return self.by_name[name].facts[relation]
 
-    def real(self, type_=None):
-        return [e for e in self.entities if not e.distractor and (type_ is None or e.type == type_)]
+    def of_type(self, type_=None):
+        return [e for e in self.entities if type_ is None or e.type == type_]
 
     def split_of(self, q):
         """The held-out split a question touches ("dev" or "test"), else "train" (known and train only)."""
@@ -139,57 +117,34 @@ class World:
     def to_json(self):
         return {"seed": self.seed, "relations": {r: list(st) for r, st in RELATIONS.items()}, "words": self.words,
                 "entities": [{"id": e.id, "name": e.name, "type": e.type, "split": e.split, "known": e.known,
-                              "distractor": e.distractor, "facts": e.facts} for e in self.entities]}
+                              "facts": e.facts} for e in self.entities]}
 
 
 # ----------------------------------------------------------------------------- text
-# A name-valued fact is a verb phrase ("X was born in Y."): the words just before its value differ from one
-# fact of a page to the next and occur nowhere else in a trajectory (the question, the decision line and the
-# query name the relation), so a reading line that ends in them matches one place on the page. With "The
-# birthplace of X is Y." every value follows "is"; with "X has the birthplace Y." it follows the relation's
-# name, which the query holds too; with either, some pretraining seeds copied whichever name the page
-# states last (RESULTS.md, "The base model's seed"). Years (digits, always copied) and the capital (one
-# fact per page) keep the plain form.
-PHRASES = {"birthplace": "was born in", "employer": "works for", "founder": "was founded by",
-           "headquarters": "is based in", "country": "lies in", "mayor": "is governed by", "author": "was written by"}
-
-
-def fact_prefix(subject, relation):
-    """A fact's sentence up to its value: "X was born in", "The birth year of X is"."""
-    return f"{subject} {PHRASES[relation]}" if relation in PHRASES else f"The {relation} of {subject} is"
-
-
 def fact_sentence(subject, relation, value):
-    """The one sentence form of a fact, shared by documents and reasoning traces."""
-    return f"{fact_prefix(subject, relation)} {value}."
+    """The one sentence form of a fact, shared by pages and reasoning."""
+    return f"The {relation} of {subject} is {value}."
 
 
 _NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # make_names: two capitalised words
-FACT_RE = re.compile(rf"(?:({_NAME}) ({'|'.join(PHRASES.values())})|\b[Tt]he ([a-z]+(?: [a-z]+)?) of ({_NAME}) is) "
-                     rf"({_NAME}|\d+)\.")
-_RELATION_OF = {phrase: relation for relation, phrase in PHRASES.items()}
+FACT_RE = re.compile(rf"\b[Tt]he ([a-z]+(?: [a-z]+)?) of ({_NAME}) is ({_NAME}|\d+)\.")
 
 
 def parse_facts(text):
-    """Every fact sentence in text (fact_sentence, or a reasoning line's lower-case "the ... of ... is"),
-    as (relation, subject, value) strings, in order."""
-    return [(_RELATION_OF[phrase], s1, value) if s1 else (relation, s2, value)
-            for s1, phrase, relation, s2, value in FACT_RE.findall(text)]
+    """Every fact sentence in text (a page's "The R of X is V." or a reasoning line's "the R of X is V."), as
+    (relation, subject, value) strings, in order."""
+    return FACT_RE.findall(text)
 
 
-def document(e, rng=None):
-    """Corpus contents in the wiki-18 layout: '"Title"\\ntext'. rng: the facts in an order drawn from it
-    (default: one fixed order per type)."""
-    relations = list(RELATIONS_OF[e.type])
-    if rng is not None:
-        rng.shuffle(relations)
-    sentences = [f"{e.name} is {TYPE_WORDS[e.type]}."]
-    sentences += [fact_sentence(e.name, r, e.facts[r]) for r in relations]
-    return f'"{e.name}"\n' + " ".join(sentences)
+def page(name, facts, rng):
+    """Corpus contents in the wiki-18 layout, '"Title"\\ntext': the facts in an order drawn from rng."""
+    sentences = [fact_sentence(name, r, v) for r, v in facts.items()]
+    rng.shuffle(sentences)
+    return f'"{name}"\n' + " ".join(sentences)
 
 
 def composition_text(start, relations):
-    """relations in lookup order: ["employer", "founder"] -> 'the founder of the employer of X'."""
+    """relations in lookup order: ["employer", "founder"] -> 'What is the founder of the employer of X?'."""
     phrase = start
     for r in relations:
         phrase = f"the {r} of {phrase}"
@@ -220,9 +175,9 @@ def word_pool(rng, n):
 
 
 class NameMaker:
-    """Two-word names from the pool, never repeated. `cover()` names walk the pool in a shuffled cycle, so
-    the first len(pool) / 2 of them use every word at least once (the known entities' names: then every
-    word of any later name is a token the base model saw)."""
+    """Two-word names from the pool, never repeated. `cover()` names walk the pool in a shuffled cycle, so the
+    first len(pool) / 2 of them use every word at least once (the known entities' names: then every word of
+    any later name is a token the base model saw)."""
 
     def __init__(self, rng, words, taken=()):
         self.rng, self.words, self.used = rng, words, set(taken)
@@ -251,8 +206,8 @@ class NameMaker:
 
 # ----------------------------------------------------------------------------- world
 def distinct_years(rng, n, lo, span, used):
-    """n years from [lo, lo + span), moved up past any year already in `used`: no two facts share a
-    year, so every comparison has a strict answer."""
+    """n years from [lo, lo + span), moved up past any year already in `used`: no two facts share a year, so
+    every comparison has a strict answer."""
     out = []
     for _ in range(n):
         y = lo + rng.randrange(span)
@@ -277,12 +232,10 @@ def split_counts(t, n, fractions):
     return counts
 
 
-def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=40, words=None, avoid=(),
-               first_year=1700):
-    """Build the world. words: the name-word pool (default: n_words fresh words, as many as there are known
-    entities unless given); avoid: names that must not be used (another world's). Facts of known and train
-    entities only point at known and train entities; a dev or test entity's facts may also point at its own
-    split (module docstring). first_year: where the birth years start; the other years follow them."""
+def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
+    """Build the world. words: the name-word pool (default: fresh words, as many as the known entities have
+    name words); avoid: names that must not be used (another world's). Facts of known and train entities only
+    point at known and train entities; a dev or test entity's facts may also point at its own split."""
     rng = random.Random(seed)
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     fractions = {**DEFAULT_SPLIT_FRACTIONS, **(fractions or {})}
@@ -290,13 +243,10 @@ def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=4
         raise ValueError(f"sizes {sizes}: need at least one person, org and country")
     plan = [(t, split) for t in TYPES for split, n in split_counts(t, sizes[t], fractions).items() for _ in range(n)]
     n_known = sum(s == "known" for _, s in plan)
-    if not words:  # as many words as known entities, or enough for three worlds' names if that is more
-        n_words = n_words or min(2 * n_known, max(n_known, math.ceil(math.sqrt(3 * (len(plan) + n_distractors))) + 1))
-        words = word_pool(rng, n_words)
-    words = list(words)
-    if len(words) * (len(words) - 1) < len(plan) + n_distractors + len(avoid):
-        raise ValueError(f"{len(words)} name words cannot name {len(plan) + n_distractors} entities "
-                         f"(+{len(avoid)} taken): more known entities, or fewer entities")
+    words = list(words or word_pool(rng, n_known))
+    if len(words) * (len(words) - 1) < len(plan) + len(avoid):
+        raise ValueError(f"{len(words)} name words cannot name {len(plan)} entities (+{len(avoid)} taken): "
+                         "more known entities, or fewer entities")
     names = NameMaker(rng, words, avoid)
     # known names first: they walk the pool, so every word of every name is in the pretraining text
     named = {i: names.cover() for i, (t, split) in enumerate(plan) if split == "known"}
@@ -327,9 +277,9 @@ def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=4
         c.facts["mayor"] = rng.choice(objects("person", c)).name
     for k in country:
         k.facts["capital"] = rng.choice([c for c in training_side if c.facts["country"] == k.name]).name
-    # people, then organisations founded 25-60 years after their founder's birth, books likewise
+    # people, then organisations founded 25-60 years after their founder's birth, books 20-70 after their author's
     years = set()
-    for p, y in zip(person, distinct_years(rng, len(person), first_year, 250, years)):
+    for p, y in zip(person, distinct_years(rng, len(person), FIRST_YEAR, YEAR_SPAN, years)):
         p.facts["birthplace"] = rng.choice(objects("city", p)).name
         p.facts["employer"] = rng.choice(objects("org", p)).name
         p.facts["birth year"] = y
@@ -342,22 +292,13 @@ def make_world(seed=0, sizes=None, fractions=None, n_words=None, n_distractors=4
         author = rng.choice(objects("person", b))
         b.facts["author"] = author.name
         b.facts["publication year"] = distinct_years(rng, 1, author.facts["birth year"] + 20, 50, years)[0]
-
-    # distractors: more pages with names from the same pool, facts pointing at known/train entities
-    for _ in range(n_distractors):
-        t = rng.choice(("person", "org", "city", "book"))
-        e = Entity(id=f"e{len(entities):04d}", name=names.random(), type=t, distractor=True)
-        for r in RELATIONS_OF[t]:
-            obj = RELATIONS[r][1]
-            e.facts[r] = 1700 + rng.randrange(300) if obj == "year" else rng.choice(objects(obj, e)).name
-        entities.append(e)
     return World(seed=seed, entities=entities, words=words)
 
 
 # ----------------------------------------------------------------------------- questions
 def composition_questions(world, max_hops=4):
-    """Every chain of 1..max_hops lookups from every real entity, without revisiting an entity
-    (so no "the founder of the employer of X" that is X again). Years end a chain."""
+    """Every chain of 1..max_hops lookups from every entity, without revisiting an entity (so no "the founder
+    of the employer of X" that is X again). Years end a chain."""
     out = []
 
     def walk(start, name, relations, seen):
@@ -370,24 +311,21 @@ def composition_questions(world, max_hops=4):
             for rr in chain:
                 lookups.append((cur, rr))
                 cur = world.fact(cur, rr)
-            out.append(Question(composition_text(start, chain), str(value), len(chain),
-                                "composition", lookups))
+            out.append(Question(composition_text(start, chain), str(value), len(chain), "composition", lookups))
             if isinstance(value, str) and len(chain) < max_hops:
                 walk(start, value, chain, seen + [value])
 
-    for e in world.real():
+    for e in world.entities:
         walk(e.name, e.name, [], [e.name])
     return out
 
 
-def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS, words=COMPARE_WORDS):
+def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS):
     """One question per unordered pair of same-type entities (at most max_per_type pairs drawn at random per
-    type, pairs with a held-out entity first so that dev and test have enough); the word (of `words`:
-    "earlier", "later") and the order drawn at random (only one variant per pair, so a held-out pair is not
-    answered in training in another order)."""
+    type, pairs with a held-out entity first so that dev and test have enough), in an order drawn at random."""
     out = []
-    for t, (rel, earlier, later) in COMPARISONS.items():
-        ents = world.real(t)
+    for t, (rel, text) in COMPARISONS.items():
+        ents = world.of_type(t)
         pairs = [(i, j) for i in range(len(ents)) for j in range(i + 1, len(ents))
                  if {ents[i].split, ents[j].split} != set(HELD_OUT)]  # one held-out split per question at most
         held = [p for p in pairs if ents[p[0]].held_out or ents[p[1]].held_out]
@@ -396,20 +334,49 @@ def comparison_questions(world, rng, max_per_type=MAX_COMPARISONS, words=COMPARE
         pairs = sorted(rng.sample(held, k) + rng.sample(rest, min(len(rest), max_per_type - k)))
         for i, j in pairs:
             a, b = (ents[i], ents[j]) if rng.random() < 0.5 else (ents[j], ents[i])
-            compare = rng.choice(words)
-            ya, yb = a.facts[rel], b.facts[rel]
-            win = a if (ya < yb) == (compare == "earlier") else b
-            text = (earlier if compare == "earlier" else later).format(a=a.name, b=b.name)
-            out.append(Question(text, win.name, 2, "comparison", [(a.name, rel), (b.name, rel)], compare))
+            win = a if a.facts[rel] < b.facts[rel] else b
+            out.append(Question(text.format(a=a.name, b=b.name), win.name, 2, "comparison",
+                                [(a.name, rel), (b.name, rel)]))
     return out
 
 
-def make_questions(world, rng, max_hops=4, words=COMPARE_WORDS):
+def make_questions(world, rng, max_hops=4):
     """All candidate questions, grouped by stratum ("composition", hops) / ("comparison", 2)."""
     strata = {}
-    for q in composition_questions(world, max_hops) + comparison_questions(world, rng, words=words):
+    for q in composition_questions(world, max_hops) + comparison_questions(world, rng):
         strata.setdefault((q.type, q.hops), []).append(q)
     return strata
+
+
+def answer_with(facts, q):
+    """q's answer when the world's facts are `facts` ({name: {relation: value}}): the chain is followed again,
+    so a changed fact can lead to other entities. None if there is none (the chain breaks, or a comparison's
+    two years are equal)."""
+    if q.type == "comparison":
+        (a, rel), (b, _) = q.lookups
+        ya, yb = facts.get(a, {}).get(rel), facts.get(b, {}).get(rel)
+        return None if ya is None or yb is None or ya == yb else (a if ya < yb else b)
+    cur = q.lookups[0][0]
+    for _, rel in q.lookups:
+        if rel not in facts.get(cur, {}):
+            return None
+        cur = facts[cur][rel]
+    return str(cur)
+
+
+def observed_answer(world_json, q, observations):
+    """q's answer in the world as a rollout saw it: the facts its search results state (`observations`: the
+    texts between the result tags, the tool's or, in simulated RL, its own), and the known entities' facts,
+    which the model read in pretraining. None where the chain breaks there: a fact of an entity that is
+    neither known nor looked up is not something the model could know. world_json: world.json as loaded."""
+    facts = {e["name"]: dict(e["facts"]) for e in world_json["entities"] if e["known"]}
+    seen = set()
+    for text in observations:
+        for rel, subject, value in parse_facts(text):
+            if (subject, rel) not in seen:  # the first statement of a fact is the one read
+                seen.add((subject, rel))
+                facts.setdefault(subject, {})[rel] = int(value) if value.isdigit() else value
+    return answer_with(facts, q)
 
 
 def unknown_lookups(world, q):
@@ -421,9 +388,10 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0, help="world seed")
     args = ap.parse_args()
     w = make_world(args.seed)
+    prng = random.Random(args.seed)
     for split in SPLITS:
-        e = next(e for e in w.real() if e.split == split)
-        print(document(e), f"| {split}\n")
+        e = next(e for e in w.entities if e.split == split)
+        print(page(e.name, e.facts, prng), f"| {split}\n")
     strata = make_questions(w, random.Random(args.seed))
     for key, qs in sorted(strata.items()):
         print(key, len(qs), "e.g.", qs[0].question, "->", qs[0].answer)

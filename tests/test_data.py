@@ -1,10 +1,10 @@
-"""Tests for data/: the embedded world's files and the dataset converters. ~5 s on one CPU core.
+"""Tests for data/: the embedded world's files, checked against independent recomputation.
 
     python -m pytest -q tests/test_data.py
 
-The world's files are checked against independent recomputation: observations against a fresh
-BM25Search over corpus.jsonl, every stated fact and every gold answer against world.json's facts,
-trajectories against env.reward.
+Observations against a fresh BM25Search over corpus.jsonl, every stated fact and every gold answer against
+world.json's facts, trajectories against env.reward, the reading checks' corpora against the facts they must
+keep. A world of ~330 entities (the default has ~1,650) keeps this fast; nothing here depends on the size.
 """
 import json
 import os
@@ -15,15 +15,19 @@ import sys
 import pytest
 
 import env
-from data.build import build
-from data.world import parse_facts
+from data.build import PERTURBATIONS, build
+from data.world import observed_answer, parse_facts, Question
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["corpus.jsonl", "base.jsonl", "stage1.jsonl", "stage2.jsonl", "workflow.jsonl", "rl.jsonl", "dev.jsonl",
-         "test.jsonl", "test_cf.jsonl", "corpus_cf.jsonl", "world.json", "meta.json"]
+SIZES = {"person": 160, "org": 60, "city": 50, "country": 6, "book": 60}
+KW = dict(sizes=SIZES, n_test=200, n_dev=50, n_rl=50, n_tool=150, n_cot=30, n_pairs=80, n_recall=60,
+          n_reading=120, page_repeats=3)
+FILES = ["corpus", "base", "stage1", "stage2", "workflow", "rl", "dev", "test", "test_cf", "corpus_cf"] + \
+        [f"corpus_{k}" for k in PERTURBATIONS]
 TRAINING = ("base", "stage1", "stage2", "workflow", "rl")
 T = env.TAGS
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # every world name is two capitalised invented words
+FACT_LINE = re.compile(r"(The search result says|I remember) that (the .+?\.)\n")
 
 
 def read_jsonl(path):
@@ -34,13 +38,13 @@ def read_jsonl(path):
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("world0")
-    build(str(out), seed=0)
+    build(str(out), seed=0, **KW)
     return out
 
 
 @pytest.fixture(scope="module")
 def files(world_dir):
-    out = {f[:-6]: read_jsonl(world_dir / f) for f in FILES if f.endswith(".jsonl")}
+    out = {f: read_jsonl(world_dir / f"{f}.jsonl") for f in FILES}
     out["world"] = json.loads((world_dir / "world.json").read_text())
     out["meta"] = json.loads((world_dir / "meta.json").read_text())
     out["by_name"] = {e["name"]: e for e in out["world"]["entities"]}
@@ -54,106 +58,60 @@ def training_search(files):
 
 
 def assert_true_facts(text, by_name):
-    """Every fact sentence (data/world.fact_sentence) stated in text is a fact of the world."""
+    """Every fact sentence stated in text is a fact of the world; returns how many."""
     found = parse_facts(text)
     for rel, subject, value in found:
         assert str(by_name[subject]["facts"][rel]) == value, (rel, subject, value)
     return len(found)
 
 
+def response(row):
+    return "".join(s["text"] for s in row["segments"])
+
+
 # --------------------------------------------------------------------------- determinism
 
 def test_same_seed_is_byte_identical_across_processes(world_dir, tmp_path):
     # a second process with another hash seed: set/dict-order accidents would show up here
-    subprocess.run([sys.executable, "-m", "data.build", "--out", str(tmp_path), "--seed", "0"], cwd=ROOT,
-                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "7"})
-    for f in FILES:
-        assert (world_dir / f).read_bytes() == (tmp_path / f).read_bytes(), f
-
-
-def test_different_seed_differs(world_dir, tmp_path):
-    meta = build(str(tmp_path), seed=1, n_test=50, n_dev=50, n_rl=50, n_tool=50, n_cot=10, n_pairs=20, n_traces=20,
-                 n_fresh=40, compare_words=("earlier", "later"))
-    for f in ("corpus.jsonl", "test.jsonl", "world.json"):
-        assert (world_dir / f).read_bytes() != (tmp_path / f).read_bytes(), f
-    # --compare-words earlier later: comparisons ask both ways
-    asked = {w for r in read_jsonl(tmp_path / "test.jsonl") for w in ("earlier", "later") if f" {w}, " in r["question"]}
-    assert asked == {"earlier", "later"} and meta["compare_words"] == ["earlier", "later"]
+    code = f"from data.build import build; build({str(tmp_path)!r}, seed=0, **{KW!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    for f in FILES + ["world", "meta"]:
+        name = f + (".json" if f in ("world", "meta") else ".jsonl")
+        assert (world_dir / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
 def test_cli_help():
-    for module in ("data.build", "data.convert"):
+    for module in ("data.build", "data.convert", "data.world"):
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0 and "--out" in r.stdout, module
+        assert r.returncode == 0 and "usage" in r.stdout, module
 
 
 # --------------------------------------------------------------------------- splits and questions
 
-def test_heldout_questions_never_trained_on(files):
-    held = {r["question"] for r in files["dev"] + files["test"]}
-    assert len(held) == len(files["dev"]) + len(files["test"])  # no question in both dev and test
-    assert not {r["id"] for r in files["dev"]} & {r["id"] for r in files["test"]}
-    training = "\n".join([r["question"] for r in files["rl"] + files["stage2"] + files["stage1"]]
-                         + [r["prefix"] for r in files["stage1"]] + [r["text"] for r in files["base"]])
-    # every question ends with "?": compare the text ending at each "?" of the training text with the held
-    # questions of each length (one pass; `q not in training` per question is slow on the base text)
-    assert all(q.endswith("?") for q in held)
-    by_length = {}
-    for q in held:
-        by_length.setdefault(len(q), set()).add(q)
-    for end in (m.end() for m in re.finditer(r"\?", training)):
-        for n, qs in by_length.items():
-            assert training[max(0, end - n):end] not in qs, training[max(0, end - n):end]
-    assert "What is the" in training  # the check above is looking at real question text
-
-
-def test_no_held_out_entity_in_any_training_file(files):
-    """The static check of the held-out split, recomputed here: no dev or test entity's name occurs in any
-    training file (its facts cannot occur without it), every word of every held-out name does occur in the
-    base text (so a name can be copied, not recalled), and most test/dev questions need a held-out fact."""
-    world = files["world"]
-    held = [e for e in world["entities"] if e["split"] in ("dev", "test")]
-    assert len(held) > 100
-    names = re.compile(r"\b(" + "|".join(re.escape(e["name"]) for e in held) + r")\b")  # whole names only:
-    for name in TRAINING:  # a parallel world's "Zidun Nitin" is not the held-out "Zidun Niti"
-        found = names.search(json.dumps(files[name], ensure_ascii=False))
-        assert found is None, (name, found and found.group(0))
+def test_held_out_questions_and_names_never_trained_on(files):
+    """No dev/test question text and no dev/test entity's name occurs in a training file (its facts cannot
+    occur without it); every word of every held-out name occurs in the base text (it can be copied, not
+    recalled); facts of known and train entities never point at a held-out entity."""
+    held_q = {r["question"] for r in files["dev"] + files["test"]}
+    assert len(held_q) == len(files["dev"]) + len(files["test"])
+    training = "\n".join(json.dumps(files[f], ensure_ascii=False) for f in TRAINING)
+    assert not [q for q in held_q if q in training]
+    held = [e for e in files["world"]["entities"] if e["split"] in ("dev", "test")]
+    names = re.compile(r"\b(" + "|".join(re.escape(e["name"]) for e in held) + r")\b")
+    found = names.search(training)
+    assert found is None, found and found.group(0)
     base_words = set(re.findall(r"[A-Z][a-z]+", "\n".join(r["text"] for r in files["base"])))
-    assert {w for e in held for w in e["name"].split()} <= base_words
-    for split, held_split in (("test", "test"), ("dev", "dev")):
-        rows = files[split]
-        needs = [any(files["by_name"][n]["split"] == held_split for n, _ in world["question_lookups"][r["id"]])
-                 for r in rows]
-        assert needs == [r["held_out"] for r in rows]
-        assert sum(needs) >= 0.75 * len(rows), split
-        assert all(files["by_name"][world["question_lookups"][r["id"]][0][0]]["split"] == held_split
-                   for r in rows if r["held_out"] and r["type"] == "composition")  # a held-out chain starts there
-    # facts of known and train entities never point at a held-out entity
-    for e in world["entities"]:
+    assert all(w in base_words for e in held for w in e["name"].split())
+    for e in files["world"]["entities"]:
         if e["split"] not in ("dev", "test"):
             for v in e["facts"].values():
                 assert not (isinstance(v, str) and files["by_name"][v]["split"] in ("dev", "test")), (e["name"], v)
-
-
-def test_question_rows_and_hops(files):
-    for split in ("rl", "dev", "test"):
-        rows = files[split]
-        assert rows and all(set(r) == {"id", "question", "answers", "hops", "type", "held_out"} for r in rows)
-        assert {r["hops"] for r in rows} == {1, 2, 3, 4}, split
-        assert {r["type"] for r in rows} == {"composition", "comparison"}
-        for held in (True, False):
-            by_stratum = {}
-            for r in rows:  # stratified: every (type, hops) stratum gets the same share
-                if r["held_out"] is held:
-                    by_stratum[(r["type"], r["hops"])] = by_stratum.get((r["type"], r["hops"]), 0) + 1
-            assert len(set(by_stratum.values())) <= 1, (split, by_stratum)
-    assert len(files["test"]) == 800 and not any(r["held_out"] for r in files["rl"])
-    assert {r["hops"] for r in files["stage2"]} == {1, 2, 3, 4}
-    assert {r["hops"] for r in files["stage1"]} == {1, 2, 3, 4}
-    # comparisons ask "earlier" only by default (data/world.COMPARE_WORDS), in every file, the base text too
-    comparisons = [r["question"] for f in ("rl", "dev", "test", "stage2") for r in files[f] if r["type"] == "comparison"]
-    assert comparisons and all(" earlier, " in q for q in comparisons)
-    assert not any(" later, " in r.get("question", "") for r in files["base"])
+    lookups = files["world"]["question_lookups"]
+    for split in ("dev", "test"):  # most questions need a held-out fact; the rest are about known entities only
+        need = [any(files["by_name"][n]["split"] == split for n, _ in lookups[r["id"]]) for r in files[split]]
+        assert need == [r["held_out"] for r in files[split]] and 0.7 < sum(need) / len(need) < 0.9
+        assert all(all(files["by_name"][n]["known"] for n, _ in lookups[r["id"]])
+                   for r in files[split] if not r["held_out"])
 
 
 def test_gold_answers_follow_from_the_facts(files):
@@ -161,6 +119,7 @@ def test_gold_answers_follow_from_the_facts(files):
     by_name, lookups = files["by_name"], files["world"]["question_lookups"]
     for r in files["rl"] + files["dev"] + files["test"]:
         steps = lookups[r["id"]]
+        assert set(r) == {"id", "question", "answers", "hops", "type", "held_out"}
         assert len(steps) == (r["hops"] if r["type"] == "composition" else 2)
         if r["type"] == "composition":
             name = steps[0][0]
@@ -172,187 +131,61 @@ def test_gold_answers_follow_from_the_facts(files):
         else:
             (a, rel), (b, _) = steps
             ya, yb = by_name[a]["facts"][rel], by_name[b]["facts"][rel]
-            assert ya != yb
-            earlier = a if ya < yb else b
-            later = b if earlier == a else a
-            assert r["answers"] == [earlier if "earlier" in r["question"] else later]
-            assert f"{a} or {b}?" in r["question"]
-        for subject, _ in steps:
-            assert not by_name[subject]["distractor"]
+            assert ya != yb and r["answers"] == [a if ya < yb else b] and f"earlier, {a} or {b}?" in r["question"]
+    for split in ("rl", "dev", "test"):
+        assert {(r["type"], r["hops"]) for r in files[split]} == {("composition", h) for h in (1, 2, 3, 4)} | {
+            ("comparison", 2)}, split
+    assert not any(r["held_out"] for r in files["rl"])
 
 
-# --------------------------------------------------------------------------- stage 2
+# --------------------------------------------------------------------------- pages
 
-def test_stage2_observations_are_the_real_tool_output(files):
-    search = training_search(files)
-    topk = files["meta"]["topk"]
-    n_checked = 0
-    for r in files["stage2"]:
-        segs = r["segments"]
-        assert not segs[0]["tool"] and not segs[-1]["tool"]
-        for prev, seg in zip(segs, segs[1:]):
-            assert prev["tool"] != seg["tool"]  # model and tool segments alternate
-            if seg["tool"]:
-                assert prev["text"].endswith(T.search_close)
-                query = env.extract_query(prev["text"])
-                assert seg["text"] == env.format_observation(search.search([query], topk=topk)[0])
-                n_checked += 1
-        assert sum(s["tool"] for s in segs) == "".join(s["text"] for s in segs).count(T.search_open)
-    assert n_checked == files["meta"]["teacher"]["kept_searches"] > 1000
+def test_pages_state_each_fact_once_in_a_drawn_order(files):
+    """A page is its title and its entity's facts, nothing else, in an order drawn per page: every relation
+    stands at every place of its type's pages, so a place on a page says nothing about the relation."""
+    by_name, places = files["by_name"], {}
+    for row in files["corpus"]:
+        title, text = row["contents"].split("\n", 1)
+        e = by_name[title.strip('"')]
+        facts = parse_facts(text)
+        assert sorted(facts) == sorted((rel, e["name"], str(v)) for rel, v in e["facts"].items())
+        assert len(text) == len(" ".join(f"The {rel} of {s} is {v}." for rel, s, v in facts))
+        for i, (rel, _, _) in enumerate(facts):
+            places.setdefault((e["type"], rel), set()).add(i)
+    for (type_, rel), seen in places.items():
+        n = len(next(e for e in files["world"]["entities"] if e["type"] == type_)["facts"])
+        assert seen == set(range(n)), (type_, rel, seen)
 
 
-def test_stage2_tags_answers_and_facts(files):
-    """Every kept trajectory reaches the right answer (the filter). The teacher's mistakes survive only
-    where they did not change it: a made-up or misread year in a comparison; every fact stated in a
-    composition is true, every recalled fact of a known entity is true, and every query is the subject's
-    full name or its last word."""
+def test_layouts_keep_every_fact(files):
+    """Each reading check's corpus states every fact of every entity (the gold answers are unchanged) in
+    another layout: shuffled, the same sentences in another order; foreign, with facts of other entities
+    of the same type mixed in; split, one entity's facts dealt between two documents of the same title."""
     by_name = files["by_name"]
-    kinds, n_facts, made_up = {"tool": 0, "cot": 0}, 0, 0
-    for r in files["stage2"]:
-        kinds[r["kind"]] += 1
-        text = "".join(s["text"] for s in r["segments"])
-        for s in r["segments"]:
-            if not s["tool"]:
-                assert T.result_open not in s["text"] and T.result_close not in s["text"]
-                if r["type"] == "composition":
-                    n_facts += assert_true_facts(s["text"], by_name)
-        assert text.count(T.think_close) == 1 and T.think_open not in text
-        assert text.endswith("}") and env.extract_answer(text) in r["answers"]
-        assert env.reward(text, r["answers"]) == 1.0
-        searched = re.findall(f"{re.escape(T.search_open)} (.+?) {re.escape(T.search_close)}", text)
-        for rel, subject, value in parse_facts(" ".join(re.findall(r"I remember that (.+?\.)\n", text))):
-            if by_name[subject]["known"]:
-                assert str(by_name[subject]["facts"][rel]) == value
-            else:
-                assert r["type"] == "comparison" and str(by_name[subject]["facts"][rel]) != value
-                made_up += 1
-        for need, query in re.findall(rf"I need the [a-z ]+? of ({NAME})\. I will search for it\. "
-                                      rf"{re.escape(T.search_open)} (.+?) {re.escape(T.search_close)}", text):
-            assert query.startswith(need + " ") or query.startswith(need.split()[1] + " "), (need, query)
-        if r["type"] == "comparison":  # the decision follows the years as stated, in the question's order
-            (ya, word, yb, yes, name), = re.findall(rf"Is (\d+) (earlier|later) than (\d+)\? .+: (Yes|No), so it is ({NAME})\.", text)
-            a, b = re.findall(rf"I need the [a-z ]+? of ({NAME})\.", text)
-            assert word in r["question"] and (yes == "Yes") == ((int(ya) < int(yb)) == (word == "earlier"))
-            assert name == (a if yes == "Yes" else b) == r["answers"][0]
-        if r["kind"] == "cot":
-            assert not searched and len(r["segments"]) == 1
-        else:
-            assert searched or made_up
-    assert kinds["tool"] == 5 * kinds["cot"] > 0  # the paper's 5k : 1k mix
-    assert n_facts > len(files["stage2"])  # the fact regex does see the reasoning
-    assert made_up > 0  # the teacher's lucky mistakes are there (stage 1 and RL have something to fix)
-
-
-# --------------------------------------------------------------------------- stage 1 and base
-
-def test_workflow_file_is_stage2_in_the_controllers_format(files):
-    """workflow.jsonl: stage 2's questions; every decision sentence is followed by the tool's result for that
-    very sentence as the query (what eval.py's workflow controller injects), the fact read out of it;
-    never an action tag. Tool segments are exactly the observations, so --mask-obs masks them."""
-    assert sorted(r["question"] for r in files["workflow"]) == sorted(r["question"] for r in files["stage2"])
-    search, topk, by_name = training_search(files), files["meta"]["topk"], files["by_name"]
-    for r in files["workflow"][:300]:
-        segs = r["segments"]
-        assert [s["tool"] for s in segs] == [False, True] * (len(segs) // 2) + [False]
-        assert len(segs) // 2 == (2 if r["type"] == "comparison" else r["hops"])  # one retrieval per lookup
-        for decision, obs in zip(segs[0::2], segs[1::2]):
-            query = decision["text"].split("\n")[-1]
-            assert re.fullmatch(rf"I need the [a-z ]+ of {NAME}\.", query), query
-            assert obs["text"] == env.format_observation(search.search([query], topk)[0])
-        text = "".join(s["text"] for s in segs)
-        assert T.search_open not in text and "I remember" not in text
-        assert text.count("The search result says that") == len(segs) // 2
-        assert assert_true_facts(text, by_name) >= len(segs) // 2
-        assert text.endswith(f"\\boxed{{{r['answers'][0]}}}")
-
-
-def test_stage1_pairs(files):
-    """Pairs by error analysis: at the teacher's first wrong decision, the right continuation (chosen) and
-    the one the teacher wrote (rejected). search: an unknown entity; chosen searches with the full name,
-    rejected recalls a made-up fact or searches with the last word only. answer: a known entity; chosen
-    recalls the true fact, rejected searched (with the last word only, or with the full name where BM25 puts
-    another page first: meta.json's retrieval) and read another page."""
-    by_name = files["by_name"]
-    directions = set()
-    for r in files["stage1"]:
-        directions.add(r["direction"])
-        rel, subject = re.search(rf"I need the ([a-z ]+?) of ({NAME})\.$", r["prefix"]).groups()
-        truth = str(by_name[subject]["facts"][rel])
-        assert by_name[subject]["known"] == (r["direction"] == "answer")
-        if r["direction"] == "search":
-            assert r["chosen"].endswith(f"{T.search_open} {subject} {rel} {T.search_close}")
-            stated = parse_facts(r["rejected"])
-            assert (stated and stated[0][:2] == (rel, subject) and stated[0][2] != truth) or \
-                r["rejected"].endswith(f"{T.search_open} {subject.split()[1]} {rel} {T.search_close}"), r["rejected"]
-        else:
-            assert parse_facts(r["chosen"]) == [(rel, subject, truth)]
-            assert any(r["rejected"].endswith(f"{T.search_open} {name} {rel} {T.search_close}")
-                       for name in (subject, subject.split()[1]))
-        assert T.result_open not in r["chosen"] + r["rejected"]
-        assert r["prefix"].count(T.result_open) == r["prefix"].count(T.search_open)
-    assert directions == {"search", "answer"}
-
-
-def test_base_holds_known_facts_only(files):
-    text = "\n".join(r["text"] for r in files["base"])
-    for e in files["world"]["entities"]:
-        page = f'"{e["name"]}"\n'
-        if e["known"]:
-            assert page in text
-        else:
-            assert page not in text and f"of {e['name']} is" not in text, e["name"]
-    reading = [r for r in files["base"] if r["kind"] == "reading"]
-    own = "\n".join(r["text"] for r in files["base"] if r["kind"] != "reading")
-    for tag in (T.search_open, T.search_close, T.result_open):  # actions and results only in the parallel world
-        assert tag not in own
-    # the tool's instruction in the prompt of every trace that searches and of half the recall traces
-    assert all(r["instruction"] is True for r in files["base"] if r["kind"] == "reading")
-    recall = [r["instruction"] for r in files["base"] if r["kind"] == "trace"]
-    assert set(recall) == {True, False} and abs(sum(recall) - len(recall) / 2) <= 1
-    # there, every fact is searched and read: one action, one result, one reading per decision sentence
-    assert reading and all(r["response"].count(T.result_open) == r["response"].count(T.search_open)
-                           == r["response"].count("I need the ") == r["response"].count("The search result says")
-                           for r in reading)
-    reading_text = "\n".join(r["text"] for r in reading)
-    for e in files["world"]["entities"]:  # the parallel world teaches reading, nothing about this world
-        assert f"{e['name']} is" not in reading_text and f"{e['name']}." not in reading_text, e["name"]
-    assert not any(r["kind"] == "drill" for r in files["base"])  # off by default
-    traces = [r for r in files["base"] if r["kind"] == "trace"]
-    assert traces and sum(assert_true_facts(r["text"], files["by_name"]) for r in traces) > len(traces)
-    assert all(r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}" for r in traces)
-
-
-def test_base_text_phases(files):
-    """Pretraining's two phases (pretrain.py): the parallel world's traces in the first, fresh traces from
-    other parallel worlds in the second, where about every fact is read once; pages and recall traces in both."""
-    phase = lambda r: r.get("phase")  # noqa: E731
-    assert {phase(r) for r in files["base"] if r["kind"] != "reading"} == {None}
-    first, fresh = ([r for r in files["base"] if r["kind"] == "reading" and phase(r) == p] for p in (1, 2))
-    assert len(first) == 1600 and len(fresh) == 3200 and len(first) + len(fresh) == sum(
-        r["kind"] == "reading" for r in files["base"])
-    read = [fact[:2] for r in fresh for line in re.findall(r"The search result says that (.+?\.)\n", r["response"])
-            for fact in parse_facts(line)]
-    assert len(set(read)) > 0.8 * len(read)  # the first phase's one world repeats its facts far more
-    first_names = set(re.findall(NAME, "\n".join(r["question"] for r in first)))
-    assert len(first_names & set(re.findall(NAME, "\n".join(r["question"] for r in fresh)))) < 0.2 * len(first_names)
-
-
-def test_meta_counts_and_retrieval(files):
-    meta = files["meta"]
-    for name in ("corpus", "base", "stage1", "stage2", "workflow", "rl", "dev", "test", "test_cf", "corpus_cf"):
-        assert meta["counts"][name] == len(files[name])
-    full, short = meta["retrieval"]["full name"], meta["retrieval"]["last word only"]
-    assert full["top1"] >= 0.95 and full["top3"] >= full["top1"] and short["top1"] < full["top1"]
-    world = files["world"]
-    real = [e for e in world["entities"] if not e["distractor"]]
-    assert {s: sum(e["split"] == s for e in real) for s in ("known", "train", "dev", "test")} == meta["entities"]
-    assert len(files["corpus"]) == len(world["entities"])
+    truth = {(rel, e["name"], str(v)) for e in files["world"]["entities"] for rel, v in e["facts"].items()}
+    real = {r["id"]: r["contents"] for r in files["corpus"]}
+    for kind in PERTURBATIONS:
+        rows = files[f"corpus_{kind}"]
+        stated = [f for r in rows for f in parse_facts(r["contents"])]
+        assert set(stated) == truth, kind  # nothing lost, nothing false
+        titles = [r["contents"].split("\n", 1)[0].strip('"') for r in rows]
+        subjects = [{s for _, s, _ in parse_facts(r["contents"])} for r in rows]
+        if kind == "shuffled":
+            assert len(rows) == len(real) and all(sorted(r["contents"]) == sorted(real[r["id"]]) for r in rows)
+            assert sum(r["contents"] != real[r["id"]] for r in rows) > len(rows) / 3
+        if kind == "foreign":
+            assert all(len(s) == 3 and t in s for t, s in zip(titles, subjects))
+            assert all(by_name[x]["type"] == by_name[t]["type"] for t, s in zip(titles, subjects) for x in s)
+        if kind == "split":
+            assert all(s == {t} for t, s in zip(titles, subjects)) and len(rows) > len(real)
+    meta = files["meta"]["retrieval"]
+    assert meta["corpus"]["top3"] == 1.0 and all(meta[k]["top3"] > 0.99 for k in PERTURBATIONS)
 
 
 def test_counterfactual_questions_follow_the_changed_corpus(files):
     """test_cf.jsonl: test questions whose gold changes when the held-out entities' facts change in
-    corpus_cf.jsonl; its answers are recomputed here from corpus_cf's pages alone, and the answers before the
-    change from world.json. Only held-out pages differ between the two corpora."""
+    corpus_cf.jsonl; its answers are recomputed here from corpus_cf's pages alone. Only held-out pages differ,
+    and a changed value is another of the right kind."""
     pages = {}
     for row in files["corpus_cf"]:
         title, text = row["contents"].split("\n", 1)
@@ -362,12 +195,12 @@ def test_counterfactual_questions_follow_the_changed_corpus(files):
     for before, after in zip(files["corpus"], files["corpus_cf"]):
         name = after["contents"].split("\n", 1)[0].strip('"')
         assert (before != after) == (by_name[name]["split"] in ("dev", "test"))
+    relations = files["world"]["relations"]
+    years = {(rel, str(v)) for e in files["world"]["entities"] for rel, v in e["facts"].items() if rel.endswith("year")}
+    for p in pages.values():  # a changed value is an entity of the right type, or a year the relation has elsewhere
+        for rel, v in p.items():
+            assert (rel, v) in years if rel.endswith("year") else by_name[v]["type"] == relations[rel][1]
     assert len(files["test_cf"]) > 0.5 * sum(r["held_out"] for r in files["test"])
-    # a changed year is one the real corpus has for that relation: the models were trained on its range
-    real_years = {(rel, value) for row in files["corpus"] for rel, _, value in parse_facts(row["contents"])
-                  if rel.endswith("year")}
-    cf_years = {(rel, value) for page in pages.values() for rel, value in page.items() if rel.endswith("year")}
-    assert cf_years <= real_years and len(cf_years) > 0.8 * len(real_years)
     for r in files["test_cf"]:
         assert r["original_answers"] == test[r["id"]]["answers"] != r["answers"]
         steps = lookups[r["id"]]
@@ -377,38 +210,157 @@ def test_counterfactual_questions_follow_the_changed_corpus(files):
                 cur = pages[cur][rel]
         else:
             (a, rel), (b, _) = steps
-            earlier = a if int(pages[a][rel]) < int(pages[b][rel]) else b
-            cur = earlier if "earlier" in r["question"] else (b if earlier == a else a)
+            cur = a if int(pages[a][rel]) < int(pages[b][rel]) else b
         assert r["answers"] == [cur], r
 
 
-def test_year_drills(tmp_path):
-    """--n-drills: each drill is a comparison's decision on two random years, and right (checked by hand);
-    --drills-per-text of them share a text, one per line."""
-    build(str(tmp_path), seed=1, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10, n_drills=60,
-          drills_per_text=7)
-    base = [json.loads(line) for line in open(tmp_path / "base.jsonl")]
-    texts = [r["text"] for r in base if r["kind"] == "drill"]
-    assert sorted(len(t.split("\n")) for t in texts) == [4] + [7] * 8  # 60 = 8 * 7 + 4
-    drills = [d for t in texts for d in t.split("\n")]
-    assert len(drills) == 60
-    for d in drills:
-        ya, word, yb, steps, asked, answer = re.fullmatch(
-            r"Is (\d{4}) (earlier|later) than (\d{4})\? (.+), (earlier|later): (Yes|No)\.", d).groups()
-        first = next(((a, b) for a, b in zip(ya, yb) if a != b), None)
-        assert steps.split(", ")[-1] == (f"{first[0]} {'<' if first[0] < first[1] else '>'} {first[1]}" if first
-                                         else f"{ya[-1]} = {yb[-1]}")
-        assert asked == word and (answer == "Yes") == ((int(ya) < int(yb)) == (word == "earlier")), d
+# --------------------------------------------------------------------------- stage 2, workflow, stage 1
+
+def test_stage2_is_right_at_every_step(files):
+    """Every trajectory recalls exactly the facts of known entities and searches every other one with the
+    templated query; every fact it states is true (no made-up value, no year it did not read); each
+    observation is the training tool's real output; the answer is right and boxed."""
+    search, topk, by_name = training_search(files), files["meta"]["topk"], files["by_name"]
+    lookups = 0
+    for r in files["stage2"]:
+        segs, text = r["segments"], response(r)
+        assert not segs[0]["tool"] and not segs[-1]["tool"]
+        for prev, seg in zip(segs, segs[1:]):
+            assert prev["tool"] != seg["tool"]
+            if seg["tool"]:
+                assert prev["text"].endswith(T.search_close)
+                assert seg["text"] == env.format_observation(search.search([env.extract_query(prev["text"])], topk)[0])
+        reasoning = "".join(s["text"] for s in segs if not s["tool"])
+        assert assert_true_facts(reasoning, by_name) >= 1
+        for subject_rel in re.findall(rf"I need the ([a-z ]+?) of ({NAME})\.", text):
+            rel, subject = subject_rel
+            lookups += 1
+            if by_name[subject]["known"]:
+                assert f"I need the {rel} of {subject}. I remember that the {rel} of {subject} is" in text
+            else:
+                assert (f"I need the {rel} of {subject}. I will search for it. {T.search_open} {subject} {rel} "
+                        f"{T.search_close}") in text
+                assert f"The search result says that the {rel} of {subject} is {by_name[subject]['facts'][rel]}." in text
+        assert text.count(T.think_close) == 1 and env.reward(text, r["answers"]) == 1.0
+        if r["type"] == "comparison":
+            (ya, yb, yes, name), = re.findall(rf"Is (\d+) earlier than (\d+)\? [^:]+: (Yes|No), so it is ({NAME})\.", text)
+            a, b = re.findall(rf"I need the [a-z ]+? of ({NAME})\.", text)
+            assert (yes == "Yes") == (int(ya) < int(yb)) and name == (a if yes == "Yes" else b) == r["answers"][0]
+        assert (r["kind"] == "cot") == (T.search_open not in text)
+    kinds = [r["kind"] for r in files["stage2"]]
+    assert kinds.count("tool") == 5 * kinds.count("cot") > 0  # the paper's 5k : 1k mix
+    assert lookups > len(files["stage2"])
 
 
-def test_parallel_worlds_years_lie_outside_the_real_ones(files):
-    """The base text's tool-use traces come from parallel worlds whose years start anywhere from 1000 to
-    6499, so most of the years they copy lie outside the real world's range (data/build.reading_traces)."""
-    real = [int(v) for row in files["corpus"]
-            for rel, _, v in parse_facts(row["contents"]) if rel.endswith("year")]
-    read = [int(v) for r in files["base"] if r["kind"] == "reading"
-            for rel, _, v in parse_facts(r["text"]) if rel.endswith("year")]
-    assert min(real) >= 1700 and len(read) > 1000
-    outside = [y for y in read if not min(real) <= y <= max(real)]
-    assert len(outside) > len(read) / 2 and min(read) >= 1000 and max(read) < 8000
+def test_workflow_file_is_stage2_in_the_controllers_format(files):
+    """workflow.jsonl: stage 2's questions; every decision sentence is followed by the tool's result for that
+    very sentence as the query (what eval.py's workflow controller injects), then the fact read out of it;
+    never an action tag, never a recall."""
+    assert sorted(r["question"] for r in files["workflow"]) == sorted(r["question"] for r in files["stage2"])
+    search, topk, by_name = training_search(files), files["meta"]["topk"], files["by_name"]
+    for r in files["workflow"]:
+        segs = r["segments"]
+        assert [s["tool"] for s in segs] == [False, True] * (len(segs) // 2) + [False]
+        assert len(segs) // 2 == (2 if r["type"] == "comparison" else r["hops"])  # one retrieval per lookup
+        for decision, obs in zip(segs[0::2], segs[1::2]):
+            query = decision["text"].split("\n")[-1]
+            assert re.fullmatch(rf"I need the [a-z ]+ of {NAME}\.", query), query
+            assert obs["text"] == env.format_observation(search.search([query], topk)[0])
+        text = response(r)
+        assert T.search_open not in text and "I remember" not in text
+        assert text.count("The search result says that") == len(segs) // 2
+        assert assert_true_facts("".join(s["text"] for s in segs if not s["tool"]), by_name) == len(segs) // 2
+        assert env.reward(text, r["answers"]) == 1.0
+
+
+def test_stage1_pairs_are_a_decision_against_its_opposite(files):
+    """prefix: the right trajectory up to a decision point, ending "I need the R of X."; direction search (X
+    unknown): chosen searches X R, rejected recalls a wrong value; answer (X known): chosen recalls the true
+    value, rejected searches. Half each way, at every depth of the chains."""
+    by_name, stage2 = files["by_name"], {}
+    directions, depths = [], set()
+    for r in files["stage1"]:
+        rel, subject = re.search(rf"I need the ([a-z ]+?) of ({NAME})\.$", r["prefix"]).groups()
+        truth = str(by_name[subject]["facts"][rel])
+        search = f" I will search for it. {T.search_open} {subject} {rel} {T.search_close}"
+        recalled = lambda s: re.fullmatch(rf" I remember that the {rel} of {subject} is (.+)\.\n", s)  # noqa: E731
+        directions.append(r["direction"])
+        assert by_name[subject]["known"] == (r["direction"] == "answer")
+        if r["direction"] == "search":
+            assert r["chosen"] == search and recalled(r["rejected"]) and recalled(r["rejected"])[1] != truth
+        else:
+            assert r["rejected"] == search and recalled(r["chosen"]) and recalled(r["chosen"])[1] == truth
+        assert r["prefix"].count(T.result_open) == r["prefix"].count(T.search_open)
+        assert_true_facts(r["prefix"], by_name)
+        depths.add(r["prefix"].count("I need the "))
+    assert directions.count("search") == directions.count("answer") == len(directions) // 2
+    assert depths == {1, 2, 3, 4}
+
+
+# --------------------------------------------------------------------------- the base text
+
+def test_base_text(files):
+    """pages: the known entities' pages only, each copy in its own layout; recall: questions about known
+    entities answered from memory without the tool, every fact true; reading: parallel worlds (no name of this
+    world), under the tool's instruction, every fact searched and read from a result that holds its page
+    at any rank."""
+    by_name = files["by_name"]
+    pages = [r for r in files["base"] if r["kind"] == "page"]
+    known = {e["name"] for e in files["world"]["entities"] if e["known"]}
+    titles = [r["text"].split("\n", 1)[0].strip('"') for r in pages]
+    assert set(titles) == known and len(pages) == 3 * len(known)
+    assert sum(assert_true_facts(r["text"], by_name) for r in pages) > len(pages)
+    assert len({r["text"] for r in pages}) > 1.5 * len(known)  # copies differ in their layout
+    recall = [r for r in files["base"] if r["kind"] == "recall"]
+    for r in recall:
+        assert r["instruction"] is False and r["text"] == f"{r['question']}\n{T.think_open}\n{r['response']}"
+        assert T.search_open not in r["text"] and assert_true_facts(r["response"], by_name) >= 1
+        assert all(by_name[s]["known"] for _, s, _ in parse_facts(r["response"]))
+    reading = [r for r in files["base"] if r["kind"] == "reading"]
+    assert reading and all(r["instruction"] is True for r in reading)
+    ranks = set()
+    for r in reading:
+        text = r["response"]
+        assert text.count(T.result_open) == text.count(T.search_open) == text.count("I need the ") \
+            == text.count("The search result says that") and "I remember" not in text
+        for read, obs in zip(re.findall(r"The search result says that the (.+?)\.\n", text),
+                             re.findall(re.escape(T.result_open) + r"(.+?)" + re.escape(T.result_close), text, re.S)):
+            results = re.split(r"result \d: ", obs)[1:]
+            ranks.add(next(i for i, d in enumerate(results) if f"The {read}." in d))
+    assert ranks == {0, 1, 2}  # the right page is found by its name, not by its rank
+    text = "\n".join(r["text"] for r in reading)
+    assert not [n for n in by_name if n in text]  # the parallel worlds teach reading, nothing about this world
+    assert {r["kind"] for r in files["base"]} == {"page", "recall", "reading"}
+
+
+def test_meta_counts(files):
+    meta = files["meta"]
+    for name in FILES:
+        assert meta["counts"][name] == len(files[name]), name
+    assert {s: sum(e["split"] == s for e in files["world"]["entities"]) for s in ("known", "train", "dev", "test")} \
+        == meta["entities"]
+    assert meta["base_kinds"] == {k: sum(r["kind"] == k for r in files["base"]) for k in ("page", "recall", "reading")}
+
+
+# --------------------------------------------------------------------------- the world as a rollout saw it
+
+def test_observed_answer_follows_the_rollouts_own_results(files):
+    """RL's answer under the rollout's own observations (data/world.observed_answer): the facts its results
+    state, and the known entities' facts; a chain through a fact it neither read nor knows has none."""
+    world, by_name = files["world"], files["by_name"]
+    person = next(e for e in world["entities"] if e["type"] == "person" and not e["known"])
+    org = person["facts"]["employer"]
+    q = Question(f"What is the founder of the employer of {person['name']}?", "", 2, "composition",
+                 [(person["name"], "employer"), (org, "founder")])
+    page = f"The employer of {person['name']} is {org}."
+    founder_page = f"The founder of {org} is {by_name[org]['facts']['founder']}."
+    assert observed_answer(world, q, [page, founder_page]) == by_name[org]["facts"]["founder"]
+    assert observed_answer(world, q, [page]) == (by_name[org]["facts"]["founder"] if by_name[org]["known"] else None)
+    other = next(e for e in world["entities"] if e["type"] == "org" and e["known"])
+    # a result that says otherwise is what the rollout saw: the chain goes on from there
+    assert observed_answer(world, q, [f"The employer of {person['name']} is {other['name']}."]) == other["facts"]["founder"]
+    a, b = [e for e in world["entities"] if e["type"] == "person" and not e["known"]][:2]
+    cmp = Question(f"Who was born earlier, {a['name']} or {b['name']}?", "", 2, "comparison",
+                   [(a["name"], "birth year"), (b["name"], "birth year")])
+    years = [f"The birth year of {a['name']} is 1500.", f"The birth year of {b['name']} is 1499."]
+    assert observed_answer(world, cmp, years) == b["name"] and observed_answer(world, cmp, years[:1]) is None
