@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoints
+import jsonl
 from model import Qwen2, Qwen2Config, first_nonfinite, num_params
 import env
 from tokenizer import Tokenizer
@@ -348,8 +349,9 @@ def _logged_before(line, start):
 # -----------------------------------------------------------------------------
 # data files: every stage checks its rows up front, before the model loads
 
-# What each stage's JSONL rows must hold, written out as data: field -> type; "name?" is optional (null counts
-# as absent); [spec] is a non-empty list of spec; {...} an object. Other fields are allowed and ignored.
+# What each stage's JSONL rows must hold, written out as data (checked by jsonl.schema_error): field -> type;
+# "name?" is optional (null counts as absent); [spec] is a non-empty list of spec; {...} an object. Other
+# fields are allowed and ignored.
 BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool,  # pretrain.py: base.jsonl
              "phase?": int}
 PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
@@ -359,62 +361,10 @@ TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  
 QUESTION_ROWS = {"id": (str, int), "question": str, "answers": [str], "hops?": int}  # grpo.py, eval.py
 
 
-def schema_error(value, spec, field=""):
-    """The first way `value` departs from `spec`, as text naming the field, or None."""
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            return f"{f'field {field!r}' if field else 'the row'} should be an object, got {type(value).__name__}"
-        for key, sub in spec.items():
-            name = key.rstrip("?")
-            path = f"{field}.{name}" if field else name
-            if value.get(name) is None:
-                if key.endswith("?"):
-                    continue
-                return f"missing field {path!r}"
-            err = schema_error(value[name], sub, path)
-            if err:
-                return err
-        return None
-    if isinstance(spec, list):
-        if not isinstance(value, list) or not value:
-            return f"field {field!r} should be a non-empty list, got {json.dumps(value)[:40]}"
-        return next((e for i, v in enumerate(value) if (e := schema_error(v, spec[0], f"{field}[{i}]"))), None)
-    types = spec if isinstance(spec, tuple) else (spec,)
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # JSON true is no int
-        return f"field {field!r} should be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}"
-    return None
-
-
-class Rows(list):
-    """A JSONL file's rows, each remembering its line: rows.where(i) is "path:line", for error messages."""
-
-    def __init__(self, path):
-        super().__init__()
-        self.path, self.lines = path, []
-
-    def where(self, i):
-        return f"{self.path}:{self.lines[i]}"
-
-
 def read_jsonl(path, schema=None):
-    """Rows of a JSONL file (blank lines skipped), each checked against `schema` if given: a bad row is
-    a ValueError naming the file, line and field."""
-    rows = Rows(path)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: invalid JSON ({e})") from None
-                err = schema and schema_error(row, schema)
-                if err:
-                    raise ValueError(f"{path}:{i}: {err}")
-                rows.append(row)
-                rows.lines.append(i)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
+    """Rows of a stage's JSONL file (jsonl.read: blank lines skipped, an empty file refused), each checked
+    against `schema` if given: a bad row is a ValueError naming the file, line and field."""
+    return jsonl.read(path, schema)
 
 
 def load_for_sampling(args, ckpt, split, tag):

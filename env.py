@@ -41,6 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
+import jsonl
 from server import RetrievalServer  # noqa: F401  (env.RetrievalServer: the server lives in server.py)
 
 # ----------------------------------------------------------------------------- tags and instruction
@@ -77,22 +78,13 @@ INSTRUCTION = instruction(TAGS)
 # ----------------------------------------------------------------------------- corpus and BM25
 
 
+CORPUS_ROWS = {"id": (str, int), "contents": str}
+
+
 def load_corpus(path):
-    """Read wiki-18 style JSONL rows {"id": str, "contents": '"Title"\\ntext'}; blank lines are skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not (isinstance(row, dict) and isinstance(row.get("id"), (str, int))
-                    and isinstance(row.get("contents"), str)):
-                raise ValueError(f'{path}:{lineno}: expected {{"id": str, "contents": str}}, got {line[:80]!r}')
-            rows.append({"id": str(row["id"]), "contents": row["contents"]})
-    return rows
+    """Read wiki-18 style JSONL rows {"id": str, "contents": '"Title"\\ntext'} (jsonl.read: blank lines skipped,
+    a bad line or an empty corpus is a ValueError naming the file and line); ids become strings."""
+    return [{"id": str(row["id"]), "contents": row["contents"]} for row in jsonl.read(path, CORPUS_ROWS)]
 
 
 TOKEN_RE = re.compile(r"\w+")  # lower-cased unicode words; no stemming, no stop words

@@ -68,6 +68,14 @@ def test_load_corpus_and_bad_row(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         env.load_corpus(bad)
+    bad.write_bytes(json.dumps(ROWS[0]).encode() + b"\n\n" + b'{"id": "x", "contents": "caf\xe9"}\n')  # latin-1
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not UTF-8 \(byte 0xe9"):
+        env.load_corpus(bad)
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not UTF-8"):  # the path every tool takes
+        env.make_search_tool(str(bad))
+    bad.write_text("\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: no rows"):
+        env.load_corpus(bad)
 
 
 @pytest.mark.parametrize("query, first", [

@@ -21,6 +21,7 @@ import checkpoints
 import common
 import eval as ev
 import grpo
+import jsonl
 import pretrain
 import sft_coa
 import sft_contrastive
@@ -113,8 +114,12 @@ def test_a_bad_row_names_file_line_and_field(tmp_path, schema, row, said):
     path.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")  # the blank line counts: line 3
     with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: {said}")):
         common.read_jsonl(str(path), getattr(common, schema))
-    rows = common.read_jsonl(str(path))  # no schema: any JSON; the good row alone passes its schema
-    assert rows.where(1) == f"{path}:3" and rows[0] == good
+    if isinstance(row, dict):
+        rows = common.read_jsonl(str(path))  # no schema: any object; the good row alone passes its schema
+        assert rows.where(1) == f"{path}:3" and rows[0] == good
+    else:  # without a schema too: every JSONL row of the project is an object
+        with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: {said}")):
+            common.read_jsonl(str(path))
     path.write_text(json.dumps(good) + "\n")
     assert common.read_jsonl(str(path), getattr(common, schema)) == [good]
 
@@ -127,6 +132,68 @@ def test_invalid_json_and_empty_files_name_the_file(tmp_path):
     path.write_text("\n\n")
     with pytest.raises(ValueError, match=f"^{path}: no rows"):
         common.read_jsonl(str(path), common.BASE_ROWS)
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    """The reported fault: a bare UnicodeDecodeError with an offset into a buffer, no file, no line."""
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n{"text": "caf\xe9"}\n')  # latin-1, not UTF-8
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: not UTF-8 (byte 0xe9, the line's byte 14)")):
+        common.read_jsonl(str(path), common.BASE_ROWS)
+    path.write_bytes('\ufeff{"text": "café"}\n'.encode())  # UTF-8 with a byte-order mark, as some editors save it
+    assert jsonl.read(path) == [{"text": "café"}]
+
+
+def test_empty_files_are_refused_unless_allowed(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n \n")
+    with pytest.raises(ValueError, match=f"^{path}: no rows"):
+        jsonl.read(path)
+    assert jsonl.read(path, empty_ok=True) == []
+
+
+def test_write_is_atomic_and_keeps_unicode(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    jsonl.write(path, [{"text": "Zoë Ångström"}, {"n": 1}])
+    assert path.read_bytes() == '{"text": "Zoë Ångström"}\n{"n": 1}\n'.encode()  # not \u escapes
+    assert jsonl.read(path).lines.tolist() == [1, 2]
+    with pytest.raises(TypeError):  # a row that cannot be written: the old file stays whole, no debris
+        jsonl.write(path, [{"text": "new"}, {"bad": object()}])
+    assert jsonl.read(path) == [{"text": "Zoë Ångström"}, {"n": 1}]
+    assert sorted(os.listdir(tmp_path)) == ["rows.jsonl"]
+
+
+def test_distill_reads_through_the_same_checks(tmp_path):
+    """data/distill.py's questions and chat files: the shared reader's file:line errors, the question schema."""
+    from data import distill
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Who?", "answers": ["Ada"]}) + "\n" +
+                         json.dumps({"question": "Who?", "answers": "Ada"}) + "\n")
+    with pytest.raises(ValueError, match=f"^{questions}:2: field 'answers' should be a non-empty list"):
+        distill.main(["sample", "--questions", str(questions), "--teacher", "unused", "--search", "unused",
+                      "--out", str(tmp_path / "out")])
+    chat = tmp_path / "chat.jsonl"
+    chat.write_bytes(b'{"messages": []}\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')
+    with pytest.raises(ValueError, match=f"^{chat}:2: not UTF-8"):
+        distill.import_chat(str(chat))
+
+
+def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, ckpt, data):
+    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, and a
+    non-zero exit, long before any model or tokenizer is read (the process starts and stops in seconds)."""
+    d = data({})
+    path = os.path.join(d, "stage2.jsonl")
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    lines[3] = lines[3].replace(b'"question": "', b'"question": "\xe9', 1)
+    with open(path, "wb") as f:
+        f.writelines(lines)
+    p = subprocess.run([sys.executable, "sft_coa.py", "--mask-obs", "--data", d, "--init", ckpt,
+                        "--out", str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode != 0
+    assert f"ValueError: {path}:4: not UTF-8 (byte 0xe9" in p.stderr, p.stderr[-2000:]
+    assert "[model]" not in p.stdout  # common.load_model prints it: the model was never loaded
 
 
 def test_check_prompts_allows_exactly_what_leaves_room_to_answer(tmp_path, ckpt):
