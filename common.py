@@ -367,6 +367,65 @@ def read_jsonl(path, schema=None):
     return jsonl.read(path, schema)
 
 
+# What the schemas cannot say: the action format inside the texts (data/README.md, Formats). A trajectory with
+# `<begin_search>` and no `</end_search>` trains the model to act without ever closing the action, and the
+# sampler (which waits for the closing tag) would then never run the search.
+
+def trajectory_error(row, tags=env.TAGS):
+    """The first way a stage-2/3 trajectory (TRAJECTORY_ROWS) breaks the action format, as text, or None:
+    in every model segment the action tags alternate open/close and end closed (env.actions_closed), and
+    no observation tag appears (it would be trained as the model's own text); a tool segment is one whole
+    observation, `<search_result> ... </search_result>` (env.format_observation), and follows a model
+    segment that ends with the closing action tag -- except in the workflow baseline's rows (kind
+    "workflow"), where a controller, not the model, searches: their model segments hold no action tag."""
+    segs, workflow = row["segments"], row.get("kind") == "workflow"
+    for j, seg in enumerate(segs):
+        text, where = seg["text"], f"segments[{j}]"
+        if seg["tool"]:
+            body = text.strip()
+            if not (body.startswith(tags.result_open) and body.endswith(tags.result_close)
+                    and body.count(tags.result_open) == body.count(tags.result_close) == 1):
+                return (f"{where} (tool) should be one whole observation, {tags.result_open} ... "
+                        f"{tags.result_close}, got {_ends(text)}")
+            before = segs[j - 1] if j else None
+            if not workflow and (before is None or before["tool"] or not before["text"].endswith(tags.search_close)):
+                return (f"{where} (tool) answers no action: the model segment before it should end with "
+                        f"{tags.search_close}" + (f", got {_ends(before['text'])}" if before else ", and there is none"))
+        elif tags.result_open in text or tags.result_close in text:
+            return (f"{where} (model) holds an observation tag ({tags.result_open} or {tags.result_close}): "
+                    f"observations are tool segments of their own")
+        elif workflow and (tags.search_open in text or tags.search_close in text):
+            return f"{where} (model) holds an action tag, but in a workflow row the controller searches, not the model"
+        elif not env.actions_closed(text, tags):
+            return (f"{where} (model): action tags should alternate {tags.search_open} ... {tags.search_close} "
+                    f"and end closed, got {_ends(text)}")
+    return None
+
+
+def pair_error(row, tags=env.TAGS):
+    """The first way a stage-1 pair (PAIR_ROWS) breaks the action format, as text, or None: the prefix
+    followed by either continuation has its action tags alternate open/close and end closed, so a
+    continuation that opens an action closes it."""
+    for name in ("chosen", "rejected"):
+        if not env.actions_closed(row["prefix"] + row[name], tags):
+            return (f"prefix + {name}: action tags should alternate {tags.search_open} ... {tags.search_close} and "
+                    f"end closed, got {name} {_ends(row[name])}")
+    return None
+
+
+def _ends(text, n=40):
+    """A long text by its two ends, for an error message."""
+    return repr(text) if len(text) <= 2 * n else f"{text[:n]!r} ... {text[-n:]!r}"
+
+
+def check_rows(rows, error):
+    """Raise ValueError naming the file and line of the first row for which error(row) says something."""
+    for i, row in enumerate(rows):
+        err = error(row)
+        if err:
+            raise ValueError(f"{rows.where(i)}: {err}")
+
+
 def load_for_sampling(args, ckpt, split, tag):
     """What eval.py and probe.py do before sampling: read and check the split's question rows (before the
     model loads: a question beyond the context fails here), keep --limit of them evenly spread, then load

@@ -178,9 +178,11 @@ def test_distill_reads_through_the_same_checks(tmp_path):
         distill.import_chat(str(chat))
 
 
-def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, ckpt, data):
+def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
     """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, and a
-    non-zero exit, long before any model or tokenizer is read (the process starts and stops in seconds)."""
+    non-zero exit, long before any model or tokenizer is read (--init names no checkpoint: the error comes
+    before the stage looks for one)."""
+    ckpt = str(tmp_path / "never-read")
     d = data({})
     path = os.path.join(d, "stage2.jsonl")
     with open(path, "rb") as f:
@@ -277,6 +279,90 @@ def test_sft_coa_checks_segments_before_loading(tmp_path, ckpt, data, monkeypatc
     d = data({"stage2.jsonl": bad_tool})
     with pytest.raises(ValueError, match=rf"^{d}/stage2.jsonl:3: field 'segments\[1\]\.tool' should be bool, got str$"):
         run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+
+
+OBS = "\n\n<search_result> result 1: Ada works for Acme. </search_result>\n\n"
+ASK = "I need the employer of Ada. <begin_search> Ada employer </end_search>"
+ANSWER = "So the answer is \\boxed{Acme}.\n</think>\n\nThe answer is \\boxed{Acme}"
+
+
+def segs(*parts):
+    """segs("model text", OBS, ...): a trajectory's segments, those that start with the observation's blank
+    lines or tag being the tool's."""
+    return [{"text": t, "tool": t.lstrip().startswith("<search_result>") or t == OBS[:2]} for t in parts]
+
+
+@pytest.mark.parametrize("segments, kind, said", [
+    (segs(ASK, OBS, "The result says Acme. " + ANSWER), "tool", None),
+    (segs(ASK, OBS, ASK.replace("Ada", "Acme"), OBS, ANSWER), "tool", None),
+    (segs("I remember Ada works for Acme. " + ANSWER), "cot", None),
+    (segs("I need the employer of Ada.", OBS, ANSWER), "workflow", None),
+    # the reported fault: an action opened and never closed, trained on without a word
+    (segs("I need it. <begin_search> Ada employer " + ANSWER), "cot",
+     "segments[0] (model): action tags should alternate <begin_search> ... </end_search> and end closed"),
+    (segs("<begin_search> a </end_search> </end_search>", OBS, ANSWER), "tool",
+     "segments[0] (model): action tags should alternate"),
+    (segs("<begin_search> a <begin_search> b </end_search>", OBS, ANSWER), "tool",
+     "segments[0] (model): action tags should alternate"),
+    (segs(ASK + " and then", OBS, ANSWER), "tool",
+     "segments[1] (tool) answers no action: the model segment before it should end with </end_search>, got "),
+    (segs(OBS, ANSWER), "tool", "segments[0] (tool) answers no action: the model segment before it should end "
+                                "with </end_search>, and there is none"),
+    (segs(ASK, OBS, OBS, ANSWER), "tool", "segments[2] (tool) answers no action"),
+    (segs(ASK, "\n\n<search_result> result 1: Ada", ANSWER), "tool",
+     "segments[1] (tool) should be one whole observation, <search_result> ... </search_result>, got "),
+    (segs(ASK, OBS + OBS, ANSWER), "tool", "segments[1] (tool) should be one whole observation"),
+    (segs(ASK, OBS[:2], ANSWER), "tool", "segments[1] (tool) should be one whole observation"),
+    (segs(ASK + OBS + ANSWER), "tool", "segments[0] (model) holds an observation tag"),
+    (segs(ASK, OBS, ANSWER), "workflow", "segments[0] (model) holds an action tag, but in a workflow row"),
+])
+def test_trajectory_action_format(segments, kind, said):
+    err = common.trajectory_error({"question": "Who employs Ada?", "segments": segments, "kind": kind})
+    assert err == said if said is None else err.startswith(said), err
+
+
+@pytest.mark.parametrize("prefix, chosen, rejected, said", [
+    ("I need the employer of Ada.", " I will search for it. <begin_search> Ada employer </end_search>",
+     " I remember that Ada works for Acme.\n", None),
+    (ASK + OBS + "It says Acme.\nI need the founder of Acme.", " I remember Bo founded it.\n",
+     " <begin_search> Acme founder </end_search>", None),
+    ("I need it. <begin_search> Ada", " employer </end_search>", " employer </end_search>", None),  # split, closed
+    ("I need it.", " <begin_search> Ada employer", " I remember.\n",
+     "prefix + chosen: action tags should alternate <begin_search> ... </end_search> and end closed, got chosen "
+     "' <begin_search> Ada employer'"),
+    ("I need it.", " I remember.\n", " </end_search>", "prefix + rejected: action tags should alternate"),
+    ("I need it. <begin_search> Ada", " employer", " employer </end_search>", "prefix + chosen"),
+])
+def test_pair_action_format(prefix, chosen, rejected, said):
+    err = common.pair_error({"question": "Who employs Ada?", "prefix": prefix, "chosen": chosen, "rejected": rejected})
+    assert err == said if said is None else err.startswith(said), err
+
+
+def test_the_worlds_own_files_pass_the_action_checks(world):
+    for file, error in (("stage2.jsonl", common.trajectory_error), ("workflow.jsonl", common.trajectory_error),
+                        ("stage1.jsonl", common.pair_error)):
+        common.check_rows(common.read_jsonl(os.path.join(world, file)), error)
+
+
+def test_sft_stages_refuse_an_unclosed_action_before_loading(tmp_path, data, monkeypatch, no_model):
+    """The reported fault: a trajectory with <begin_search> and no </end_search> trained on (exit 0). Now
+    refused by file and line before the model loads; so is a stage-1 continuation that never closes. (--init
+    names no checkpoint: the check runs before the stage looks for one.)"""
+    ckpt = str(tmp_path / "never-read")
+    def unclose(rows):
+        i = next(i for i, r in enumerate(rows) if any(s["tool"] for s in r["segments"]))
+        first = rows[i]["segments"][0]
+        first["text"] = first["text"].replace("</end_search>", "")
+        return rows
+    d = data({"stage2.jsonl": unclose})
+    line = next(n for n, l in enumerate(open(os.path.join(d, "stage2.jsonl")), 1) if '"tool": true' in l)
+    with pytest.raises(ValueError, match=rf"^{d}/stage2.jsonl:{line}: segments\[0\] \(model\): action tags "
+                                         "should alternate"):
+        run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+    d = data({"stage1.jsonl": replace(4, chosen=" I will search for it. <begin_search> Ada employer")})
+    with pytest.raises(ValueError, match=rf"^{d}/stage1.jsonl:5: prefix \+ chosen: action tags should alternate"):
+        run_main(sft_contrastive, monkeypatch, "--data", d, "--init", ckpt, "--out", tmp_path / "s1")
+    assert not os.path.exists(tmp_path / "s1" / "metrics.jsonl") and not os.path.exists(tmp_path / "s2" / "metrics.jsonl")
 
 
 def test_sft_coa_reports_cut_rows_and_refuses_one_with_nothing_left(tmp_path, ckpt, data, monkeypatch, capsys):
