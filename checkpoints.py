@@ -9,14 +9,16 @@ Layout of a stage's `--out DIR`:
     DIR/latest                the name of the newest complete step directory, replaced atomically
     DIR/metrics.jsonl         one JSON object per logged step (common.Metrics; a resumed run first drops the
                               steps it redoes)
+    DIR/.lock                 flock'ed by the run writing DIR (rank 0), and its PID; free once it exits
 A step directory is written under a temporary name and renamed when complete, and `latest` is only
 switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable
 (the next save removes what a killed one left half-written); the directory `latest` names is never
 replaced in place. Weights are checked finite after every optimizer step (common.clip_and_step) and
 before every save, and a NaN/Inf loss or gradient stops the run naming the last checkpoint whose weights
 gave a finite loss. A new run refuses an --out that holds another run's checkpoints unless given --resume
-or --overwrite.
+or --overwrite, and any run refuses an --out that a running one holds (DIR/.lock, see claim_out).
 """
+import fcntl
 import json
 import math
 import os
@@ -208,10 +210,45 @@ def resume_or_init(run, args, default_init):
     return path, None
 
 
+LOCKS = {}  # abspath of an --out -> the open file whose flock this process holds on it, until it exits
+
+
+def lock_out(out):
+    """Take the exclusive lock on `out` (an flock on out/.lock, which holds the holder's PID) for the life of
+    this process, or return why not. The OS drops an flock when its process dies, however it dies, so a
+    killed run never leaves a stale lock behind; a run that calls this again (tests run main() in-process
+    several times) keeps the lock it holds."""
+    out = os.path.abspath(out)
+    if out in LOCKS:
+        return None
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        return f"pid {holder}" if holder.isdigit() else "another process"
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    LOCKS[out] = fd
+    return None
+
+
 def claim_out(run, args):
-    """Call first thing: a run never writes into another run's --out by accident. An --out that holds
-    checkpoints (a `latest` or step directories) is continued with --resume, or started over with
-    --overwrite, which first deletes them, metrics.jsonl and nested runs (GRPO's rl1); otherwise refused."""
+    """Call first thing: a run never writes into another run's --out by accident. Two runs never share an
+    --out at once: rank 0 holds an exclusive lock on it for the whole run (lock_out), and a second run is
+    refused while the first lives (one's save would delete the other's temporary step directory, and
+    metrics.jsonl would interleave both). An --out that holds checkpoints (a `latest` or step directories)
+    is continued with --resume, or started over with --overwrite, which first deletes them, metrics.jsonl
+    and nested runs (GRPO's rl1); otherwise refused."""
+    holder = lock_out(args.out) if run.master else None  # under torchrun the ranks share rank 0's --out
+    if run.distributed and run.all_max(float(holder is not None)) and holder is None:
+        holder = "another process (rank 0 could not lock it)"  # every rank stops, not only rank 0
+    if holder:
+        raise SystemExit(f"--out {args.out} is in use by another run ({holder} holds "
+                         f"{os.path.join(args.out, '.lock')}): wait for it to end, or pass another --out")
     if args.resume:
         if args.overwrite:
             raise SystemExit("--resume continues the run in --out and --overwrite deletes it: pass one of them")

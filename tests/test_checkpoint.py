@@ -342,6 +342,45 @@ def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, b
     assert "lies inside --out" in msg and (out / "step_000002").is_dir(), msg
 
 
+HOLD = """import sys
+sys.path.insert(0, {root!r})
+from types import SimpleNamespace
+import checkpoints
+checkpoints.claim_out(SimpleNamespace(master=True, distributed=False, print=print),
+                      SimpleNamespace(out={out!r}, resume=False, overwrite=False, init=None))
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes stdin, or kills this process
+"""
+
+
+def test_two_runs_never_share_an_out(tmp_path):
+    """The reported fault: two runs on one --out both started, one's save deleted the other's .tmp-step_*,
+    and metrics.jsonl interleaved two seeds. Now the second is refused, naming --out and the first's PID,
+    for as long as the first lives -- and no longer: a killed run leaves no stale lock."""
+    out = str(tmp_path / "out")
+    run = SimpleNamespace(master=True, distributed=False, print=lambda *a: None)
+    args = SimpleNamespace(out=out, resume=False, overwrite=False, init=None)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, out=out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        said = f"--out {out} is in use by another run (pid {holder.pid} holds {out}/.lock): wait for it to end"
+        with pytest.raises(SystemExit, match="^" + re.escape(said)):
+            checkpoints.claim_out(run, args)
+        with pytest.raises(SystemExit, match="^" + re.escape(said)):  # --resume too: it would save into the same --out
+            checkpoints.claim_out(run, SimpleNamespace(**{**vars(args), "resume": True}))
+        checkpoints.claim_out(SimpleNamespace(master=False, distributed=False), args)  # a rank > 0 never locks
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own; the OS drops the lock
+        holder.wait()
+    checkpoints.claim_out(run, args)
+    assert (tmp_path / "out" / ".lock").read_text() == f"{os.getpid()}\n"
+    checkpoints.claim_out(run, args)  # this process holds it already: a second main() in one process goes on
+    # a stage script, as a user starts it, while this process holds the --out: refused at once, exit status 1
+    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out)
+    assert p.returncode == 1 and f"--out {out} is in use by another run (pid {os.getpid()} holds" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("fname", ["../elsewhere.safetensors", "/tmp/abs.safetensors", "a/../../b.safetensors"])
 def test_shard_paths_stay_inside_the_checkpoint(ckpt, fname):
     names = list(load_file(os.path.join(ckpt, "model.safetensors")))

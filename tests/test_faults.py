@@ -137,7 +137,7 @@ def sft_straight(tmp, world, base):
 
 def save_debris(out):
     """What only exists while a save is under way: temporary step directories, the pointer being written."""
-    return sorted(d for d in os.listdir(out) if d.startswith(".") or d.endswith(".old"))
+    return sorted(d for d in os.listdir(out) if d != ".lock" and (d.startswith(".") or d.endswith(".old")))
 
 
 def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
