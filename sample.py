@@ -369,6 +369,13 @@ def _drop_finished(cache, rows, keep):
     return [rows[b] for b in keep]
 
 
+def _eos_set(tokenizer, eos_id=None):
+    """The ids that end a sequence: eos_id (an int or a collection of ints), else the tokenizer's eos_ids
+    (tokenizer.Tokenizer: every id generation_config.json lists), else its eos_id (a stand-in tokenizer)."""
+    ids = eos_id if eos_id is not None else getattr(tokenizer, "eos_ids", None) or tokenizer.eos_id
+    return frozenset([ids] if isinstance(ids, int) else ids)
+
+
 def _check_arguments(prompts, mode, tool, controller, max_new_tokens):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -400,7 +407,8 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
     logits_processor  fn(logits (n, V) fp32, rollouts) -> logits, called before sampling every step
                     on the sequences due a token (rollouts[i] is row i, in progress: completion,
                     masks, n_actions, phase...). Use it to ban or force tokens.
-    eos_id          ends a sequence when sampled (default tokenizer.eos_id; an injected one never does).
+    eos_id          an id or a collection of ids that end a sequence when sampled (default
+                    tokenizer.eos_ids: every eos id of generation_config.json); an injected one never does.
     controller      fn(rollout, line_start) -> query or None: who decides when to act, instead of the
                     model (the model's own tags then act only as `mode` says: "none" for a workflow).
                     Asked before a row's first token and after each token the policy writes;
@@ -417,7 +425,7 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
     # The cache holds k and v as the forward makes them: in autocast's dtype when the caller runs the
     # sampler under torch.autocast (fp32 master weights, bf16 compute; common.autocast).
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
-    eos = tokenizer.eos_id if eos_id is None else eos_id
+    eos = _eos_set(tokenizer, eos_id)
     temperature = 0 if greedy else temperature
     generator = torch.Generator(device=device).manual_seed(seed)
     stats = SampleStats()
@@ -447,7 +455,7 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
             s = rows[b]
             writing_obs = s.r.phase == "observation"
             s.append(tok, writing_obs)
-            if tok == eos:
+            if tok in eos:
                 s.finish("eos")
             elif len(s.r.completion) >= max_new_tokens:
                 s.finish("length")
