@@ -30,6 +30,8 @@ def add_common_args(ap, out, lr, steps, batch_size):
                     "embedded world, runs/world; with --init it is required, e.g. from data/distill.py)")
     ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
+    ap.add_argument("--force-resume", action="store_true",
+                    help="resume although arguments changed (checkpoints.RESUME_MAY_CHANGE); exactness is lost")
     ap.add_argument("--overwrite", action="store_true",
                     help="start over in an --out that holds another run: delete its checkpoints and metrics first")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
