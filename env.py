@@ -6,7 +6,8 @@ Everything the sampler, the SFT data builders, GRPO and eval need from "the worl
     `check()` (the start-up check a run makes: raises SearchError if the tool does not answer) and the
     counters `calls`, `failed_calls`, `last_error`:
       BM25Search    an in-process Okapi BM25 index over a JSONL corpus (numpy inverted index),
-      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises, never hangs),
+      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises, never hangs,
+                    never holds more than its max_bytes of an answer),
   - `check_failures`: the rule that stops a run when too many searches failed,
   - `format_observation`: the exact text injected after the model's closing action tag,
   - `extract_query` / `extract_answer`, SQuAD-style EM / F1, and the binary RL `reward`,
@@ -180,6 +181,10 @@ class SearchError(RuntimeError):
     """A search tool failed its start-up check, or more of a run's searches failed than it allows."""
 
 
+class ResponseTooLarge(ValueError):
+    """A response beyond RemoteSearch's max_bytes."""
+
+
 class HTTPStatusError(Exception):
     def __init__(self, status, body):
         super().__init__(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
@@ -195,17 +200,24 @@ class RemoteSearch:
     failure; the caller decides when too many failed (check_failures). check() raises instead.
     Time is bounded whatever the server does: at most retries + 1 attempts of at most `timeout` seconds
     of wall clock each, with backoff * 2**i seconds of sleep between them. A 4xx is not retried: the
-    request is at fault, and sending it again cannot help.
+    request is at fault, and sending it again cannot help. Memory is bounded too: a response larger than
+    `max_bytes` (by its Content-Length, or by the bytes read when it has none) is a failed search, not
+    retried (it would be as large again).
     """
 
-    def __init__(self, url, timeout=10.0, retries=2, backoff=0.5):
+    # 64 MiB: far above any real answer (a batch of hundreds of queries x tens of passages of a few kB each
+    # is a few MB of JSON), and a size that a run holds as bytes and then as parsed objects without trouble.
+    # Without a cap a server that sends fast can fill memory before the deadline ends the read.
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, url, timeout=10.0, retries=2, backoff=0.5, max_bytes=MAX_BYTES):
         parts = urllib.parse.urlsplit(url)
         path = parts.path.rstrip("/")
         path = path if path.endswith("/retrieve") else path + "/retrieve"
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
         self.host, self.netloc, self.path, self.tls = parts.hostname, parts.netloc, path, parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff, self.max_bytes = timeout, retries, backoff, max_bytes
         self.calls = self.failed_calls = 0
         self.last_error = None
 
@@ -245,7 +257,7 @@ class RemoteSearch:
                 return [[_parse_hit(hit) for hit in hits] for hits in result]
             except Exception as e:
                 error = e
-                if isinstance(e, HTTPStatusError) and 400 <= e.status < 500:
+                if isinstance(e, HTTPStatusError) and 400 <= e.status < 500 or isinstance(e, ResponseTooLarge):
                     break
         raise error
 
@@ -283,6 +295,12 @@ class RemoteSearch:
                     data += chunk
                     if end < 0 and (end := data.find(b"\r\n\r\n")) >= 0:
                         status, length = _http_head(bytes(data[:end]))
+                        if length is not None and length > self.max_bytes:  # refused before its body is read
+                            raise ResponseTooLarge(f"response of {length} bytes (its Content-Length), more than "
+                                                   f"max_bytes {self.max_bytes}")
+                    if length is None and len(data) - (end + 4 if end >= 0 else 0) > self.max_bytes:  # counted as
+                        raise ResponseTooLarge(f"response longer than max_bytes {self.max_bytes} "  # it comes
+                                               f"({len(data)} bytes read, headers included)")
         except TimeoutError:  # socket.timeout, from a wait that was given what was left
             raise TimeoutError(f"no complete answer within {self.timeout}s ({len(data)} bytes came)") from None
         if status is None:

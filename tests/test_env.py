@@ -317,6 +317,62 @@ def test_remote_search_deadline_holds_against_a_trickling_server():
     assert (client.calls, client.failed_calls) == (2, 2) and "within 1.0s" in client.last_error
 
 
+def flood_server(content_length):
+    """A server that answers every request with a 200 and a body of zeros as fast as it can, up to 256 MiB,
+    under the given Content-Length header (None: none, the body ends when the connection closes). Returns the
+    listener, its URL, and the list of bytes each connection got out before the client hung up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def flood(conn):
+        n = 0
+        with conn:
+            conn.recv(65536)
+            head = "HTTP/1.0 200 OK\r\n" + (f"Content-Length: {content_length}\r\n" if content_length else "")
+            try:
+                conn.sendall(head.encode() + b"\r\n")
+                chunk = b"0" * (1 << 20)
+                while n < 256 << 20:
+                    conn.sendall(chunk)
+                    n += len(chunk)
+            except OSError:  # the client hung up: what it should do
+                pass
+        sent.append(n)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test
+                return
+            threading.Thread(target=flood, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}", sent
+
+
+@pytest.mark.parametrize("content_length", [None, 4 << 30])
+def test_remote_search_caps_the_response_size(content_length):
+    """The reported fault: a server sending a large body fast made the client read 3.9 GB before its deadline.
+    Now a response beyond max_bytes is a failed search (counted, the reason kept), by its Content-Length before
+    the body is read, or by the bytes read when it has none; and it is not retried."""
+    listener, url, sent = flood_server(content_length)
+    client = RemoteSearch(url, timeout=30.0, retries=2, backoff=0.01, max_bytes=1 << 20)
+    assert RemoteSearch(url).max_bytes == 64 << 20  # the default
+    t0 = time.monotonic()
+    assert client.search(["a", "b"], topk=3) == [None, None]
+    elapsed = time.monotonic() - t0
+    listener.close()
+    assert elapsed < 10, elapsed  # long before the 30 s deadline
+    assert (client.calls, client.failed_calls) == (2, 2)
+    said = ("response of 4294967296 bytes (its Content-Length), more than max_bytes 1048576" if content_length
+            else "response longer than max_bytes 1048576")
+    assert client.last_error.startswith(f"ResponseTooLarge: {said}"), client.last_error
+    deadline = time.monotonic() + 5
+    while len(sent) < 1 and time.monotonic() < deadline:  # the server notices the hang-up
+        time.sleep(0.05)
+    assert len(sent) == 1 and sent[0] < 64 << 20, sent  # one attempt, cut short (the kernel buffers some)
+
+
 @pytest.mark.parametrize("status, attempts", [(200, 1), (400, 1), (404, 1), (500, 3), (503, 3)])
 def test_remote_search_retries_5xx_but_not_4xx(status, attempts):
     srv = fake_server(status, b'{"result": [[], []]}' if status == 200 else b'{"error": "x"}')
