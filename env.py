@@ -477,6 +477,8 @@ def main(argv=None):
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
     serve.add_argument("--topk-max", type=int, default=50, help="largest topk a request may ask for")
+    serve.add_argument("--topk-default", type=int, default=3,
+                       help="topk of a request that gives none (3, as Search-R1's retriever)")
     serve.add_argument("--workers", type=int, default=8, help="threads that search (requests beyond wait their turn)")
     serve.add_argument("--max-connections", type=int, default=1024, help="connections held at once (more get 503)")
     serve.add_argument("--request-timeout", type=float, default=10.0,
@@ -492,8 +494,9 @@ def main(argv=None):
     if isinstance(tool, BM25Search):
         print(f"indexed {len(tool)} documents, {len(tool.vocab)} terms in {time.perf_counter() - t0:.1f}s", flush=True)
     if args.command == "serve":
-        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max, workers=args.workers,
-                                 max_connections=args.max_connections, request_timeout=args.request_timeout)
+        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max, default_topk=args.topk_default,
+                                 workers=args.workers, max_connections=args.max_connections,
+                                 request_timeout=args.request_timeout)
         print(f"serving on {server.url}", flush=True)
         try:
             server.serve_forever()
