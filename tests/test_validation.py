@@ -399,3 +399,95 @@ def test_sft_contrastive_refuses_a_pair_whose_continuation_is_cut_away(tmp_path,
     d = data({"stage1.jsonl": lambda rows: [rows[0], {**rows[1], **long_chosen}]})  # pair 2 is cut, not refused
     run_main(sft_contrastive, monkeypatch, "--data", d, *args[2:], "--out", tmp_path / "s1")
     assert "; 1 cut to --max-len 1024" in capsys.readouterr().out
+
+
+# ============================================================================= config.json and the shard index
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A 2-layer Qwen2 saved in the HF layout (in memory, no training): what the config checks load."""
+    from model import Qwen2, Qwen2Config
+    cfg = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, eos_token_id=3)
+    Qwen2(cfg).init_weights(seed=0).save_pretrained(str(tmp_path / "m"))
+    return tmp_path / "m"
+
+
+def edit_json(path, **fields):
+    d = json.loads(path.read_text())
+    d.update(fields)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("num_attention_heads", 0, "is 0: should be a positive integer"),
+    ("hidden_size", "32", 'is "32": should be a positive integer'),
+    ("hidden_size", None, "is null: should be a positive integer"),
+    ("hidden_size", [16], "is [16]: should be a positive integer"),
+    ("hidden_size", 16.0, "is 16.0: should be a positive integer"),
+    ("num_hidden_layers", True, "is true: should be a positive integer"),
+    ("vocab_size", -64, "is -64: should be a positive integer"),
+    ("rms_norm_eps", "1e-6", 'is "1e-6": should be a finite positive number'),
+    ("rms_norm_eps", 0, "is 0: should be a finite positive number"),
+    ("rope_theta", float("inf"), "is Infinity: should be a finite positive number"),
+    ("rope_theta", None, "is null: should be a finite positive number"),
+    ("initializer_range", "0.02", 'is "0.02": should be a finite number >= 0'),
+    ("tie_word_embeddings", "false", 'is "false": should be true or false'),
+    ("hidden_size", 15, "is 15: should be a multiple of num_attention_heads (2)"),
+    ("hidden_size", 18, "is 18: over num_attention_heads (2) gives an odd head dimension 9; rotary embeddings"),
+    ("num_key_value_heads", 3, "is 3: should divide num_attention_heads (2)"),
+    ("eos_token_id", 64, "is 64: should be a token id in [0, vocab_size 64), a list of them, or null"),
+    ("eos_token_id", [3, "4"], "is [3, \"4\"]: should be a token id"),
+    ("bos_token_id", [1], "is [1]: should be a token id in [0, vocab_size 64) or null"),
+])
+def test_a_bad_config_value_names_file_field_and_value(tiny_ckpt, monkeypatch, field, value, said):
+    """The reported configs that loaded (or failed deep inside a layer): each is refused by file, field and value,
+    before a tensor is read or a layer is built."""
+    import model
+    edit_json(tiny_ckpt / "config.json", **{field: value})
+    monkeypatch.setattr(model, "checkpoint_files", lambda *a: pytest.fail("the weights were looked at first"))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: field {field!r} {said}")):
+        model.Qwen2.from_pretrained(str(tiny_ckpt))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: field {field!r}")):
+        model.Qwen2Config.from_json(str(tiny_ckpt / "config.json"))  # what check_prompts reads
+
+
+def test_more_layers_than_the_weights_hold_is_refused_at_once(tiny_ckpt, monkeypatch):
+    """The reported 10^6 layers: an error only after 50 s (every layer's tensor names listed). Now from the
+    names in the files alone."""
+    import model
+    edit_json(tiny_ckpt / "config.json", num_hidden_layers=10 ** 6)
+    monkeypatch.setattr(model, "expected_tensors", lambda *a: pytest.fail("every layer's tensors were listed"))
+    with pytest.raises(model.CheckpointError, match="^" + re.escape(
+            f"{tiny_ckpt}/config.json: field 'num_hidden_layers' is 1000000, but the weights hold 2 layer(s)")):
+        model.Qwen2.from_pretrained(str(tiny_ckpt))
+    edit_json(tiny_ckpt / "config.json", num_hidden_layers=2)
+    monkeypatch.undo()
+    model.Qwen2.from_pretrained(str(tiny_ckpt))  # the file as it was saved loads
+
+
+@pytest.mark.parametrize("content, said", [
+    ("[1, 2]", "should hold a JSON object, got list"),
+    ('{"hidden_size": ', "invalid JSON"),
+])
+def test_config_json_that_is_no_object(tiny_ckpt, content, said):
+    from model import Qwen2
+    (tiny_ckpt / "config.json").write_text(content)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: {said}")):
+        Qwen2.from_pretrained(str(tiny_ckpt))
+
+
+@pytest.mark.parametrize("index, said", [
+    ({"weight_map": ["model.safetensors"]}, "'weight_map' should be an object {tensor name: shard file}, got "
+                                            '["model.safetensors"]'),
+    ({"metadata": {}}, "'weight_map' should be an object {tensor name: shard file}, got null"),
+    ([{"weight_map": {}}], "should hold a JSON object, got list"),
+    ({"weight_map": {"model.norm.weight": 7}}, "shard path 7 (holding model.norm.weight) is not a relative path"),
+    ({"weight_map": {"model.norm.weight": "model-2.safetensors"}}, "shard model-2.safetensors (holding "
+                                                                   "model.norm.weight) is missing"),
+])
+def test_a_bad_safetensors_index_names_the_file(tiny_ckpt, index, said):
+    from model import CheckpointError, Qwen2
+    (tiny_ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{tiny_ckpt}/model.safetensors.index.json: {said}")):
+        Qwen2.from_pretrained(str(tiny_ckpt))
