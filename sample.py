@@ -344,7 +344,8 @@ def _first_actions(inj, seqs, from_action, controller):
         tail = tag_completed(inj.decode, s.r.prompt, 0, inj.tags.search_close, inj.piece)
         if tail is None:
             raise ValueError(f"prompt {s.r.index} does not end with {inj.tags.search_close!r} (from_action)")
-        acted.append((s, tail, inj.decode(s.r.prompt).rpartition(inj.tags.result_close)[2]))  # after its last observation
+        text = inj.decode(s.r.prompt).rpartition(inj.tags.result_close)[2]  # after its last observation
+        acted.append((s, tail, text))
     for s in seqs if controller else []:
         query = controller(s.r, 0)
         if query is not None:
