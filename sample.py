@@ -462,9 +462,9 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
                 s.finish("length")
             elif writing_obs:  # sim mode: closed by the model, or for it at obs_max_tokens
                 inj.end_own_observation(s)
-            elif mode != "none" and (tail := inj.closed(s, tags.search_close)) is not None:
+            elif mode != "none" and (tail := inj.closed(s, tags.search_close)) is not None:  # the model acts
                 acted.append((s, tail, inj.decode(s.r.completion[s.scan_from:])))
-            elif controller is not None:
+            elif controller is not None:  # or the controller (RAG, workflow) acts for it
                 query = controller(s.r, s.line_from)
                 if query is not None:
                     asked.append((s, query))
