@@ -9,14 +9,16 @@ Layout of a stage's `--out DIR`:
     DIR/latest                the name of the newest complete step directory, replaced atomically
     DIR/metrics.jsonl         one JSON object per logged step (common.Metrics; a resumed run first drops the
                               steps it redoes)
+    DIR/.lock                 flock'ed by the run writing DIR (rank 0), and its PID; free once it exits
 A step directory is written under a temporary name and renamed when complete, and `latest` is only
 switched afterwards, so a crash at any moment leaves the previous checkpoint intact and resumable
 (the next save removes what a killed one left half-written); the directory `latest` names is never
 replaced in place. Weights are checked finite after every optimizer step (common.clip_and_step) and
 before every save, and a NaN/Inf loss or gradient stops the run naming the last checkpoint whose weights
 gave a finite loss. A new run refuses an --out that holds another run's checkpoints unless given --resume
-or --overwrite.
+or --overwrite, and any run refuses an --out that a running one holds (DIR/.lock, see claim_out).
 """
+import fcntl
 import json
 import math
 import os
@@ -186,6 +188,46 @@ def ensure(path, run):
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
+# "Resumes exactly" holds only for the arguments the checkpoint was saved with (its args.json). These flags
+# may change on --resume, since they change nothing that is computed: when it is saved or logged, where it
+# runs (devices; the number of ranks is no flag either), how one batch is split into micro-batches (the same
+# gradient, up to float summation order), when GRPO validates, when a failing tool stops the run, and the
+# address of the search server (a server restarted elsewhere; that it serves the same corpus is yours to keep).
+# Any other change is refused unless --force-resume. --steps is not among them: it is the length of the cosine
+# schedule (common.lr_at) and, in grpo.py, where the simulated steps end, so a longer run changes the lr of
+# every step after the warm-up. Extending a run is a fair wish, but it is another run: --force-resume.
+RESUME_MAY_CHANGE = {"out", "resume", "overwrite", "force_resume", "save_every", "log_every", "threads", "device",
+                     "grad_checkpointing", "micro_tokens", "val_every", "max_search_failures", "search"}
+# Flags a resume may leave out: the checkpoint holds what they gave (the weights; GRPO's reference model).
+RESUME_MAY_OMIT = {"init"}
+
+
+def check_resume_args(args, path):
+    """Refuse (SystemExit, every changed flag as old -> new) to resume from checkpoint `path` with arguments
+    that differ from its args.json in a flag outside RESUME_MAY_CHANGE; with --force-resume, warn and go on.
+    A flag that only one side has (added or removed since) cannot be compared and is passed over."""
+    file = os.path.join(path, "args.json")
+    if not os.path.isfile(file) and getattr(args, "force_resume", False):
+        return
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"--resume: {file} is missing, so nothing says the run was started with these "
+                                "arguments; --force-resume resumes without the check")
+    with open(file) as f:
+        saved = json.load(f)
+    now = json.loads(json.dumps(vars(args)))  # as args.json holds them: tuples become lists
+    changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k] and k not in RESUME_MAY_CHANGE
+               and not (k in RESUME_MAY_OMIT and None in (saved[k], now[k]))]
+    if not changed:
+        return
+    show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    diff = ", ".join(f"--{k.replace('_', '-')} {show(saved[k])} -> {show(now[k])}" for k in changed)
+    if not getattr(args, "force_resume", False):
+        raise SystemExit(f"--resume: {diff} (against {file}): a run resumes exactly only with the arguments it was "
+                         "saved with; pass those, or --force-resume to go on anyway (exactness is lost)")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[resume] warning: --force-resume with {diff}: this run no longer resumes exactly", flush=True)
+
+
 def resume_or_init(run, args, default_init):
     """Pick where the weights come from: --resume (latest checkpoint of --out), --init, or the default
     (made by its stage if missing). Returns (checkpoint path, trainer_state or None)."""
@@ -198,6 +240,7 @@ def resume_or_init(run, args, default_init):
                                     f"an older checkpoint layout): start a new run from it with --init {path}")
         state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
         state["path"] = path  # restore() reads train_state/ from here
+        state["args"] = args  # restore() compares them with the saved ones, as the stage has them by then
         run.print(f"[resume] {path} at step {state['step']}")
         return path, state
     if args.init is None:
@@ -208,10 +251,45 @@ def resume_or_init(run, args, default_init):
     return path, None
 
 
+LOCKS = {}  # abspath of an --out -> the open file whose flock this process holds on it, until it exits
+
+
+def lock_out(out):
+    """Take the exclusive lock on `out` (an flock on out/.lock, which holds the holder's PID) for the life of
+    this process, or return why not. The OS drops an flock when its process dies, however it dies, so a
+    killed run never leaves a stale lock behind; a run that calls this again (tests run main() in-process
+    several times) keeps the lock it holds."""
+    out = os.path.abspath(out)
+    if out in LOCKS:
+        return None
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        return f"pid {holder}" if holder.isdigit() else "another process"
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    LOCKS[out] = fd
+    return None
+
+
 def claim_out(run, args):
-    """Call first thing: a run never writes into another run's --out by accident. An --out that holds
-    checkpoints (a `latest` or step directories) is continued with --resume, or started over with
-    --overwrite, which first deletes them, metrics.jsonl and nested runs (GRPO's rl1); otherwise refused."""
+    """Call first thing: a run never writes into another run's --out by accident. Two runs never share an
+    --out at once: rank 0 holds an exclusive lock on it for the whole run (lock_out), and a second run is
+    refused while the first lives (one's save would delete the other's temporary step directory, and
+    metrics.jsonl would interleave both). An --out that holds checkpoints (a `latest` or step directories)
+    is continued with --resume, or started over with --overwrite, which first deletes them, metrics.jsonl
+    and nested runs (GRPO's rl1); otherwise refused."""
+    holder = lock_out(args.out) if run.master else None  # under torchrun the ranks share rank 0's --out
+    if run.distributed and run.all_max(float(holder is not None)) and holder is None:
+        holder = "another process (rank 0 could not lock it)"  # every rank stops, not only rank 0
+    if holder:
+        raise SystemExit(f"--out {args.out} is in use by another run ({holder} holds "
+                         f"{os.path.join(args.out, '.lock')}): wait for it to end, or pass another --out")
     if args.resume:
         if args.overwrite:
             raise SystemExit("--resume continues the run in --out and --overwrite deletes it: pass one of them")
@@ -239,12 +317,15 @@ def claim_out(run, args):
 
 
 def restore(model, opt, state):
-    """Load the fp32 master weights and the optimizer state from the checkpoint's train_state/, then the RNG
-    state. Each rank reads the parts of the tensors it holds, whatever number of ranks wrote them; the weights
-    the model was loaded with (the export, bf16 for a bf16 model) are replaced by the masters, so a resumed
+    """Check that the run resumes with the arguments it was saved with (check_resume_args), then load the fp32
+    master weights and the optimizer state from the checkpoint's train_state/, then the RNG state. Each rank
+    reads the parts of the tensors it holds, whatever number of ranks wrote them; the weights the model was
+    loaded with (the export, bf16 for a bf16 model) are replaced by the masters, so a resumed
     run continues exactly."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
+    if "args" in state:  # here, not at resume_or_init: a stage may settle a flag after loading (pretrain.py's
+        check_resume_args(state["args"], state["path"])  # --fresh-steps 0 on data without a second phase)
     sd = train_state(model, opt)  # this run's layout: its shards, its parameter names
     dcp.load(sd, checkpoint_id=os.path.join(state["path"], "train_state"), no_dist=not dist.is_initialized())
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoints
+import jsonl
 from model import Qwen2, Qwen2Config, first_nonfinite, num_params
 import env
 from tokenizer import Tokenizer
@@ -29,6 +30,8 @@ def add_common_args(ap, out, lr, steps, batch_size):
                     "embedded world, runs/world; with --init it is required, e.g. from data/distill.py)")
     ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
+    ap.add_argument("--force-resume", action="store_true",
+                    help="resume although arguments changed (checkpoints.RESUME_MAY_CHANGE); exactness is lost")
     ap.add_argument("--overwrite", action="store_true",
                     help="start over in an --out that holds another run: delete its checkpoints and metrics first")
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
@@ -348,8 +351,9 @@ def _logged_before(line, start):
 # -----------------------------------------------------------------------------
 # data files: every stage checks its rows up front, before the model loads
 
-# What each stage's JSONL rows must hold, written out as data: field -> type; "name?" is optional (null counts
-# as absent); [spec] is a non-empty list of spec; {...} an object. Other fields are allowed and ignored.
+# What each stage's JSONL rows must hold, written out as data (checked by jsonl.schema_error): field -> type;
+# "name?" is optional (null counts as absent); [spec] is a non-empty list of spec; {...} an object. Other
+# fields are allowed and ignored.
 BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool,  # pretrain.py: base.jsonl
              "phase?": int}
 PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
@@ -359,62 +363,69 @@ TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  
 QUESTION_ROWS = {"id": (str, int), "question": str, "answers": [str], "hops?": int}  # grpo.py, eval.py
 
 
-def schema_error(value, spec, field=""):
-    """The first way `value` departs from `spec`, as text naming the field, or None."""
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            return f"{f'field {field!r}' if field else 'the row'} should be an object, got {type(value).__name__}"
-        for key, sub in spec.items():
-            name = key.rstrip("?")
-            path = f"{field}.{name}" if field else name
-            if value.get(name) is None:
-                if key.endswith("?"):
-                    continue
-                return f"missing field {path!r}"
-            err = schema_error(value[name], sub, path)
-            if err:
-                return err
-        return None
-    if isinstance(spec, list):
-        if not isinstance(value, list) or not value:
-            return f"field {field!r} should be a non-empty list, got {json.dumps(value)[:40]}"
-        return next((e for i, v in enumerate(value) if (e := schema_error(v, spec[0], f"{field}[{i}]"))), None)
-    types = spec if isinstance(spec, tuple) else (spec,)
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # JSON true is no int
-        return f"field {field!r} should be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}"
+def read_jsonl(path, schema=None):
+    """Rows of a stage's JSONL file (jsonl.read: blank lines skipped, an empty file refused), each checked
+    against `schema` if given: a bad row is a ValueError naming the file, line and field."""
+    return jsonl.read(path, schema)
+
+
+# What the schemas cannot say: the action format inside the texts (data/README.md, Formats). A trajectory with
+# `<begin_search>` and no `</end_search>` trains the model to act without ever closing the action, and the
+# sampler (which waits for the closing tag) would then never run the search.
+
+def trajectory_error(row, tags=env.TAGS):
+    """The first way a stage-2/3 trajectory (TRAJECTORY_ROWS) breaks the action format, as text, or None:
+    in every model segment the action tags alternate open/close and end closed (env.actions_closed), and
+    no observation tag appears (it would be trained as the model's own text); a tool segment is one whole
+    observation, `<search_result> ... </search_result>` (env.format_observation), and follows a model
+    segment that ends with the closing action tag -- except in the workflow baseline's rows (kind
+    "workflow"), where a controller, not the model, searches: their model segments hold no action tag."""
+    segs, workflow = row["segments"], row.get("kind") == "workflow"
+    for j, seg in enumerate(segs):
+        text, where = seg["text"], f"segments[{j}]"
+        if seg["tool"]:
+            body = text.strip()
+            if not (body.startswith(tags.result_open) and body.endswith(tags.result_close)
+                    and body.count(tags.result_open) == body.count(tags.result_close) == 1):
+                return (f"{where} (tool) should be one whole observation, {tags.result_open} ... "
+                        f"{tags.result_close}, got {_ends(text)}")
+            before = segs[j - 1] if j else None
+            if not workflow and (before is None or before["tool"] or not before["text"].endswith(tags.search_close)):
+                return (f"{where} (tool) answers no action: the model segment before it should end with "
+                        f"{tags.search_close}" + (f", got {_ends(before['text'])}" if before else ", and there is none"))
+        elif tags.result_open in text or tags.result_close in text:
+            return (f"{where} (model) holds an observation tag ({tags.result_open} or {tags.result_close}): "
+                    f"observations are tool segments of their own")
+        elif workflow and (tags.search_open in text or tags.search_close in text):
+            return f"{where} (model) holds an action tag, but in a workflow row the controller searches, not the model"
+        elif not env.actions_closed(text, tags):
+            return (f"{where} (model): action tags should alternate {tags.search_open} ... {tags.search_close} "
+                    f"and end closed, got {_ends(text)}")
     return None
 
 
-class Rows(list):
-    """A JSONL file's rows, each remembering its line: rows.where(i) is "path:line", for error messages."""
+def pair_error(row, tags=env.TAGS):
+    """The first way a stage-1 pair (PAIR_ROWS) breaks the action format, as text, or None: the prefix
+    followed by either continuation has its action tags alternate open/close and end closed, so a
+    continuation that opens an action closes it."""
+    for name in ("chosen", "rejected"):
+        if not env.actions_closed(row["prefix"] + row[name], tags):
+            return (f"prefix + {name}: action tags should alternate {tags.search_open} ... {tags.search_close} and "
+                    f"end closed, got {name} {_ends(row[name])}")
+    return None
 
-    def __init__(self, path):
-        super().__init__()
-        self.path, self.lines = path, []
 
-    def where(self, i):
-        return f"{self.path}:{self.lines[i]}"
+def _ends(text, n=40):
+    """A long text by its two ends, for an error message."""
+    return repr(text) if len(text) <= 2 * n else f"{text[:n]!r} ... {text[-n:]!r}"
 
 
-def read_jsonl(path, schema=None):
-    """Rows of a JSONL file (blank lines skipped), each checked against `schema` if given: a bad row is
-    a ValueError naming the file, line and field."""
-    rows = Rows(path)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: invalid JSON ({e})") from None
-                err = schema and schema_error(row, schema)
-                if err:
-                    raise ValueError(f"{path}:{i}: {err}")
-                rows.append(row)
-                rows.lines.append(i)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
+def check_rows(rows, error):
+    """Raise ValueError naming the file and line of the first row for which error(row) says something."""
+    for i, row in enumerate(rows):
+        err = error(row)
+        if err:
+            raise ValueError(f"{rows.where(i)}: {err}")
 
 
 def load_for_sampling(args, ckpt, split, tag):

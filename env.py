@@ -6,7 +6,8 @@ Everything the sampler, the SFT data builders, GRPO and eval need from "the worl
     `check()` (the start-up check a run makes: raises SearchError if the tool does not answer) and the
     counters `calls`, `failed_calls`, `last_error`:
       BM25Search    an in-process Okapi BM25 index over a JSONL corpus (numpy inverted index),
-      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises, never hangs),
+      RemoteSearch  a client for any Search-R1-compatible `POST /retrieve` server (never raises, never hangs,
+                    never holds more than its max_bytes of an answer),
   - `check_failures`: the rule that stops a run when too many searches failed,
   - `format_observation`: the exact text injected after the model's closing action tag,
   - `extract_query` / `extract_answer`, SQuAD-style EM / F1, and the binary RL `reward`,
@@ -41,6 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 
+import jsonl
 from server import RetrievalServer  # noqa: F401  (env.RetrievalServer: the server lives in server.py)
 
 # ----------------------------------------------------------------------------- tags and instruction
@@ -77,22 +79,13 @@ INSTRUCTION = instruction(TAGS)
 # ----------------------------------------------------------------------------- corpus and BM25
 
 
+CORPUS_ROWS = {"id": (str, int), "contents": str}
+
+
 def load_corpus(path):
-    """Read wiki-18 style JSONL rows {"id": str, "contents": '"Title"\\ntext'}; blank lines are skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not (isinstance(row, dict) and isinstance(row.get("id"), (str, int))
-                    and isinstance(row.get("contents"), str)):
-                raise ValueError(f'{path}:{lineno}: expected {{"id": str, "contents": str}}, got {line[:80]!r}')
-            rows.append({"id": str(row["id"]), "contents": row["contents"]})
-    return rows
+    """Read wiki-18 style JSONL rows {"id": str, "contents": '"Title"\\ntext'} (jsonl.read: blank lines skipped,
+    a bad line or an empty corpus is a ValueError naming the file and line); ids become strings."""
+    return [{"id": str(row["id"]), "contents": row["contents"]} for row in jsonl.read(path, CORPUS_ROWS)]
 
 
 TOKEN_RE = re.compile(r"\w+")  # lower-cased unicode words; no stemming, no stop words
@@ -188,6 +181,10 @@ class SearchError(RuntimeError):
     """A search tool failed its start-up check, or more of a run's searches failed than it allows."""
 
 
+class ResponseTooLarge(ValueError):
+    """A response beyond RemoteSearch's max_bytes."""
+
+
 class HTTPStatusError(Exception):
     def __init__(self, status, body):
         super().__init__(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
@@ -203,17 +200,24 @@ class RemoteSearch:
     failure; the caller decides when too many failed (check_failures). check() raises instead.
     Time is bounded whatever the server does: at most retries + 1 attempts of at most `timeout` seconds
     of wall clock each, with backoff * 2**i seconds of sleep between them. A 4xx is not retried: the
-    request is at fault, and sending it again cannot help.
+    request is at fault, and sending it again cannot help. Memory is bounded too: a response larger than
+    `max_bytes` (by its Content-Length, or by the bytes read when it has none) is a failed search, not
+    retried (it would be as large again).
     """
 
-    def __init__(self, url, timeout=10.0, retries=2, backoff=0.5):
+    # 64 MiB: far above any real answer (a batch of hundreds of queries x tens of passages of a few kB each
+    # is a few MB of JSON), and a size that a run holds as bytes and then as parsed objects without trouble.
+    # Without a cap a server that sends fast can fill memory before the deadline ends the read.
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, url, timeout=10.0, retries=2, backoff=0.5, max_bytes=MAX_BYTES):
         parts = urllib.parse.urlsplit(url)
         path = parts.path.rstrip("/")
         path = path if path.endswith("/retrieve") else path + "/retrieve"
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
         self.host, self.netloc, self.path, self.tls = parts.hostname, parts.netloc, path, parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff, self.max_bytes = timeout, retries, backoff, max_bytes
         self.calls = self.failed_calls = 0
         self.last_error = None
 
@@ -253,7 +257,7 @@ class RemoteSearch:
                 return [[_parse_hit(hit) for hit in hits] for hits in result]
             except Exception as e:
                 error = e
-                if isinstance(e, HTTPStatusError) and 400 <= e.status < 500:
+                if isinstance(e, HTTPStatusError) and 400 <= e.status < 500 or isinstance(e, ResponseTooLarge):
                     break
         raise error
 
@@ -291,6 +295,12 @@ class RemoteSearch:
                     data += chunk
                     if end < 0 and (end := data.find(b"\r\n\r\n")) >= 0:
                         status, length = _http_head(bytes(data[:end]))
+                        if length is not None and length > self.max_bytes:  # refused before its body is read
+                            raise ResponseTooLarge(f"response of {length} bytes (its Content-Length), more than "
+                                                   f"max_bytes {self.max_bytes}")
+                    if length is None and len(data) - (end + 4 if end >= 0 else 0) > self.max_bytes:  # counted as
+                        raise ResponseTooLarge(f"response longer than max_bytes {self.max_bytes} "  # it comes
+                                               f"({len(data)} bytes read, headers included)")
         except TimeoutError:  # socket.timeout, from a wait that was given what was left
             raise TimeoutError(f"no complete answer within {self.timeout}s ({len(data)} bytes came)") from None
         if status is None:
@@ -467,6 +477,8 @@ def main(argv=None):
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
     serve.add_argument("--topk-max", type=int, default=50, help="largest topk a request may ask for")
+    serve.add_argument("--topk-default", type=int, default=3,
+                       help="topk of a request that gives none (3, as Search-R1's retriever)")
     serve.add_argument("--workers", type=int, default=8, help="threads that search (requests beyond wait their turn)")
     serve.add_argument("--max-connections", type=int, default=1024, help="connections held at once (more get 503)")
     serve.add_argument("--request-timeout", type=float, default=10.0,
@@ -482,8 +494,9 @@ def main(argv=None):
     if isinstance(tool, BM25Search):
         print(f"indexed {len(tool)} documents, {len(tool.vocab)} terms in {time.perf_counter() - t0:.1f}s", flush=True)
     if args.command == "serve":
-        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max, workers=args.workers,
-                                 max_connections=args.max_connections, request_timeout=args.request_timeout)
+        server = RetrievalServer(tool, args.host, args.port, topk_max=args.topk_max, default_topk=args.topk_default,
+                                 workers=args.workers, max_connections=args.max_connections,
+                                 request_timeout=args.request_timeout)
         print(f"serving on {server.url}", flush=True)
         try:
             server.serve_forever()

@@ -60,6 +60,7 @@ import torch
 import checkpoints
 import common
 import env
+import jsonl
 import viewer
 from data.world import parse_facts
 from sample import SAMPLING_DEFAULTS, add_sampling_args, sample, sampling_kwargs
@@ -379,12 +380,6 @@ def plot(summaries, path):
 # command line
 
 
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="checkpoint directory, or a stage's --out (its latest checkpoint)")
@@ -452,7 +447,7 @@ def main(argv=None):
                            max_search_failures=args.max_search_failures, **gen)
         summaries.append(s)
         records += recs
-    write_jsonl(out, records)
+    jsonl.write(out, records)
     with open(base + ".summary.json", "w") as f:
         json.dump({"args": vars(args), "checkpoint": ckpt, "summaries": summaries}, f, indent=1)
     print(format_table(summaries))

@@ -15,10 +15,11 @@ Observation tokens get zero advantage (they are excluded from the mean), in both
 rollouts the tool wrote them, in simulated ones the model did, and neither is trained here.
 
 --sim-ratio N stages the run as the paper does: the first N/(N+1) of --steps are simulated (RL-1: no
-real tool call at all), the rest real (RL-2). --sim-ratio 0 is all-real. The number of real search
-calls is logged every step and saved with each checkpoint, and so is the number of those that failed
-(failed_search_calls): a rollout that saw a failed search is left out of the loss, and a step where
-more than --max-search-failures of the searches fail stops the run.
+real tool call at all), the rest real (RL-2); the model at the end of RL-1 is also saved to OUT/rl1 (the
+paper's RL-1 model). --sim-ratio 0 is all-real. The number of real search calls is logged every step and
+saved with each checkpoint, and so is the number of those that failed (failed_search_calls): a rollout
+that saw a failed search is left out of the loss, and a step where more than --max-search-failures of the
+searches fail stops the run.
 
 Every weight is trained (--trainable narrows it to the parameters whose names match a regex; the
 reference model is frozen whole). The defaults are the paper's for a real checkpoint (lr 7e-7, 48
@@ -35,6 +36,7 @@ Simplified: no entropy bonus (the paper's code: 0.001), because the fused log-pr
 target's log-prob; one policy update per batch of rollouts by default (--ppo-epochs for more).
 """
 import argparse
+import contextlib
 import os
 import re
 
@@ -43,7 +45,7 @@ import torch
 import checkpoints
 import common
 import env
-from sample import add_sampling_args, sample
+from sample import add_sampling_args, sample, sampling_kwargs
 
 # -----------------------------------------------------------------------------
 # loss (pure, so tests can check it by hand)
@@ -85,6 +87,47 @@ def policy_loss(lp, old_lp, ref_lp, adv, m, norm, clip, kl_coef, per_sequence=Fa
     return ((pg + kl_coef * kl) * weight).sum() / norm, (kl * m).sum().item(), (pg * m).sum().item()
 
 
+# -----------------------------------------------------------------------------
+# one step's pieces, as main's loop calls them: sampling, rewards, the step's log, validation
+
+@contextlib.contextmanager
+def sampling(model):
+    """The policy as the sampler runs it: eval mode, no grad, gathered whole under FSDP2 (no collectives
+    inside the sampler), in the compute dtype (a bf16 KV cache on CUDA)."""
+    model.eval()
+    with torch.no_grad(), common.unsharded(model), common.autocast(model):
+        yield
+    model.train()
+
+
+def score(rolls, batch, tool, args, run, step):
+    """A step's rollouts (G per row of `batch`) -> (rewards (P*G,), keep (P*G,) bool, searches, failed,
+    excluded), the counts summed over ranks. The reward is env.reward's binary EM. Too many failed searches
+    stop the run (the tool is down); a rollout that saw one is left out of the loss (keep False), since
+    "Retrieval failed." is no search result and its reward is no verdict on the policy."""
+    golds = [p["answers"] for p in batch for _ in range(args.group_size)]
+    rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
+    calls = int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
+    failed = int(run.all_sum(sum(r.n_failed_calls for r in rolls)))
+    env.check_failures(failed, calls, args.max_search_failures, f"[grpo] step {step}", tool.last_error)
+    keep = torch.tensor([r.n_failed_calls == 0 for r in rolls])
+    excluded = int(run.all_sum(len(rolls) - int(keep.sum())))
+    if failed:
+        run.print(f"[grpo] step {step}: {failed} of {calls} searches failed, {excluded} rollouts left out of "
+                  f"the loss; last error: {tool.last_error}")
+    return rewards, keep, calls, failed, excluded
+
+
+def log_step(metrics, run, args, step, mode, rolls, rewards, **values):
+    """One metrics.jsonl row per step: the means over every rank's rollouts, `values`, the lr, sampling speed."""
+    metrics.tick()
+    n = run.all_sum(len(rolls))
+    metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
+                actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
+                length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
+                **values, lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
+
+
 def validate(model, tok, rows, tool, args, run):
     """The RL objective, measured on fixed held-out prompts (dev questions, the same ones every time, so
     unlike the per-step training reward it does not move with which prompts a step drew), with the real
@@ -95,14 +138,10 @@ def validate(model, tok, rows, tool, args, run):
     mine = run.shard(rows)
     prompts = [common.encode_prompt(tok, r["question"]) for r in mine]
     k = args.val_samples
-    with torch.no_grad(), common.unsharded(model), common.autocast(model):
-        model.eval()
-        kw = dict(tool=tool, mode="real", max_new_tokens=args.max_new_tokens, max_actions=args.max_actions,
-                  topk=args.topk, top_p=args.top_p, obs_max_tokens=args.obs_max_tokens)
-        greedy = sample(model, tok, prompts, greedy=True, **kw)
-        drawn = sample(model, tok, [p for p in prompts for _ in range(k)], temperature=args.temperature,
-                       seed=args.seed * 1_000_003 + 7919 + run.rank, **kw) if k else []
-        model.train()
+    with sampling(model):
+        greedy = sample(model, tok, prompts, tool=tool, mode="real", greedy=True, **sampling_kwargs(args))
+        drawn = sample(model, tok, [p for p in prompts for _ in range(k)], tool=tool, mode="real",
+                       seed=args.seed * 1_000_003 + 7919 + run.rank, **sampling_kwargs(args)) if k else []
 
     def mean_reward(rolls, reps):
         golds = [row["answers"] for row in mine for _ in range(reps)]
@@ -114,14 +153,31 @@ def validate(model, tok, rows, tool, args, run):
             "val_search_calls": int(calls), "val_failed_search_calls": int(failed)}
 
 
+def log_validation(step, model, tok, dev, tool, args, run, metrics):
+    """validate() after `step` updates, its failed searches checked as a step's are, logged at `step`."""
+    val = validate(model, tok, dev, tool, args, run)
+    env.check_failures(val["val_failed_search_calls"], val["val_search_calls"], args.max_search_failures,
+                       f"[grpo] validation after step {step}", tool.last_error)
+    metrics.log(step, **{k: v for k, v in val.items() if v is not None})
+
+
+def train_only(model, pattern):
+    """Freeze every parameter but those whose names match `pattern` (--trainable); returns those."""
+    trained = [p for name, p in model.named_parameters() if pattern.search(name)]
+    model.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    return trained
+
+
 # The embedded world's tiny model: what it needs instead of the paper's settings (common.parse_args: on the
 # world's data).
 EMBEDDED = dict(lr=1e-4, steps=24, batch_size=16, temperature=1.0)
 
 
-def main():
-    # -------------------------------------------------------------------------
-    # arguments
+def parse_arguments():
+    """GRPO's flags, with the shared ones (common.add_common_args) and the sampler's, parsed and checked. The
+    parser comes back too: main refuses a --trainable that matches no weight once the model is loaded."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out="runs/rl", lr=7e-7, steps=96, batch_size=48)
     ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
@@ -155,10 +211,17 @@ def main():
     if args.group_size < 2:
         ap.error("--group-size must be >= 2 (advantages are normalised within a group)")
     try:
-        trainable = re.compile(args.trainable)
+        re.compile(args.trainable)
     except re.error as e:
         ap.error(f"--trainable {args.trainable!r} is not a regular expression: {e}")
-    n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated, the rest real
+    return ap, args
+
+
+def main():
+    # -------------------------------------------------------------------------
+    # arguments
+    ap, args = parse_arguments()
+    n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated (RL-1), the rest real
 
     # -------------------------------------------------------------------------
     # device, dtype, distributed
@@ -182,14 +245,10 @@ def main():
     ref_path = state["extra"]["reference"] if state else path
     ref, _ = common.load_model(ref_path, run, frozen=True)  # in the compute dtype: no optimizer, no masters
     ref.eval().requires_grad_(False)
-    # which parameters the update trains (--trainable); the reference is frozen whole
-    trained = [p for name, p in model.named_parameters() if trainable.search(name)]
+    trained = train_only(model, re.compile(args.trainable))  # the reference is frozen whole
     if not trained:
         ap.error(f"--trainable {args.trainable!r} matches no parameter name (they look like "
                  f"{next(n for n, _ in model.named_parameters())!r}; '.' matches all)")
-    model.requires_grad_(False)
-    for p in trained:
-        p.requires_grad_(True)
     run.print(f"[grpo] training {sum(p.numel() for p in trained):,} of {common.num_params(model):,} parameters "
               f"(--trainable {args.trainable})")
 
@@ -198,12 +257,6 @@ def main():
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
     run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")  # check(): SearchError if it does not answer
     dev = common.evenly_spaced(dev, args.val_prompts)
-
-    def log_validation(step):
-        val = validate(model, tok, dev, tool, args, run)
-        env.check_failures(val["val_failed_search_calls"], val["val_search_calls"], args.max_search_failures,
-                           f"[grpo] validation after step {step}", tool.last_error)
-        metrics.log(step, **{k: v for k, v in val.items() if v is not None})
 
     # -------------------------------------------------------------------------
     # optimizer + schedule
@@ -216,37 +269,22 @@ def main():
     # loop
     metrics = common.Metrics(run, args.out, args.steps, start, "grpo")
     if dev and start == 0:
-        log_validation(0)  # before any update: the initial policy
+        log_validation(0, model, tok, dev, tool, args, run, metrics)  # before any update: the initial policy
     for step in range(start, args.steps):
         mode = "sim" if step < n_sim else "real"
         # ---- rollouts: this rank's share of the step's prompts, G samples each
         batch = [prompts[i] for i in run.shard(common.epoch_order(len(prompts), step, args.batch_size, args.seed))]
         prompt_ids = [common.encode_prompt(tok, p["question"]) for p in batch for _ in range(args.group_size)]
-        model.eval()
-        # FSDP2: no collectives inside the sampler; it runs in the compute dtype (bf16 KV cache on CUDA)
-        with torch.no_grad(), common.unsharded(model), common.autocast(model):
-            rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode, max_new_tokens=args.max_new_tokens,
-                           max_actions=args.max_actions, temperature=args.temperature, topk=args.topk,
-                           top_p=args.top_p, obs_max_tokens=args.obs_max_tokens,
-                           seed=args.seed * 1_000_003 + step * 1009 + run.rank)
-        model.train()
-        golds = [p["answers"] for p in batch for _ in range(args.group_size)]
-        rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
-        calls = int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
-        real_calls += calls
-        # ---- failed searches: too many stop the run; a rollout that saw one is left out of the loss, since
-        # "Retrieval failed." is no search result and its reward is no verdict on the policy
-        failed = int(run.all_sum(sum(r.n_failed_calls for r in rolls)))
-        env.check_failures(failed, calls, args.max_search_failures, f"[grpo] step {step}", tool.last_error)
-        failed_calls += failed
-        keep = torch.tensor([r.n_failed_calls == 0 for r in rolls])
-        excluded = int(run.all_sum(len(rolls) - int(keep.sum())))
-        if failed:
-            run.print(f"[grpo] step {step}: {failed} of {calls} searches failed, {excluded} rollouts left out of "
-                      f"the loss; last error: {tool.last_error}")
+        with sampling(model):
+            rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode,
+                           seed=args.seed * 1_000_003 + step * 1009 + run.rank, **sampling_kwargs(args))
+        # ---- rewards (binary EM); a rollout that saw a failed search is left out (keep), too many stop the run
+        rewards, keep, calls, failed, excluded = score(rolls, batch, tool, args, run, step)
+        real_calls, failed_calls = real_calls + calls, failed_calls + failed
+        # ---- advantages, within each group of G
         adv = group_advantages(rewards, args.group_size, keep)
 
-        # ---- sequences: prompt + completion; only policy-written tokens of kept rollouts are scored
+        # ---- loss over sequences prompt + completion; only policy-written tokens of kept rollouts are scored
         seqs = loss_sequences(rolls)
         n_tok = run.all_sum(sum(sum(m) for _, m in seqs))
         n_seq, per_seq = max(run.all_sum(int(keep.sum())), 1), args.loss_agg == "sequence"
@@ -269,24 +307,19 @@ def main():
             gnorm = common.clip_and_step(model, opt, step, args)
         kl_mean, pg_mean = run.all_sum(kl_sum) / max(n_tok, 1), run.all_sum(pg_sum) / max(n_tok, 1)
         checkpoints.check_finite(pg_mean + kl_mean, step, args.out)
+        log_step(metrics, run, args, step, mode, rolls, rewards, real_search_calls=real_calls,
+                 failed_search_calls=failed_calls, excluded_rollouts=excluded, kl=kl_mean, pg=pg_mean, grad_norm=gnorm)
 
-        metrics.tick()
-        n = run.all_sum(len(rolls))
-        metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
-                    actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
-                    length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
-                    real_search_calls=real_calls, failed_search_calls=failed_calls, excluded_rollouts=excluded,
-                    kl=kl_mean, pg=pg_mean, grad_norm=gnorm,
-                    lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
         # ---------------------------------------------------------------------
         # save
         if dev and (step + 1 == args.steps or (args.val_every and (step + 1) % args.val_every == 0)):
-            log_validation(step + 1)  # after step + 1 updates
+            log_validation(step + 1, model, tok, dev, tool, args, run, metrics)  # after step + 1 updates
         extra = {"real_search_calls": real_calls, "failed_search_calls": failed_calls,
                  "reference": os.path.abspath(ref_path)}
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             checkpoints.save_checkpoint(run, args.out, step + 1, model, tok, opt, args, extra=extra)
-        if step + 1 == n_sim < args.steps:  # the end of RL stage 1 (simulated only): the paper's "RL-1" model
+        if step + 1 == n_sim and n_sim < args.steps:
+            # end of RL stage 1 (simulated): save the paper's RL-1 model to OUT/rl1 (RL-2, real, follows)
             checkpoints.save_checkpoint(run, os.path.join(args.out, "rl1"), step + 1, model, tok, opt, args, extra=extra)
     metrics.close()
     run.print(f"[done] {checkpoints.latest_checkpoint(args.out) or 'no checkpoint (--steps 0: validation only)'}; "

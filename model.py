@@ -14,6 +14,7 @@ Attention goes through kernels/attention.py and kernels/decode.py (Triton for CU
 Benchmark against transformers: `python bench/bench_model.py`.
 """
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,12 @@ from kernels.logprobs import masked_logprobs
 
 # -----------------------------------------------------------------------------
 # Config: field names are those of the Hugging Face config.json
+
+# What Qwen2Config.error() checks each field for (config.json's names)
+POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "max_position_embeddings")
+POSITIVE_FLOAT_FIELDS = ("rope_theta", "rms_norm_eps")
+
 
 @dataclass
 class Qwen2Config:
@@ -70,20 +77,56 @@ class Qwen2Config:
         names = {f.name for f in fields(cls)} - {"extra"}
         cfg = cls(**{k: v for k, v in d.items() if k in names},
                   extra={k: v for k, v in d.items() if k not in names and k != "rope_scaling"})
-        if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
-            raise ValueError(f"{source}: hidden_size {cfg.hidden_size}, heads {cfg.num_attention_heads} and "
-                             f"kv heads {cfg.num_key_value_heads} must divide evenly")
+        err = cfg.error()
+        if err:
+            raise ValueError(f"{source}: {err}")
         return cfg
+
+    def error(self):
+        """The first field whose value cannot make a Qwen2, as text naming it and the value, or None. Checked
+        on load, before any tensor exists: a 0 or a string would otherwise fail deep inside a layer, and a
+        float where an int belongs would build a model of another size."""
+        def bad(name, want):
+            return f"field {name!r} is {json.dumps(getattr(self, name))}: {want}"
+        for name in POSITIVE_INT_FIELDS:
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:  # type(): JSON true is a bool, which Python counts as an int
+                return bad(name, "should be a positive integer")
+        for name in POSITIVE_FLOAT_FIELDS:
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:
+                return bad(name, "should be a finite positive number")
+        v = self.initializer_range
+        if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+            return bad("initializer_range", "should be a finite number >= 0")
+        if type(self.tie_word_embeddings) is not bool:
+            return bad("tie_word_embeddings", "should be true or false")
+        if self.hidden_size % self.num_attention_heads:
+            return bad("hidden_size", f"should be a multiple of num_attention_heads ({self.num_attention_heads})")
+        if self.head_dim % 2:  # rotary embeddings rotate pairs of dimensions
+            return bad("hidden_size", f"over num_attention_heads ({self.num_attention_heads}) gives an odd head "
+                                      f"dimension {self.head_dim}; rotary embeddings need an even one")
+        if self.num_attention_heads % self.num_key_value_heads:
+            return bad("num_key_value_heads", f"should divide num_attention_heads ({self.num_attention_heads})")
+        for name in ("bos_token_id", "eos_token_id"):
+            v = getattr(self, name)
+            ids = v if isinstance(v, list) and name == "eos_token_id" else [v] if v is not None else []
+            if not all(type(i) is int and 0 <= i < self.vocab_size for i in ids):
+                return bad(name, f"should be a token id in [0, vocab_size {self.vocab_size})"
+                           + (", a list of them," if name == "eos_token_id" else "") + " or null")
+        return None
 
     @classmethod
     def from_json(cls, path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: config.json not found")
-        with open(path) as f:
+        with open(path, "rb") as f:
             try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
+                d = json.loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: should hold a JSON object, got {type(d).__name__}")
         return cls.from_dict(d, source=path)
 
     def to_dict(self):
@@ -346,10 +389,16 @@ def checkpoint_files(path):
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
         try:
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+            with open(index, "rb") as f:
+                meta = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{index}: invalid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{index}: should hold a JSON object, got {type(meta).__name__}")
+        weight_map = meta.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: 'weight_map' should be an object {{tensor name: shard file}}, got "
+                                  f"{json.dumps(weight_map)[:60]}")
         for name, fname in weight_map.items():  # a shard is a file of this checkpoint, nowhere else
             if not isinstance(fname, str) or os.path.isabs(fname) or ".." in re.split(r"[/\\]", fname):
                 raise CheckpointError(f"{index}: shard path {fname!r} (holding {name}) is not a relative path "
@@ -395,6 +444,12 @@ def load_pretrained(cls, path, device=None, dtype=None):
     in host memory (safetensors memory-maps the file; each tensor is copied once to its destination)."""
     cfg = Qwen2Config.from_json(os.path.join(path, "config.json"))
     files = checkpoint_files(path)
+    # More layers than the weights hold is refused here, from the names alone: expected_tensors(cfg) lists every
+    # layer's tensors, which for a num_hidden_layers of 10^6 takes longer than any check should.
+    present = max((int(m[1]) + 1 for name in files if (m := re.match(r"model\.layers\.(\d+)\.", name))), default=0)
+    if cfg.num_hidden_layers > present:
+        raise CheckpointError(f"{path}/config.json: field 'num_hidden_layers' is {cfg.num_hidden_layers}, but the "
+                              f"weights hold {present} layer(s)")
     want = expected_tensors(cfg)
     by_file = {}
     for name, file in files.items():

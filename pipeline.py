@@ -46,6 +46,7 @@ import time
 
 import checkpoints
 import eval as eval_lib
+import jsonl
 from data.build import PERTURBATIONS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -217,8 +218,7 @@ def load_eval(name):
         return None
     with open(path[:-len(".jsonl")] + ".summary.json") as f:
         summary = json.load(f)["summaries"][0]
-    with open(path) as f:
-        records = [json.loads(line) for line in f]
+    records = jsonl.read(path)
     summary["name"] = name
     return summary, records
 

@@ -13,6 +13,9 @@ pending tokens (so step 1 is the prefill), a sampled token is pending until the 
 observation is simply more pending tokens for one row. A step runs two forwards at most: the rows
 with several pending tokens (prompts, observations) together, through a view of just their cache
 rows, then every other row's one token, so that no decoding row is padded to an observation's length.
+sample() is that loop, read top to bottom: forward the pending tokens (_forward_pending), sample one token
+per row, and where a row closed an action, answer it (_Injector.act: the tool's observation, or the opening of
+one the model writes itself) by appending pending tokens; then keep or rebuild the cache.
 
 Three modes: "real" calls the tool (RL stage 2, eval); "sim" lets the model write its own observation
 after the injected opening "\\n\\n<search_result>" (RL stage 1: the model is its own world model);
@@ -108,6 +111,16 @@ class _Seq:
                          # last injected text): closing tags are looked for from here on, never earlier
     line_from: int = 0   # completion index where its current line starts (what a controller reads)
 
+    def append(self, tok, own_obs):
+        """A sampled token: the policy's, or (own_obs) one of an observation the model writes itself (sim)."""
+        self.r.completion.append(tok)
+        self.r.policy_mask.append(0 if own_obs else 1)
+        self.r.sim_obs_mask.append(1 if own_obs else 0)
+        self.pending = [tok]  # in the cache at the next step
+
+    def finish(self, why):
+        self.r.finish, self.r.phase, self.pending = why, "done", []
+
 
 def sample_token(logits, temperature=1.0, top_p=1.0, generator=None):
     """logits (N, V) fp32 -> token ids (N,). temperature 0 means greedy."""
@@ -194,10 +207,187 @@ def _forward_last(model, cache, feed, ready, device):
     return F.linear(hidden[rows, last_pos], model.lm_head_weight).float()  # (n, C) -> (n, V)
 
 
-def _keep_rows(cache, rows):
+def _forward_pending(model, cache, rows, stats):
+    """Every row's pending tokens through the model, in two forwards at most (module docstring): the rows
+    with several (prompts, observations, re-prefills) together, padded only to each other, through a RowView
+    of just their cache rows; then every other row's one token (a finished row's none). Returns the rows due
+    a token (cache row indices), their fp32 logits (len(ready), V) in that order, and whether the first
+    forward ran."""
+    device = model.lm_head_weight.device
+    many = [b for b, s in enumerate(rows) if len(s.pending) > 1]
+    one = [b for b, s in enumerate(rows) if len(s.pending) == 1]
+    stats.tokens_forwarded += sum(len(rows[b].pending) for b in many + one)
+    logits = []
+    if many:
+        feed = [rows[b].pending for b in many]
+        view = cache if len(many) == len(rows) else RowView(
+            cache, many, S=max(len(rows[b].r.prompt) + len(rows[b].r.completion) for b in many))
+        logits.append(_forward_last(model, view, feed, range(len(many)), device))
+        stats.tokens_computed += len(feed) * max(map(len, feed))
+    if one:  # the decode step: one token per row (none for the rows above and for finished rows)
+        feed = [s.pending if len(s.pending) == 1 else [] for s in rows]
+        logits.append(_forward_last(model, cache, feed, one, device))
+        stats.tokens_computed += len(feed)
+    return many + one, torch.cat(logits), bool(many)
+
+
+def _time_step(stats, seconds, rebuild, extended, n_sampled):
+    if rebuild:
+        stats.prefill_s += seconds
+    elif extended:
+        stats.extend_s += seconds
+    else:
+        stats.decode_s += seconds
+    stats.steps += 1
+    stats.tokens_generated += n_sampled
+
+
+class _Injector:
+    """What one sample() call writes into sequences in the model's stead: the answers to their actions (the
+    tool's observations, refusals, the opening and the closing of a simulated observation). Injected tokens
+    get both masks 0 and are pending like any other; the budget cuts them, which ends the sequence."""
+
+    def __init__(self, tokenizer, tags, mode, tool, topk, max_new_tokens, max_actions, obs_max_tokens, stats):
+        self.decode, self.encode = tokenizer.decode, tokenizer.encode
+        self.piece = functools.lru_cache(maxsize=None)(lambda i: self.decode([i]))  # one token's text
+        self.tags, self.mode, self.tool, self.topk, self.stats = tags, mode, tool, topk, stats
+        self.max_new_tokens, self.max_actions, self.obs_max_tokens = max_new_tokens, max_actions, obs_max_tokens
+        self.close_ids = self.encode(f" {tags.result_close}\n\n")  # how a cut or unclosed observation is closed
+        if obs_max_tokens <= len(self.close_ids):
+            raise ValueError(f"obs_max_tokens must exceed {len(self.close_ids)} (the closing tag alone)")
+
+    def closed(self, s, tag):
+        """What the row's last token wrote after `tag` if it completed it, else None (tag_completed)."""
+        return tag_completed(self.decode, s.r.completion, s.scan_from, tag, self.piece)
+
+    def act(self, acted, asked):
+        """Run one step's actions: the model's (seq, tail, its text since the last observation) where a
+        closing tag completed, then the controller's (seq, query). Past max_actions a refusal; in sim mode
+        the opening of an observation that the model then writes itself; otherwise ONE batched tool call
+        for all of them."""
+        searches = []  # (seq, query, tail)
+        for s, tail, text in acted:
+            r = s.r
+            r.n_actions += 1
+            query = extract_query(text, self.tags)
+            r.queries.append(query or "")
+            if r.n_actions > self.max_actions:
+                self.observe(s, format_observation(None, limit_reached=True, tags=self.tags), tail)
+            elif query is None:  # a closing tag with no opening one: nothing to search for
+                self.observe(s, format_observation(None, tags=self.tags), tail)
+            elif self.mode == "sim":  # inject the opening; the model writes the rest itself
+                r.phase = "observation"
+                self.inject(s, self.encode_after(f"\n\n{self.tags.result_open}", tail))
+            else:
+                searches.append((s, query, tail))
+        for s, query in asked:  # max_actions is the controller's to keep
+            s.r.n_actions += 1
+            s.r.queries.append(query)
+            searches.append((s, query, "" if s.r.completion else "\n\n"))  # "\n\n": skip the leading blank line
+        if searches:
+            self.search(searches)
+
+    def search(self, searches):
+        t0 = time.perf_counter()
+        results = self.tool.search([q for _, q, _ in searches], self.topk)
+        self.stats.tool_s += time.perf_counter() - t0
+        self.stats.tool_calls += 1
+        if len(results) != len(searches):
+            raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
+        for (s, _, tail), docs in zip(searches, results):
+            s.r.n_tool_calls += 1
+            if docs is None:  # the tool failed (RemoteSearch never raises): count it apart
+                s.r.n_failed_calls += 1
+                self.stats.failed_calls += 1
+            self.observe(s, format_observation(docs, tags=self.tags), tail)
+
+    def end_own_observation(self, s):
+        """sim: the model writes " result 1: ... </search_result>". Once it closes the tag, the "\\n\\n" after
+        it is injected (format_observation's closing); at obs_max_tokens it is closed for the model."""
+        tail = self.closed(s, self.tags.result_close)
+        if tail is not None:
+            s.r.phase = "policy"
+            self.inject(s, self.encode_after("\n\n", tail))
+        elif len(s.r.completion) - s.scan_from >= self.obs_max_tokens:
+            s.r.phase = "policy"
+            self.inject(s, self.close_ids)
+
+    def observe(self, s, obs, tail):
+        ids = self.encode_after(obs, tail)
+        if len(ids) > self.obs_max_tokens:  # cut the documents, keep the closing tag
+            ids = ids[:self.obs_max_tokens - len(self.close_ids)] + self.close_ids
+        self.inject(s, ids)
+
+    def encode_after(self, text, tail):
+        """Token ids of injected text. `tail` is what the model's last token already wrote after its tag
+        (e.g. the "\\n\\n" of a ">\\n\\n" token): skipped, so the text reads exactly once."""
+        return self.encode(text[len(tail):] if tail and text.startswith(tail) else text)
+
+    def inject(self, s, ids):
+        r, room = s.r, self.max_new_tokens - len(s.r.completion)
+        kept = ids[:room]
+        r.completion += kept
+        r.policy_mask += [0] * len(kept)
+        r.sim_obs_mask += [0] * len(kept)
+        s.pending += kept
+        s.scan_from = s.line_from = len(r.completion)
+        self.stats.tokens_injected += len(kept)
+        if len(ids) >= room:
+            s.finish("length")
+
+
+def _first_actions(inj, seqs, from_action, controller):
+    """Before the first token: the actions the prompts end with (from_action), and the controller's first
+    word (RAG). Returns them as act() takes them."""
+    acted, asked = [], []
+    for s in seqs if from_action else []:
+        tail = tag_completed(inj.decode, s.r.prompt, 0, inj.tags.search_close, inj.piece)
+        if tail is None:
+            raise ValueError(f"prompt {s.r.index} does not end with {inj.tags.search_close!r} (from_action)")
+        text = inj.decode(s.r.prompt).rpartition(inj.tags.result_close)[2]  # after its last observation
+        acted.append((s, tail, text))
+    for s in seqs if controller else []:
+        query = controller(s.r, 0)
+        if query is not None:
+            asked.append((s, query))
+    return acted, asked
+
+
+def _reprefill(cache, rows, keep):
+    """The peers' way: forget the cache, prefill every live sequence again (its whole text is pending)."""
+    rows = [rows[b] for b in keep]
+    cache.k, cache.v = cache.k[:, :len(rows)], cache.v[:, :len(rows)]  # views: contents are rewritten
+    cache.lengths = torch.zeros(len(rows), dtype=torch.long, device=cache.lengths.device)
+    for s in rows:
+        s.pending = s.r.prompt + s.r.completion
+    return rows
+
+
+def _drop_finished(cache, rows, keep):
     """Drop finished rows from the cache (a copy of the kept rows: worth it once half are finished)."""
-    idx = torch.tensor(rows, device=cache.lengths.device)
+    idx = torch.tensor(keep, device=cache.lengths.device)
     cache.k, cache.v, cache.lengths = cache.k[:, idx], cache.v[:, idx], cache.lengths[idx]
+    return [rows[b] for b in keep]
+
+
+def _eos_set(tokenizer, eos_id=None):
+    """The ids that end a sequence: eos_id (an int or a collection of ints), else the tokenizer's eos_ids
+    (tokenizer.Tokenizer: every id generation_config.json lists), else its eos_id (a stand-in tokenizer)."""
+    ids = eos_id if eos_id is not None else getattr(tokenizer, "eos_ids", None) or tokenizer.eos_id
+    return frozenset([ids] if isinstance(ids, int) else ids)
+
+
+def _check_arguments(prompts, mode, tool, controller, max_new_tokens):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "real" and tool is None:
+        raise ValueError('mode "real" needs a search tool (or use mode "sim" / "none")')
+    if controller is not None and tool is None:
+        raise ValueError("a controller's queries need a search tool")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 @torch.inference_mode()
@@ -218,7 +408,8 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
     logits_processor  fn(logits (n, V) fp32, rollouts) -> logits, called before sampling every step
                     on the sequences due a token (rollouts[i] is row i, in progress: completion,
                     masks, n_actions, phase...). Use it to ban or force tokens.
-    eos_id          ends a sequence when sampled (default tokenizer.eos_id; an injected one never does).
+    eos_id          an id or a collection of ids that end a sequence when sampled (default
+                    tokenizer.eos_ids: every eos id of generation_config.json); an injected one never does.
     controller      fn(rollout, line_start) -> query or None: who decides when to act, instead of the
                     model (the model's own tags then act only as `mode` says: "none" for a workflow).
                     Asked before a row's first token and after each token the policy writes;
@@ -229,201 +420,70 @@ def sample(model, tokenizer, prompts, tool=None, mode="real", max_new_tokens=102
     from_action     every prompt ends with a closed action (a rollout cut right after its closing tag):
                     it is run before the first token, as if the model had just written it.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "real" and tool is None:
-        raise ValueError('mode "real" needs a search tool (or use mode "sim" / "none")')
-    if controller is not None and tool is None:
-        raise ValueError("a controller's queries need a search tool")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    _check_arguments(prompts, mode, tool, controller, max_new_tokens)
     param = model.lm_head_weight
     device = param.device
     # The cache holds k and v as the forward makes them: in autocast's dtype when the caller runs the
     # sampler under torch.autocast (fp32 master weights, bf16 compute; common.autocast).
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
-    eos = tokenizer.eos_id if eos_id is None else eos_id
+    eos = _eos_set(tokenizer, eos_id)
     temperature = 0 if greedy else temperature
     generator = torch.Generator(device=device).manual_seed(seed)
-    decode, encode = tokenizer.decode, tokenizer.encode
-    piece = functools.lru_cache(maxsize=None)(lambda i: decode([i]))
-    close_ids = encode(f" {tags.result_close}\n\n")  # how a cut or unclosed observation is closed
-    if obs_max_tokens <= len(close_ids):
-        raise ValueError(f"obs_max_tokens must exceed {len(close_ids)} (the closing tag alone)")
-
     stats = SampleStats()
+    inj = _Injector(tokenizer, tags, mode, tool, topk, max_new_tokens, max_actions, obs_max_tokens, stats)
+
     t_start = time.perf_counter()
-    seqs = [_Seq(Rollout(i, list(p)), pending=list(p)) for i, p in enumerate(prompts)]
+    seqs = [_Seq(Rollout(i, list(p)), pending=list(p)) for i, p in enumerate(prompts)]  # prompts: the first pending
     rows = list(seqs)  # rows[b] lives in cache row b
     cache = KVCache(model.config, len(rows), max(map(len, prompts)) + max_new_tokens, device, dtype)
-
-    def finish(s, why):
-        s.r.finish, s.r.phase, s.pending = why, "done", []
-
-    def encode_after(text, tail):
-        """Token ids of injected text. `tail` is what the model's last token already wrote after its tag
-        (e.g. the "\\n\\n" of a ">\\n\\n" token): skipped, so the text reads exactly once."""
-        return encode(text[len(tail):] if tail and text.startswith(tail) else text)
-
-    def inject(s, ids):
-        """Append injected tokens to s (both masks 0); cut at the budget, which ends the sequence."""
-        r, room = s.r, max_new_tokens - len(s.r.completion)
-        kept = ids[:room]
-        r.completion += kept
-        r.policy_mask += [0] * len(kept)
-        r.sim_obs_mask += [0] * len(kept)
-        s.pending += kept
-        s.scan_from = s.line_from = len(r.completion)
-        stats.tokens_injected += len(kept)
-        if len(ids) >= room:
-            finish(s, "length")
-
-    def observe(s, obs, tail):
-        ids = encode_after(obs, tail)
-        if len(ids) > obs_max_tokens:  # cut the documents, keep the closing tag
-            ids = ids[:obs_max_tokens - len(close_ids)] + close_ids
-        inject(s, ids)
-
-    def act(acted, asked):
-        """Run this step's actions: the model's (seq, tail, its text since the last observation) where a
-        closing tag completed, then the controller's (seq, query). Refuse past the limit, simulate, or
-        ONE batched tool call for all of them."""
-        searches = []  # (seq, query, tail)
-        for s, tail, text in acted:
-            r = s.r
-            r.n_actions += 1
-            query = extract_query(text, tags)
-            r.queries.append(query or "")
-            if r.n_actions > max_actions:
-                observe(s, format_observation(None, limit_reached=True, tags=tags), tail)
-            elif query is None:  # a closing tag with no opening one: nothing to search for
-                observe(s, format_observation(None, tags=tags), tail)
-            elif mode == "sim":  # inject the opening; the model writes the rest itself
-                s.r.phase = "observation"
-                inject(s, encode_after(f"\n\n{tags.result_open}", tail))
-            else:
-                searches.append((s, query, tail))
-        for s, query in asked:
-            s.r.n_actions += 1
-            s.r.queries.append(query)
-            searches.append((s, query, "" if s.r.completion else "\n\n"))  # "\n\n": skip the leading blank line
-        if searches:
-            t0 = time.perf_counter()
-            results = tool.search([q for _, q, _ in searches], topk)
-            stats.tool_s += time.perf_counter() - t0
-            stats.tool_calls += 1
-            if len(results) != len(searches):
-                raise RuntimeError(f"tool returned {len(results)} results for {len(searches)} queries")
-            for (s, _, tail), docs in zip(searches, results):
-                s.r.n_tool_calls += 1
-                if docs is None:  # the tool failed (RemoteSearch never raises): count it apart
-                    s.r.n_failed_calls += 1
-                    stats.failed_calls += 1
-                observe(s, format_observation(docs, tags=tags), tail)
-
-    # ---- before the first token: the actions the prompts end with, and the controller's first word
-    acted, asked = [], []
-    for s in seqs if from_action else []:
-        tail = tag_completed(decode, s.r.prompt, 0, tags.search_close, piece)
-        if tail is None:
-            raise ValueError(f"prompt {s.r.index} does not end with {tags.search_close!r} (from_action)")
-        acted.append((s, tail, decode(s.r.prompt).rpartition(tags.result_close)[2]))  # after its last observation
-    for s in seqs if controller else []:
-        query = controller(s.r, 0)
-        if query is not None:
-            asked.append((s, query))
-    act(acted, asked)
+    inj.act(*_first_actions(inj, seqs, from_action, controller))  # their observations are pending too
 
     rebuild = True  # the next forward covers whole sequences (the prefill)
     while any(s.r.finish is None for s in rows):
-        # ---- forwards: rows with several pending tokens on their own, then the others' one token each
+        # ---- one step: everyone's pending tokens through the model, then one sampled token per row
         t0 = time.perf_counter()
-        many = [b for b, s in enumerate(rows) if len(s.pending) > 1]
-        one = [b for b, s in enumerate(rows) if len(s.pending) == 1]
-        stats.tokens_forwarded += sum(len(rows[b].pending) for b in many + one)
-        logits = []
-        if many:  # prompts, observations, re-prefills: padded only to each other
-            feed = [rows[b].pending for b in many]
-            view = cache if len(many) == len(rows) else RowView(
-                cache, many, S=max(len(rows[b].r.prompt) + len(rows[b].r.completion) for b in many))
-            logits.append(_forward_last(model, view, feed, range(len(many)), device))
-            stats.tokens_computed += len(feed) * max(map(len, feed))
-        if one:  # the decode step: one token per row (none for the rows above and for finished rows)
-            feed = [s.pending if len(s.pending) == 1 else [] for s in rows]
-            logits.append(_forward_last(model, cache, feed, one, device))
-            stats.tokens_computed += len(feed)
-        ready = many + one
-        logits = torch.cat(logits)  # (n, V), rows in the order of `ready`
+        ready, logits, extended = _forward_pending(model, cache, rows, stats)
         if logits_processor is not None:
             logits = logits_processor(logits, [rows[b].r for b in ready])
         next_ids = sample_token(logits, temperature, top_p, generator).tolist()  # the one host sync
-        dt = time.perf_counter() - t0
-        if rebuild:
-            stats.prefill_s += dt
-        elif many:
-            stats.extend_s += dt
-        else:
-            stats.decode_s += dt
-        stats.steps += 1
-        stats.tokens_generated += len(ready)
+        _time_step(stats, time.perf_counter() - t0, rebuild, extended, len(ready))
 
-        # ---- append, then look for eos, the budget and closing tags in what the model just wrote, and ask
-        # the controller (if any) about the policy's token
+        # ---- append each token (pending until the next step), then look at what it did: eos, the budget,
+        # the end of the model's own observation (sim), a closing action tag; or the controller acts
         injected_before = stats.tokens_injected
-        acted, asked = [], []  # (seq, text after its closing tag, its text), (seq, the controller's query)
+        acted, asked = [], []  # (seq, what its last token wrote after the closing tag, its text), (seq, query)
         for b, tok in zip(ready, next_ids):
             s = rows[b]
-            r = s.r
-            writing_obs = r.phase == "observation"
-            r.completion.append(tok)
-            r.policy_mask.append(0 if writing_obs else 1)
-            r.sim_obs_mask.append(1 if writing_obs else 0)
-            s.pending = [tok]  # in the cache at the next step
-            if tok == eos:
-                finish(s, "eos")
-            elif len(r.completion) >= max_new_tokens:
-                finish(s, "length")
-            elif writing_obs:  # sim mode: the model writes " result 1: ... </search_result>"
-                tail = tag_completed(decode, r.completion, s.scan_from, tags.result_close, piece)
-                if tail is not None:  # close it the way format_observation does
-                    r.phase = "policy"
-                    inject(s, encode_after("\n\n", tail))
-                elif len(r.completion) - s.scan_from >= obs_max_tokens:  # close it for the model
-                    r.phase = "policy"
-                    inject(s, close_ids)
-            else:
-                tail = None if mode == "none" else tag_completed(decode, r.completion, s.scan_from,
-                                                                 tags.search_close, piece)
-                if tail is not None:
-                    acted.append((s, tail, decode(r.completion[s.scan_from:])))
-                elif controller is not None:
-                    query = controller(r, s.line_from)
-                    if query is not None:
-                        asked.append((s, query))
-                    elif "\n" in piece(tok):  # the line is over; the next starts after this token
-                        s.line_from = len(r.completion)
-        act(acted, asked)
+            writing_obs = s.r.phase == "observation"
+            s.append(tok, writing_obs)
+            if tok in eos:
+                s.finish("eos")
+            elif len(s.r.completion) >= max_new_tokens:
+                s.finish("length")
+            elif writing_obs:  # sim mode: closed by the model, or for it at obs_max_tokens
+                inj.end_own_observation(s)
+            elif mode != "none" and (tail := inj.closed(s, tags.search_close)) is not None:  # the model acts
+                acted.append((s, tail, inj.decode(s.r.completion[s.scan_from:])))
+            elif controller is not None:  # or the controller (RAG, workflow) acts for it
+                query = controller(s.r, s.line_from)
+                if query is not None:
+                    asked.append((s, query))
+                elif "\n" in inj.piece(tok):  # the line is over; the next starts after this token
+                    s.line_from = len(s.r.completion)
+        # ---- the actions: real mode searches (one batched call for the step), sim lets the model write the
+        # observation, past max_actions a refusal. What is injected is pending: the next forward takes it in
+        inj.act(acted, asked)
 
-        # ---- cache housekeeping
+        # ---- the cache: rebuilt after an injection (reprefill), or finished rows dropped once half are
         keep = [b for b, s in enumerate(rows) if s.r.finish is None]
-        if reprefill and stats.tokens_injected > injected_before:
-            # the peers: forget the cache, prefill every live sequence again
-            rows = [rows[b] for b in keep]
-            cache.k, cache.v = cache.k[:, :len(rows)], cache.v[:, :len(rows)]  # views: contents are rewritten
-            cache.lengths = torch.zeros(len(rows), dtype=torch.long, device=device)
-            for s in rows:
-                s.pending = s.r.prompt + s.r.completion
-            rebuild = True
-            continue
-        rebuild = False
-        if keep and len(keep) <= len(rows) // 2:
-            _keep_rows(cache, keep)
-            rows = [rows[b] for b in keep]
+        rebuild = reprefill and stats.tokens_injected > injected_before
+        if rebuild:
+            rows = _reprefill(cache, rows, keep)
+        elif keep and len(keep) <= len(rows) // 2:
+            rows = _drop_finished(cache, rows, keep)
 
     for s in seqs:
-        s.r.text = decode(s.r.completion)
+        s.r.text = inj.decode(s.r.completion)
     stats.total_s = time.perf_counter() - t_start
     return Rollouts([s.r for s in seqs], stats)
 

@@ -1,9 +1,12 @@
 """A Search-R1-compatible retrieval server that slow or malformed clients cannot starve.
 
-    request  POST /retrieve {"queries": [str, ...], "topk": int, "return_scores": bool (optional, default false)}
+    request  POST /retrieve {"queries": [str, ...], "topk": int (optional, default `default_topk`, 3),
+                             "return_scores": bool (optional, default false)}
     response {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}   return_scores
              {"result": [[{"id", "contents"}, ...], ...]}                                  otherwise
     GET /health -> {"status": "ok", "documents": N}. Every error is a 4xx/5xx with {"error": "..."}.
+    As in Search-R1's retrieval_server.py, a request without "topk" (or with null) gets the server's default;
+    3 is its retriever's default (`python env.py serve --topk-default`).
 
 How it is built, and why:
   - Network I/O and searching are apart. One asyncio event loop holds every connection, so an idle or
@@ -15,8 +18,9 @@ How it is built, and why:
     seconds to arrive whole, or it gets 408 and the connection is closed. A per-read timeout never
     fires on a client that sends one byte just before it would. A new connection must start its first
     request within `request_timeout`; a kept-alive one may wait `idle_timeout` for its next.
-  - At most `max_connections` connections at once (more get 503); the listen backlog is as large,
-    so a burst of connects waits in the kernel instead of being dropped and retried a second later.
+  - At most `max_connections` connections at once (more get 503); the listen backlog is as large (up to
+    the kernel's net.core.somaxconn), so a burst of connects waits in the kernel instead of being dropped
+    and retried a second later.
   - One write per response, headers and body together, on a TCP_NODELAY socket (asyncio sets it):
     written in two pieces, the second waits for the client's delayed ACK (Nagle's algorithm), tens
     of milliseconds per request on a keep-alive connection.
@@ -67,9 +71,13 @@ class RetrievalServer:
     event loop in the calling thread until shutdown() is called from another one.
     """
 
-    def __init__(self, search, host="127.0.0.1", port=0, topk_max=50, max_queries=512, max_body=1 << 20,
-                 workers=8, max_connections=1024, request_timeout=10.0, idle_timeout=300.0, max_header=16384):
+    def __init__(self, search, host="127.0.0.1", port=0, topk_max=50, default_topk=3, max_queries=512,
+                 max_body=1 << 20, workers=8, max_connections=1024, request_timeout=10.0, idle_timeout=300.0,
+                 max_header=16384):
+        if type(default_topk) is not int or not 1 <= default_topk <= topk_max:
+            raise ValueError(f"default_topk must be an integer in [1, topk_max {topk_max}], got {default_topk!r}")
         self.search, self.topk_max, self.max_queries, self.max_body = search, topk_max, max_queries, max_body
+        self.default_topk = default_topk
         self.workers, self.max_connections, self.max_header = workers, max_connections, max_header
         self.request_timeout, self.idle_timeout = request_timeout, idle_timeout
         self.socket = socket.create_server((host, port), backlog=max_connections)
@@ -103,7 +111,10 @@ class RetrievalServer:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="search") as self._pool:
             # limit: the most bytes readuntil() looks through for the end of the headers
-            server = await asyncio.start_server(self._connection, sock=self.socket, limit=self.max_header)
+            # backlog again: given a bound socket, start_server calls listen() once more, with its own default
+            # (100), which would replace the one the socket was created with
+            server = await asyncio.start_server(self._connection, sock=self.socket, limit=self.max_header,
+                                                backlog=self.max_connections)
             async with server:
                 self._ready.set()
                 await self._stop.wait()
@@ -230,7 +241,9 @@ class RetrievalServer:
             raise BadRequest(400, "body is not valid JSON (or nests too deep)") from None
         if not isinstance(req, dict):
             raise BadRequest(400, "body must be a JSON object")
-        queries, topk, return_scores = req.get("queries"), req.get("topk"), req.get("return_scores", False)
+        queries, return_scores = req.get("queries"), req.get("return_scores", False)
+        topk = req.get("topk")
+        topk = self.default_topk if topk is None else topk  # absent or null: optional, as in Search-R1's server
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
             raise BadRequest(400, '"queries" must be a list of strings')
         if len(queries) > self.max_queries:

@@ -80,6 +80,7 @@ def main():
     # data, checked before the model loads: a bad row stops the run in seconds, naming its line
     checkpoints.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, args.file), common.TRAJECTORY_ROWS)
+    common.check_rows(rows, common.trajectory_error)  # every action closed, every observation whole
 
     # -------------------------------------------------------------------------
     # model + tokenizer

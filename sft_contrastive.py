@@ -62,6 +62,7 @@ def main():
     # data, checked before the model loads: a bad row stops the run in seconds, naming its line
     checkpoints.ensure(args.data, run)
     pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"), common.PAIR_ROWS)
+    common.check_rows(pairs, common.pair_error)  # a continuation that opens an action closes it
 
     # -------------------------------------------------------------------------
     # model + tokenizer

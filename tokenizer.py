@@ -15,7 +15,9 @@ The agent's prompt (`agent_prompt`) is the template's generation prompt, followe
 the template does not end with it already (R1-Distill's does): the whole trajectory is one assistant
 turn that opens with `<think>\\n` in every format (the paper's trajectory format), so every stage's data
 reads the same whatever the checkpoint. The model then closes `</think>`, answers, and ends with the
-checkpoint's eos token (R1-Distill `<｜end▁of▁sentence｜>`, Qwen2.5-Instruct `<|im_end|>`).
+checkpoint's eos token (R1-Distill `<｜end▁of▁sentence｜>`, Qwen2.5-Instruct `<|im_end|>`: `eos_id`, what the
+training data ends with); the sampler stops at any of `eos_ids`, every id generation_config.json lists (as
+transformers' generate does: Qwen2.5-Instruct's `<|endoftext|>` too).
 
 `save` writes the checkpoint's tokenizer files whole: tokenizer.json, tokenizer_config.json (the chat
 template actually used, bos/eos/pad, every other key of the input kept) and generation_config.json
@@ -113,6 +115,11 @@ class Tokenizer:
         # the special tokens that have ids (EMBEDDED_CONFIG's bos may be plain text in a test vocabulary)
         self.special = {n: t for n, t in named.items() if self.tk.token_to_id(t) is not None}
         self.eos_id = self.token_id(self.special["eos_token"])
+        # Every id that ends a response, eos_id first: generation_config.json's eos_token_id is an int or a list
+        # (Qwen2.5-Instruct lists <|im_end|> and <|endoftext|>), and transformers' generate stops on any of them.
+        listed = (generation or {}).get("eos_token_id")
+        listed = [listed] if isinstance(listed, int) else list(listed or [])
+        self.eos_ids = (self.eos_id, *dict.fromkeys(i for i in listed if i != self.eos_id))
 
     @classmethod
     def from_pretrained(cls, path):

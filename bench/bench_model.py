@@ -4,7 +4,10 @@
     python bench/bench_model.py --layers 4 --seq 128   # quicker
 
 Random weights (nothing is downloaded). fp32 on CPU, bf16 on CUDA. Prints the median time of each and
-the ratio transformers / ours (> 1 means we are faster).
+the ratio transformers / ours (> 1 means we are faster). transformers runs in a process of its own
+(tests/hf_oracle.py: in this repository `import kernels` finds our kernels/, not the package transformers
+imports), which builds and saves the model and times its forward there, with this process's thread count;
+ours then loads the same weights and is timed here. Neither time includes a process start or an import.
 """
 import argparse
 import os
@@ -15,7 +18,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import hf_oracle  # noqa: E402
 from model import Qwen2  # noqa: E402
 
 
@@ -38,23 +43,25 @@ def main():
     ap.add_argument("--batch", type=int, default=1, help="sequences per batch")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
     a = ap.parse_args()
-    import transformers
+    if not hf_oracle.available():
+        sys.exit("bench_model.py compares with transformers: pip install -r requirements-dev.txt")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    hc = transformers.Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                  num_hidden_layers=a.layers, num_attention_heads=14, num_key_value_heads=2,
-                                  rope_theta=1e6, tie_word_embeddings=True, attn_implementation="eager")
-    ref = transformers.Qwen2ForCausalLM(hc).eval()
-    with tempfile.TemporaryDirectory() as d:
-        ref.save_pretrained(d)
+    config = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=a.layers,
+                  num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True)
+    x = torch.randint(0, config["vocab_size"], (a.batch, a.seq))
+    with tempfile.TemporaryDirectory() as d:  # transformers' side first, in its own process; then ours alone
+        _, ref = hf_oracle.batch([dict(task="build", config=config, out=d),
+                                  dict(task="time_forward", path=d, ids=x.tolist(), device=device,
+                                       dtype=str(dtype).removeprefix("torch."), reps=a.reps)],
+                                 threads=torch.get_num_threads())
         ours = Qwen2.from_pretrained(d, device=device, dtype=dtype).eval()
-    ref = ref.to(device, dtype)
-    x = torch.randint(0, hc.vocab_size, (a.batch, a.seq), device=device)
+    x = x.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
-        diff = (ours(x).float() - ref(x).logits.float()).abs().max().item()
+        diff = (ours(x).float() - ref["logits"].to(device).float()).abs().max().item()
         t_ours = timeit(lambda: ours(x), a.reps, sync)
-        t_ref = timeit(lambda: ref(x), a.reps, sync)
+    t_ref = ref["seconds"]
     n = sum(p.numel() for p in ours.parameters())
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}  dtype: {dtype}  params: {n / 1e6:.0f}M  batch {a.batch} x {a.seq} tokens")

@@ -10,7 +10,10 @@ All three run side by side on the same random-weight model, greedy, fp32 on CPU 
 weights never write tags, so a logits processor forces an action (" <begin_search> q </end_search>")
 closing every --every generated tokens, and a fixed fake tool returns an observation of --obs-tokens
 tokens: each rollout is (actions + 1) * every generated tokens plus actions * obs-tokens injected ones.
-transformers generates the same number of tokens per segment (its text is random, not forced).
+transformers generates the same number of tokens per segment (its text is random, not forced). It runs in a
+process of its own (tests/hf_oracle.py: in this repository `import kernels` finds our kernels/, not the package
+transformers imports), with this process's thread count, before ours; it times its rollouts there, so neither
+side's time includes a process start or an import.
 Ours runs once more with the rows acting at different steps (as in RL, where every sample acts when it
 decides to): then a step takes in the actors' observations in a forward of their own rows.
 On CPU torch gets one thread by default: these small matmuls gain little from more, and on a shared
@@ -29,7 +32,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import hf_oracle  # noqa: E402
 from tokenizers import AddedToken, decoders, models, pre_tokenizers  # noqa: E402
 from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 
@@ -104,17 +109,18 @@ def fixed_observation(tok, n_tokens):
     return "w" * (n_tokens - overhead)
 
 
-def hf_rollouts(hf, prompts, obs_ids, segments, every, device):
-    """transformers' way: generate a segment, append the observation, generate again from the full
-    sequence (generate re-prefills all of it). Equal-length prompts, so no padding is needed."""
-    ids = torch.tensor(prompts, device=device)
-    obs = torch.tensor(obs_ids, device=device).expand(len(prompts), -1)
-    for j in range(segments):
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=every,
-                          pad_token_id=0, eos_token_id=None)
-        assert out.shape[1] == ids.shape[1] + every
-        ids = torch.cat([out, obs], dim=1) if j < segments - 1 else out
-    return ids
+def hf_rollouts(a, model, batches, obs_ids, device, dtype):
+    """transformers' way, in its own process (tests/hf_oracle.py, task "rollouts"), on the same weights: generate a
+    segment, append the observation, generate again from the full sequence (generate re-prefills all of it).
+    Equal-length prompts, so no padding is needed. The best time of a.reps runs per batch (None without it)."""
+    if not hf_oracle.available():
+        print("transformers is not installed: its baseline is skipped")
+        return [None] * len(batches)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        job = dict(task="rollouts", path=d, device=device, dtype=str(dtype).removeprefix("torch."), batches=batches,
+                   obs_ids=obs_ids, segments=a.max_actions + 1, every=a.every, reps=a.reps)
+        return hf_oracle.batch([job], threads=torch.get_num_threads())[0]
 
 
 def timed(fn, sync, reps):
@@ -130,21 +136,10 @@ def timed(fn, sync, reps):
 
 
 def multi_turn(a, device, dtype, sync):
-    try:
-        import transformers
-    except ImportError:
-        transformers = None
-        print("transformers is not installed: its baseline is skipped")
     tok = byte_tokenizer()
     cfg = Qwen2Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.inter,
                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads)
     model = Qwen2(cfg).init_weights(seed=0)
-    hf = None
-    if transformers is not None and not a.no_hf:
-        with tempfile.TemporaryDirectory() as d:  # the same weights, loaded by transformers
-            model.save_pretrained(d)
-            hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(device).eval()
-    model = model.to(device, dtype).eval()
     n = sum(p.numel() for p in model.parameters())
     print(f"model: hidden {a.hidden}, {a.layers} layers, {a.heads}/{a.kv_heads} heads, vocab {a.vocab} "
           f"({n / 1e6:.1f}M params); prompt {a.prompt_len}, {a.max_actions} actions, an action every {a.every} "
@@ -154,8 +149,10 @@ def multi_turn(a, device, dtype, sync):
     assert len(obs_ids) == a.obs_tokens
     budget = (a.max_actions + 1) * a.every + a.max_actions * a.obs_tokens
     g = torch.Generator().manual_seed(0)
-    for B in a.batches:
-        prompts = torch.randint(0, 256, (B, a.prompt_len), generator=g).tolist()
+    batches = [torch.randint(0, 256, (B, a.prompt_len), generator=g).tolist() for B in a.batches]
+    t_hf = [None] * len(batches) if a.no_hf else hf_rollouts(a, model, batches, obs_ids, device, dtype)
+    model = model.to(device, dtype).eval()
+    for B, prompts, t_hf_B in zip(a.batches, batches, t_hf):
         kw = dict(tool=tool, mode="real", temperature=a.temperature, top_p=a.top_p, max_new_tokens=budget,
                   max_actions=a.max_actions, logits_processor=ActEvery(tok, a.every, a.max_actions))
         sample(model, tok, prompts[:1], **dict(kw, max_new_tokens=a.every + 8))  # warm-up
@@ -172,11 +169,8 @@ def multi_turn(a, device, dtype, sync):
         stag, t_stag = timed(lambda: sample(model, tok, prompts, **kw), sync, a.reps)
         assert all(len(r.completion) == budget and r.n_tool_calls == a.max_actions for r in stag)
         report("ours, rows act at different steps", generated, t_stag, stag.stats)
-        if hf is not None:
-            with torch.no_grad():
-                _, t_hf = timed(lambda: hf_rollouts(hf, prompts, obs_ids, a.max_actions + 1, a.every, device), sync,
-                                a.reps)
-            report("transformers generate", generated, t_hf, None, f"ours is {t_hf / t_ours:.2f}x faster")
+        if t_hf_B is not None:
+            report("transformers generate", generated, t_hf_B, None, f"ours is {t_hf_B / t_ours:.2f}x faster")
 
 
 def report(label, generated, seconds, stats, extra=""):

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 
+import jsonl
 from env import BM25Search, load_corpus
 
 HOPS_2WIKI = {"compositional": 2, "comparison": 2, "inference": 2, "bridge_comparison": 4}
@@ -58,18 +59,6 @@ def load_json_list(path):
     if not isinstance(data, list):
         raise Malformed(path, "file", f"expected a JSON list of records, got {type(data).__name__}")
     return data
-
-
-def load_jsonl(path):
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError as e:
-                    raise Malformed(path, f"line {lineno} (record {len(records)})", f"not valid JSON ({e})") from None
-    return records
 
 
 def field(path, i, rec, name, kind):
@@ -133,7 +122,7 @@ def convert_2wiki(path):
 
 def convert_musique(path):
     rows, paragraphs = [], []
-    for i, rec in enumerate(load_jsonl(path)):
+    for i, rec in enumerate(jsonl.read(path)):  # each line an object, or an error naming it
         id_ = str(field(path, i, rec, "id", (str, int)))
         gold = []
         for j, p in enumerate(field(path, i, rec, "paragraphs", list)):
@@ -195,10 +184,7 @@ def convert(dataset, path, out_dir, split="test"):
                          [by_title[t] for t in r["supporting"] if t in by_title])
     os.makedirs(out_dir, exist_ok=True)
     for name, data in ((split, rows), ("corpus", corpus)):
-        tmp = os.path.join(out_dir, f".{name}.jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in data)
-        os.replace(tmp, os.path.join(out_dir, f"{name}.jsonl"))
+        jsonl.write(os.path.join(out_dir, f"{name}.jsonl"), data)
     return len(rows), added, len(corpus)
 
 
@@ -224,7 +210,7 @@ def main(argv=None):
     print(f"{args.dataset}: {n_rows} questions -> {args.out}/{args.split}.jsonl, {n_added} new paragraphs "
           f"-> {args.out}/corpus.jsonl ({n_docs} in all)")
     if args.recall:
-        rows = [json.loads(line) for line in open(os.path.join(args.out, f"{args.split}.jsonl"), encoding="utf-8")]
+        rows = jsonl.read(os.path.join(args.out, f"{args.split}.jsonl"))
         recall, n = gold_recall(rows, BM25Search.from_jsonl(os.path.join(args.out, "corpus.jsonl")), args.recall)
         print(f"gold paragraphs in BM25's top {args.recall} (question as query): {recall:.3f} over {n} questions")
 

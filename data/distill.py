@@ -45,6 +45,7 @@ import os
 import re
 
 import env
+import jsonl
 from env import TAGS
 
 THINK_OPEN = f"{TAGS.think_open}\n"
@@ -272,76 +273,49 @@ OBSERVATION = re.compile(r"\s*" + re.escape(TAGS.result_open) + r".*?" + re.esca
 
 def import_chat(path):
     """A common chat-format SFT file -> stage-2 rows (module docstring)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            bad = lambda msg: ValueError(f"{path}:{lineno}: {msg}")  # noqa: E731
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise bad(f"not valid JSON ({e})") from None
-            msgs = row.get("messages") if isinstance(row, dict) else None
-            if not (isinstance(msgs, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                                   and isinstance(m.get("content"), str) for m in msgs)):
-                raise bad('expected {"messages": [{"role": str, "content": str}, ...]}')
-            users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-            if not users or users[-1] == len(msgs) - 1:
-                raise bad("needs a user message followed by the assistant's response")
-            question = msgs[users[-1]]["content"]
-            question = question[len(env.INSTRUCTION) + 1:] if question.startswith(env.INSTRUCTION + "\n") else question
-            parts = []
-            for m in msgs[users[-1] + 1:]:
-                if m["role"] == "tool":
-                    c = m["content"]
-                    parts.append((c if TAGS.result_open in c else f"\n\n{TAGS.result_open} {c} {TAGS.result_close}\n\n",
-                                  True))
-                elif m["role"] == "assistant":
-                    pos, c = 0, m["content"] if parts else strip_think(m["content"])
-                    for o in OBSERVATION.finditer(c):
-                        parts += [(c[pos:o.start()], False), (o.group(), True)]
-                        pos = o.end()
-                    parts.append((c[pos:], False))
-                else:
-                    raise bad(f"unexpected {m['role']!r} message after the question")
-            segs = segment(parts)
-            text = "".join(s["text"] for s in segs)
-            answers = row.get("answers") or ([a] if (a := env.extract_answer(text)) is not None else None)
-            if not answers:
-                raise bad("no answers given and no \\boxed{} answer after </think> in the response")
-            kind = row.get("kind") or ("tool" if any(s["tool"] for s in segs) else "cot")
-            rows.append({"id": row.get("id"), "question": question, "answers": answers, "hops": row.get("hops"),
-                         "type": row.get("type"), "kind": kind, "segments": segs})
-    if not rows:
-        raise ValueError(f"{path}: no rows")
+    rows, chats = [], jsonl.read(path)  # each line an object, or a ValueError naming it
+    for i, row in enumerate(chats):
+        bad = lambda msg: ValueError(f"{chats.where(i)}: {msg}")  # noqa: E731
+        msgs = row.get("messages")
+        if not (isinstance(msgs, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                               and isinstance(m.get("content"), str) for m in msgs)):
+            raise bad('expected {"messages": [{"role": str, "content": str}, ...]}')
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        if not users or users[-1] == len(msgs) - 1:
+            raise bad("needs a user message followed by the assistant's response")
+        question = msgs[users[-1]]["content"]
+        question = question[len(env.INSTRUCTION) + 1:] if question.startswith(env.INSTRUCTION + "\n") else question
+        parts = []
+        for m in msgs[users[-1] + 1:]:
+            if m["role"] == "tool":
+                c = m["content"]
+                parts.append((c if TAGS.result_open in c else f"\n\n{TAGS.result_open} {c} {TAGS.result_close}\n\n",
+                              True))
+            elif m["role"] == "assistant":
+                pos, c = 0, m["content"] if parts else strip_think(m["content"])
+                for o in OBSERVATION.finditer(c):
+                    parts += [(c[pos:o.start()], False), (o.group(), True)]
+                    pos = o.end()
+                parts.append((c[pos:], False))
+            else:
+                raise bad(f"unexpected {m['role']!r} message after the question")
+        segs = segment(parts)
+        text = "".join(s["text"] for s in segs)
+        answers = row.get("answers") or ([a] if (a := env.extract_answer(text)) is not None else None)
+        if not answers:
+            raise bad("no answers given and no \\boxed{} answer after </think> in the response")
+        kind = row.get("kind") or ("tool" if any(s["tool"] for s in segs) else "cot")
+        rows.append({"id": row.get("id"), "question": question, "answers": answers, "hops": row.get("hops"),
+                     "type": row.get("type"), "kind": kind, "segments": segs})
     return rows
 
 
 # ----------------------------------------------------------------------------- command line
 
 
-def write_jsonl(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    os.replace(tmp, path)
-
-
-def read_questions(path, limit):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    q = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-                if not (isinstance(q, dict) and isinstance(q.get("question"), str)
-                        and isinstance(q.get("answers"), list)):
-                    raise ValueError(f'{path}:{lineno}: expected {{"question": str, "answers": [str, ...], ...}}')
-                rows.append(q)
-    return rows[:limit] if limit else rows
+# What a question row needs here: data/convert.py's format (common.QUESTION_ROWS), whose id and hops are only
+# carried along into stage2.jsonl, so a file without them is distilled too.
+QUESTIONS = {"id?": (str, int), "question": str, "answers": [str], "hops?": int}
 
 
 def main(argv=None):
@@ -377,16 +351,16 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     if args.command == "import":
         rows = import_chat(args.input)
-        write_jsonl(os.path.join(args.out, args.name), rows)
+        jsonl.write(os.path.join(args.out, args.name), rows)
         print(f"{args.input}: {len(rows)} trajectories ({sum(r['kind'] == 'tool' for r in rows)} tool) -> "
               f"{os.path.join(args.out, args.name)}")
         return
-    questions = read_questions(args.questions, args.limit)
+    questions = jsonl.read(args.questions, QUESTIONS)[:args.limit or None]
     tool = env.make_search_tool(args.search)
     teachers = [make_teacher(t, tool, args) for t in args.teacher]
     stage2, stage1, counts = distill(questions, teachers, args)
-    write_jsonl(os.path.join(args.out, "stage2.jsonl"), stage2)
-    write_jsonl(os.path.join(args.out, "stage1.jsonl"), stage1)
+    jsonl.write(os.path.join(args.out, "stage2.jsonl"), stage2)
+    jsonl.write(os.path.join(args.out, "stage1.jsonl"), stage1)
     with open(os.path.join(args.out, "distill.json"), "w") as f:
         json.dump({"args": vars(args), "questions": len(questions), **counts}, f, indent=2)
     print(f"{len(questions)} questions, {counts['samples']} samples, {counts['right']} right -> stage2.jsonl "

@@ -255,7 +255,7 @@ def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
         out = tmp_path / f"lr{lr}"
         shutil.copytree(good_run, out)
         msg = failure(run_script("sft_coa.py", "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
-                                 "--save-every", 1, "--resume"))
+                                 "--save-every", 1, "--resume", "--force-resume"))  # a changed --lr, on purpose
         assert re.search(said + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
         assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")
         assert step_dirs(out)[-1] == "step_000002"  # (step_000001 went when step_000003 was saved, under 1e20)
@@ -340,6 +340,105 @@ def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, b
     msg = failure(run_script("sft_coa.py", "--data", world, "--init", out / "step_000002", "--out", out, *SFT,
                              "--steps", 2, "--overwrite"))
     assert "lies inside --out" in msg and (out / "step_000002").is_dir(), msg
+
+
+HOLD = """import sys
+sys.path.insert(0, {root!r})
+from types import SimpleNamespace
+import checkpoints
+checkpoints.claim_out(SimpleNamespace(master=True, distributed=False, print=print),
+                      SimpleNamespace(out={out!r}, resume=False, overwrite=False, init=None))
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes stdin, or kills this process
+"""
+
+
+def test_two_runs_never_share_an_out(tmp_path):
+    """The reported fault: two runs on one --out both started, one's save deleted the other's .tmp-step_*,
+    and metrics.jsonl interleaved two seeds. Now the second is refused, naming --out and the first's PID,
+    for as long as the first lives -- and no longer: a killed run leaves no stale lock."""
+    out = str(tmp_path / "out")
+    run = SimpleNamespace(master=True, distributed=False, print=lambda *a: None)
+    args = SimpleNamespace(out=out, resume=False, overwrite=False, init=None)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, out=out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        said = f"--out {out} is in use by another run (pid {holder.pid} holds {out}/.lock): wait for it to end"
+        with pytest.raises(SystemExit, match="^" + re.escape(said)):
+            checkpoints.claim_out(run, args)
+        with pytest.raises(SystemExit, match="^" + re.escape(said)):  # --resume too: it would save into the same --out
+            checkpoints.claim_out(run, SimpleNamespace(**{**vars(args), "resume": True}))
+        checkpoints.claim_out(SimpleNamespace(master=False, distributed=False), args)  # a rank > 0 never locks
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own; the OS drops the lock
+        holder.wait()
+    checkpoints.claim_out(run, args)
+    assert (tmp_path / "out" / ".lock").read_text() == f"{os.getpid()}\n"
+    checkpoints.claim_out(run, args)  # this process holds it already: a second main() in one process goes on
+    # a stage script, as a user starts it, while this process holds the --out: refused at once, exit status 1
+    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out)
+    assert p.returncode == 1 and f"--out {out} is in use by another run (pid {os.getpid()} holds" in p.stderr, p.stderr
+
+
+def saved_args(tmp_path, **values):
+    """A checkpoint directory holding only args.json with `values`."""
+    path = tmp_path / "step_000002"
+    path.mkdir()
+    (path / "args.json").write_text(json.dumps(values))
+    return str(path)
+
+
+def test_check_resume_args_lists_every_change_that_breaks_exactness(tmp_path, capsys):
+    saved = dict(batch_size=4, lr=1e-3, steps=10, seed=0, data="runs/world", init="runs/sft1", save_every=50,
+                 threads=None, device=None, force_resume=False, micro_tokens=2048, shape=[1, 2])
+    path = saved_args(tmp_path, **saved)
+    now = SimpleNamespace(**saved)
+    checkpoints.check_resume_args(now, path)  # the same arguments
+    # flags that change nothing computed; --init left out (the checkpoint holds the weights); a tuple as saved
+    checkpoints.check_resume_args(SimpleNamespace(**{**saved, "save_every": 1, "threads": 2, "device": "cpu",
+                                                     "micro_tokens": 512, "init": None, "shape": (1, 2)}), path)
+    # a flag one side lacks (added since) cannot be compared
+    checkpoints.check_resume_args(SimpleNamespace(**saved, new_flag=3), path)
+    said = (f"--resume: --batch-size 4 -> 8, --init runs/sft1 -> runs/base, --steps 10 -> 20 (against {path}/args.json)"
+            f": a run resumes exactly only with the arguments it was saved with; pass those, or --force-resume")
+    changed = {**saved, "batch_size": 8, "steps": 20, "init": "runs/base", "save_every": 7}
+    with pytest.raises(SystemExit, match="^" + re.escape(said)):
+        checkpoints.check_resume_args(SimpleNamespace(**changed), path)
+    checkpoints.check_resume_args(SimpleNamespace(**{**changed, "force_resume": True}), path)
+    assert ("[resume] warning: --force-resume with --batch-size 4 -> 8, --init runs/sft1 -> runs/base, --steps 10 -> 20: "
+            "this run no longer resumes exactly") in capsys.readouterr().out
+    os.remove(os.path.join(path, "args.json"))
+    with pytest.raises(FileNotFoundError, match="args.json is missing"):
+        checkpoints.check_resume_args(now, path)
+
+
+def test_resume_with_changed_arguments(tmp_path, world, base):
+    """The reported fault: --resume with another --batch-size ran on silently. Now it stops before the first
+    step, naming the flag; --force-resume goes on, saying so; a change that computes nothing else goes on."""
+    full = tmp_path / "full"
+    args = ["sft_coa.py", "--data", world, "--init", base, *SFT, "--lr", 1e-3, "--steps", 4, "--save-every", 2]
+    ok(run_script(*args, "--out", full))
+
+    def cut(name):
+        out = tmp_path / name
+        shutil.copytree(full, out)
+        shutil.rmtree(out / "step_000004")
+        (out / "latest").write_text("step_000002\n")
+        return out
+    out = cut("refused")
+    msg = failure(run_script(*args, "--out", out, "--resume", "--batch-size", 8))
+    assert msg.startswith(f"--resume: --batch-size 4 -> 8 (against {out / 'step_000002'}/args.json)"), msg
+    assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")  # nothing trained, nothing saved
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [0, 1, 2, 3]  # the log untouched
+    out = cut("forced")
+    p = ok(run_script(*args, "--out", out, "--resume", "--batch-size", 8, "--force-resume"))
+    assert "[resume] warning: --force-resume with --batch-size 4 -> 8" in p.stdout
+    assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
+    out = cut("allowed")  # other save and log intervals, threads, micro-batches; --init left out
+    p = ok(run_script(*[a for a in args if a not in ("--init", base)], "--out", out, "--resume", "--save-every", 1,
+                      "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
+    assert "warning" not in p.stdout and checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
 
 
 @pytest.mark.parametrize("fname", ["../elsewhere.safetensors", "/tmp/abs.safetensors", "a/../../b.safetensors"])

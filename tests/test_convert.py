@@ -126,7 +126,10 @@ def test_convert_malformed_names_file_and_record(tmp_path):
         convert("hotpotqa", write(tmp_path / "twice.json", [HOTPOT[0], HOTPOT[0]]), str(tmp_path / "o"))
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2 \(record 1\): not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
+        convert("musique", str(path), str(tmp_path / "out"))
+    path.write_bytes(b'{"id": "caf\xe9"}\n')  # latin-1
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not UTF-8"):
         convert("musique", str(path), str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"bad\.json.*expected a JSON list"):
         convert("hotpotqa", write(tmp_path / "bad.json", {"data": []}), str(tmp_path / "out"))

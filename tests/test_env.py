@@ -8,6 +8,7 @@ import os
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -67,6 +68,14 @@ def test_load_corpus_and_bad_row(tmp_path):
         env.load_corpus(bad)
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        env.load_corpus(bad)
+    bad.write_bytes(json.dumps(ROWS[0]).encode() + b"\n\n" + b'{"id": "x", "contents": "caf\xe9"}\n')  # latin-1
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not UTF-8 \(byte 0xe9"):
+        env.load_corpus(bad)
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not UTF-8"):  # the path every tool takes
+        env.make_search_tool(str(bad))
+    bad.write_text("\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: no rows"):
         env.load_corpus(bad)
 
 
@@ -150,13 +159,50 @@ def test_server_schema_without_scores(server):
     assert requests.get(server.url.replace("/retrieve", "/health"), timeout=5).json() == {"status": "ok", "documents": 5}
 
 
+def test_server_topk_is_optional(index):
+    """Search-R1's retrieval server treats topk as optional (its retriever's default, 3); so does ours, with
+    its own default_topk (`python env.py serve --topk-default`). null counts as absent, as there."""
+    for kwargs, want in (({}, 3), ({"default_topk": 1}, 1)):
+        srv = start(RetrievalServer(index, port=0, **kwargs))
+        for body in ({"queries": ["what is the capital"]},
+                     {"queries": ["what is the capital"], "topk": None}):
+            r = post(srv.url, body)
+            assert r.status_code == 200 and len(r.json()["result"][0]) == want, r.text
+        assert len(post(srv.url, {"queries": ["what is the capital"], "topk": 2}).json()["result"][0]) == 2  # given: used
+        srv.shutdown()
+        srv.server_close()
+    for bad in (0, 51, "3", True):
+        with pytest.raises(ValueError, match=r"default_topk must be an integer in \[1, topk_max 50\]"):
+            RetrievalServer(index, port=0, default_topk=bad)
+
+
+def test_serve_cli_passes_its_topk_default(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS))
+    made = []
+
+    class Recorder:  # the server, replaced by one that records how it was made and stops at once
+        url = "http://recorded"
+
+        def __init__(self, *a, **k):
+            made.append(k)
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+    monkeypatch.setattr(env, "RetrievalServer", Recorder)
+    env.main(["serve", "--corpus", str(path), "--topk-default", "5"])
+    assert made[0]["default_topk"] == 5
+
+
 @pytest.mark.parametrize("body, status", [
     (b"{not json", 400),
     (b"[1, 2]", 400),
     ({"topk": 3}, 400),                                   # queries missing
     ({"queries": "capital", "topk": 3}, 400),
     ({"queries": ["ok", 7], "topk": 3}, 400),
-    ({"queries": ["capital"]}, 400),                      # topk missing
     ({"queries": ["capital"], "topk": 0}, 400),
     ({"queries": ["capital"], "topk": 51}, 400),
     ({"queries": ["capital"], "topk": "3"}, 400),
@@ -307,6 +353,62 @@ def test_remote_search_deadline_holds_against_a_trickling_server():
     listener.close()
     assert 2 * client.timeout <= elapsed <= bound + 0.5, elapsed  # both attempts ran to their deadline, no longer
     assert (client.calls, client.failed_calls) == (2, 2) and "within 1.0s" in client.last_error
+
+
+def flood_server(content_length):
+    """A server that answers every request with a 200 and a body of zeros as fast as it can, up to 256 MiB,
+    under the given Content-Length header (None: none, the body ends when the connection closes). Returns the
+    listener, its URL, and the list of bytes each connection got out before the client hung up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def flood(conn):
+        n = 0
+        with conn:
+            conn.recv(65536)
+            head = "HTTP/1.0 200 OK\r\n" + (f"Content-Length: {content_length}\r\n" if content_length else "")
+            try:
+                conn.sendall(head.encode() + b"\r\n")
+                chunk = b"0" * (1 << 20)
+                while n < 256 << 20:
+                    conn.sendall(chunk)
+                    n += len(chunk)
+            except OSError:  # the client hung up: what it should do
+                pass
+        sent.append(n)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test
+                return
+            threading.Thread(target=flood, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}", sent
+
+
+@pytest.mark.parametrize("content_length", [None, 4 << 30])
+def test_remote_search_caps_the_response_size(content_length):
+    """The reported fault: a server sending a large body fast made the client read 3.9 GB before its deadline.
+    Now a response beyond max_bytes is a failed search (counted, the reason kept), by its Content-Length before
+    the body is read, or by the bytes read when it has none; and it is not retried."""
+    listener, url, sent = flood_server(content_length)
+    client = RemoteSearch(url, timeout=30.0, retries=2, backoff=0.01, max_bytes=1 << 20)
+    assert RemoteSearch(url).max_bytes == 64 << 20  # the default
+    t0 = time.monotonic()
+    assert client.search(["a", "b"], topk=3) == [None, None]
+    elapsed = time.monotonic() - t0
+    listener.close()
+    assert elapsed < 10, elapsed  # long before the 30 s deadline
+    assert (client.calls, client.failed_calls) == (2, 2)
+    said = ("response of 4294967296 bytes (its Content-Length), more than max_bytes 1048576" if content_length
+            else "response longer than max_bytes 1048576")
+    assert client.last_error.startswith(f"ResponseTooLarge: {said}"), client.last_error
+    deadline = time.monotonic() + 5
+    while len(sent) < 1 and time.monotonic() < deadline:  # the server notices the hang-up
+        time.sleep(0.05)
+    assert len(sent) == 1 and sent[0] < 64 << 20, sent  # one attempt, cut short (the kernel buffers some)
 
 
 @pytest.mark.parametrize("status, attempts", [(200, 1), (400, 1), (404, 1), (500, 3), (503, 3)])
@@ -473,6 +575,54 @@ def test_server_listen_backlog_holds_a_burst_of_connects(index):
     assert requests.get(srv.url.replace("/retrieve", "/health"), timeout=5).status_code == 200
     for s in socks:
         s.close()
+    srv.shutdown()
+    srv.server_close()
+
+
+def listen_backlog(port):
+    """The accept-queue limit the kernel holds for the TCP socket listening on IPv4 `port`, as `ss -lnt` shows
+    it (Send-Q), read over NETLINK_SOCK_DIAG (Linux inet_diag: for a listening socket idiag_wqueue is its
+    sk_max_ack_backlog, the backlog the last listen() call gave, capped by net.core.somaxconn)."""
+    NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLMSG_ERROR, NLMSG_DONE, TCP_LISTEN = 4, 20, 2, 3, 10
+    # struct inet_diag_req_v2 {family, protocol, ext, pad, states} + struct inet_diag_sockid (48 bytes: ports,
+    # addresses, interface, cookie; a dump ignores them)
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(40) + \
+        struct.pack("=II", 0xFFFFFFFF, 0xFFFFFFFF)
+    header = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 0x1 | 0x300, 1, 0)  # NLM_F_REQUEST | DUMP
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(header + req, (0, 0))
+        while True:
+            data, off = nl.recv(1 << 16), 0
+            while off < len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == NLMSG_DONE:
+                    return None
+                if kind == NLMSG_ERROR:
+                    raise OSError("sock_diag refused the request")
+                # struct inet_diag_msg {family, state, timer, retrans; id (48 bytes, big-endian port first);
+                # expires, rqueue, wqueue, uid, inode}
+                sport, = struct.unpack_from(">H", data, off + 16 + 4)
+                wqueue, = struct.unpack_from("=I", data, off + 16 + 4 + 48 + 8)
+                if sport == port:
+                    return wqueue
+                off += (length + 3) & ~3
+
+
+def test_server_listen_backlog_is_max_connections_while_serving(index):
+    """The reported fault: asyncio.start_server(sock=...) calls listen() again with its own default backlog
+    (100), so the served socket held 100, not max_connections. Read from the kernel, before and while serving."""
+    try:
+        listen_backlog(0)
+    except OSError as e:
+        pytest.skip(f"no NETLINK_SOCK_DIAG here ({e})")
+    with open("/proc/sys/net/core/somaxconn") as f:
+        want = min(777, int(f.read()))
+    srv = RetrievalServer(index, port=0, max_connections=777)
+    port = srv.server_address[1]
+    assert listen_backlog(port) == want  # socket.create_server's listen()
+    start(srv)
+    assert requests.get(srv.url.replace("/retrieve", "/health"), timeout=5).status_code == 200  # serving now
+    assert listen_backlog(port) == want  # after start_server's listen()
     srv.shutdown()
     srv.server_close()
 

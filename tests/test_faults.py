@@ -137,7 +137,7 @@ def sft_straight(tmp, world, base):
 
 def save_debris(out):
     """What only exists while a save is under way: temporary step directories, the pointer being written."""
-    return sorted(d for d in os.listdir(out) if d.startswith(".") or d.endswith(".old"))
+    return sorted(d for d in os.listdir(out) if d != ".lock" and (d.startswith(".") or d.endswith(".old")))
 
 
 def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
@@ -199,7 +199,8 @@ def test_resume_matches_uninterrupted_pretrain(tmp, world):
     run_script("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args)
     run_script("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args)
     assert latest_step(half)[1] == 12
-    run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", *common_args)
+    # a longer second phase is another --fresh-steps: --force-resume (exact here: the lr does not depend on it)
+    run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", "--force-resume", *common_args)
     (pf, sf), (ph, sh) = latest_step(full), latest_step(half)
     assert sf == sh == 16
     a, b = weights(pf), weights(ph)
@@ -270,7 +271,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1):
     out = str(tmp / "sft1_diverge")
     shutil.copytree(sft1, out)
     before = weights(checkpoints.latest_checkpoint(out))
-    p = run_script("sft_contrastive.py", "--data", world, "--out", out, "--resume", "--steps", 40,
+    p = run_script("sft_contrastive.py", "--data", world, "--out", out, "--resume", "--force-resume", "--steps", 40,
                    "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100,
                    check=False)
     assert p.returncode != 0

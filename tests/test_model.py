@@ -1,74 +1,136 @@
-"""model.py against transformers' Qwen2ForCausalLM (the independent oracle), plus cache and checkpoint errors."""
+"""model.py against transformers' Qwen2ForCausalLM (the independent oracle, run in a process of its own by
+tests/hf_oracle.py), plus cache and checkpoint errors, and the message a user gets who runs transformers in the
+repository root (kernels/__init__.py)."""
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import hf_oracle
 from model import CheckpointError, KVCache, Qwen2, Qwen2Config
 
-transformers = pytest.importorskip("transformers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 211  # not a power of two
-
-
-def hf_model(tied, n_kv_groups, head_dim, theta, seed=0, dtype=torch.float32):
-    n_head = 4
-    hc = transformers.Qwen2Config(
-        vocab_size=V, hidden_size=n_head * head_dim, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=n_head, num_key_value_heads=n_head // n_kv_groups, rope_theta=theta,
-        tie_word_embeddings=tied, rms_norm_eps=1e-6)
-    torch.manual_seed(seed)
-    m = transformers.Qwen2ForCausalLM(hc)
-    with torch.no_grad():  # the default init (std 0.02, zero biases, unit norms) hides mistakes; perturb all
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.to(dtype).eval()
-
-
 CONFIGS = [  # (tied, query heads per kv head, head_dim, rope_theta)
     (True, 1, 64, 1e4), (False, 2, 128, 1e6), (False, 4, 64, 1e6), (True, 4, 128, 1e4), (False, 1, 128, 1e4)]
+LENGTHS = (1, 7, 33)
+SAVES = [(tied, shard) for tied in (True, False) for shard in (False, True)]
+
+
+def tokens(B, T, seed):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_model(out, tied, n_kv_groups, head_dim, theta, seed=0, dtype="float32", ids=()):
+    """The oracle job that builds a transformers Qwen2 with every parameter perturbed, saves it to `out` and
+    returns its logits on each of `ids`."""
+    n_head = 4
+    config = dict(vocab_size=V, hidden_size=n_head * head_dim, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=n_head, num_key_value_heads=n_head // n_kv_groups, rope_theta=theta,
+                  tie_word_embeddings=tied, rms_norm_eps=1e-6)
+    return dict(task="build", config=config, seed=seed, perturb=0.05, dtype=dtype, out=str(out),
+                ids=[x.tolist() for x in ids])
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """Every transformers model of this module, built, saved and run in one oracle process: each of CONFIGS
+    in fp32 with its logits at every length of LENGTHS, one in bf16, and the two sources of the save test.
+    {key: {"path": its folder, "logits": [its logits on each input]}}."""
+    root = tmp_path_factory.mktemp("hf")
+    jobs = {("fp32", *c): hf_model(root / f"fp32-{i}", *c, ids=[tokens(2, T, T) for T in LENGTHS])
+            for i, c in enumerate(CONFIGS)}
+    jobs["bf16"] = hf_model(root / "bf16", False, 2, 64, 1e6, dtype="bfloat16", ids=[tokens(2, 33, 0)])
+    for tied in (True, False):
+        jobs["source", tied] = hf_model(root / f"source-{tied}", tied, 2, 64, 1e4, seed=1)
+    results = hf_oracle.batch(list(jobs.values()))
+    return {k: {"path": job["out"], "logits": r["logits"]} for (k, job), r in zip(jobs.items(), results)}
 
 
 @pytest.mark.parametrize("tied,groups,hd,theta", CONFIGS)
-def test_logits_match_transformers_fp32(tmp_path, tied, groups, hd, theta):
-    ref = hf_model(tied, groups, hd, theta)
-    ref.save_pretrained(tmp_path)
-    ours = Qwen2.from_pretrained(str(tmp_path)).eval()
+def test_logits_match_transformers_fp32(hf, tied, groups, hd, theta):
+    ref = hf["fp32", tied, groups, hd, theta]
+    ours = Qwen2.from_pretrained(ref["path"]).eval()
     assert ours.config.tie_word_embeddings == tied and ours.config.rope_theta == theta
-    for T in (1, 7, 33):
-        x = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(T))
+    for T, theirs in zip(LENGTHS, ref["logits"]):
         with torch.no_grad():
-            diff = (ours(x) - ref(x).logits).abs().max().item()
+            diff = (ours(tokens(2, T, T)) - theirs).abs().max().item()
         assert diff <= 1e-4, (T, diff)
 
 
-def test_logits_match_transformers_bf16(tmp_path):
-    ref = hf_model(False, 2, 64, 1e6, dtype=torch.bfloat16)
-    ref.save_pretrained(tmp_path)
-    ours = Qwen2.from_pretrained(str(tmp_path), dtype=torch.bfloat16).eval()
+def test_logits_match_transformers_bf16(hf):
+    ours = Qwen2.from_pretrained(hf["bf16"]["path"], dtype=torch.bfloat16).eval()
     assert ours.lm_head.weight.dtype == torch.bfloat16
-    x = torch.randint(0, V, (2, 33), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        a, b = ours(x).float(), ref(x).logits.float()
+        a, b = ours(tokens(2, 33, 0)).float(), hf["bf16"]["logits"][0].float()
     assert (a - b).abs().max().item() <= 2e-2 * b.abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def saved_by_us(hf, tmp_path_factory):
+    """For each of SAVES: our model loaded from the transformers-built source (tied or not), saved by us
+    (sharded or not), and transformers' logits on tokens(3, 7, 2) from AutoModelForCausalLM.from_pretrained
+    of what we saved, all read in one oracle process. {(tied, shard): (ours, folder, their logits)}."""
+    root = tmp_path_factory.mktemp("ours")
+    saved = {}
+    for tied, shard in SAVES:
+        ours = Qwen2.from_pretrained(hf["source", tied]["path"]).eval()
+        folder = root / f"{tied}-{shard}"
+        ours.save_pretrained(str(folder), max_shard_bytes=200_000 if shard else 2**30)
+        saved[tied, shard] = ours, folder
+    jobs = [dict(task="logits", path=str(folder), ids=[tokens(3, 7, 2).tolist()]) for _, folder in saved.values()]
+    return {k: (ours, folder, r["logits"][0]) for (k, (ours, folder)), r in zip(saved.items(), hf_oracle.batch(jobs))}
 
 
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("shard", [False, True])
-def test_save_pretrained_loads_in_transformers(tmp_path, tied, shard):
-    src = hf_model(tied, 2, 64, 1e4, seed=1)
-    src.save_pretrained(tmp_path / "hf")
-    ours = Qwen2.from_pretrained(str(tmp_path / "hf")).eval()
-    ours.save_pretrained(str(tmp_path / "ours"), max_shard_bytes=200_000 if shard else 2**30)
-    files = os.listdir(tmp_path / "ours")
-    assert ("model.safetensors.index.json" in files) == shard
-    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ours")).eval()
-    x = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(2))
+def test_save_pretrained_loads_in_transformers(saved_by_us, tied, shard):
+    ours, folder, theirs = saved_by_us[tied, shard]
+    assert ("model.safetensors.index.json" in os.listdir(folder)) == shard
+    x = tokens(3, 7, 2)
     with torch.no_grad():
-        assert torch.equal(back(x).logits, ours(x))
-    again = Qwen2.from_pretrained(str(tmp_path / "ours")).eval()  # and our own loader reads our output
+        assert torch.equal(theirs, ours(x))
+    again = Qwen2.from_pretrained(str(folder)).eval()  # and our own loader reads our output
     with torch.no_grad():
         assert torch.equal(again(x), ours(x))
+
+
+# ---- transformers started in the repository root finds our kernels/ before Hugging Face's `kernels` package
+
+def test_kernels_package_names_itself():
+    """A name kernels/ lacks is an ImportError that says which folder this is (what transformers asks for:
+    `from kernels import CUDAProperties`); its submodules and dunder probes behave as usual."""
+    import kernels
+    with pytest.raises(ImportError, match=r"AutoCoA project's own kernels/ folder, not Hugging Face's"):
+        from kernels import CUDAProperties  # noqa: F401
+    from kernels import logprobs  # a submodule not imported yet still imports
+    assert logprobs.masked_logprobs_reference
+    assert getattr(kernels, "__version__", None) is None and not hasattr(kernels, "_private")
+
+
+def hub_kernels_installed():
+    try:
+        importlib.metadata.distribution("kernels")  # Hugging Face's; our folder has no distribution metadata
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not (hf_oracle.available() and hub_kernels_installed()),
+                    reason="needs transformers and Hugging Face's kernels package (requirements-dev.txt)")
+def test_transformers_in_repo_root_gets_a_clear_message():
+    """What a user sees who builds a model with transformers in the repository root: our message, not
+    transformers' ImportError on a name our kernels/ lacks."""
+    code = ("import transformers; transformers.Qwen2ForCausalLM(transformers.Qwen2Config(vocab_size=64, "
+            "hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if p.returncode == 0:
+        pytest.skip("this transformers builds a Qwen2 without importing the kernels package")
+    assert "AutoCoA project's own kernels/ folder, not Hugging Face's `kernels` package" in p.stderr, p.stderr[-3000:]
 
 
 def tiny(tied=False, **kw):

@@ -2,8 +2,8 @@
 Qwen BPE, R1-Distill's tokens and template; and a ChatML one): a HotpotQA-format file -> data/convert.py ->
 data/distill.py (the stand-in as a checkpoint teacher, and a scripted OpenAI-compatible teacher that acts
 correctly) -> SFT-1/2/3 -> GRPO (a simulated step, then a real one against `python env.py serve`) -> eval ->
-the result loads in transformers with the same chat template. One step of each: what is checked is the
-plumbing (formats, files, ids), not learning."""
+the result loads in transformers (in its own process: tests/hf_oracle.py) with the same chat template. One
+step of each: what is checked is the plumbing (formats, files, ids), not learning."""
 import json
 import os
 import subprocess
@@ -13,11 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import torch
+
 import checkpoints
 import env
+import hf_oracle
 import sft_coa
 from data import convert, distill
-from qwen_standin import standin_checkpoint
+from model import Qwen2
+from qwen_standin import standin_checkpoints
 from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,8 +102,15 @@ def servers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def r1(tmp_path_factory):
-    return standin_checkpoint(str(tmp_path_factory.mktemp("r1")), "r1")
+def standins(tmp_path_factory):
+    """The R1-Distill and the ChatML stand-ins, built by transformers in one oracle process."""
+    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
+    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
+
+
+@pytest.fixture(scope="module")
+def r1(standins):
+    return standins["r1"]
 
 
 def test_convert_keeps_one_corpus(servers):
@@ -191,33 +202,36 @@ def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
 
 
 def assert_ordinary_checkpoint(ckpt, source):
-    """transformers reads ckpt with the ids, special tokens and template of `source`, and our prompt is its own."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """transformers reads ckpt with the ids, special tokens and template of `source`, and our prompt is its own;
+    AutoModelForCausalLM loads it and its logits on that prompt are ours. One oracle process."""
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(ckpt, name)), name
-    AutoModelForCausalLM.from_pretrained(ckpt)
-    ours, theirs, orig = Tokenizer.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt), \
-        AutoTokenizer.from_pretrained(source)
-    assert (len(theirs), theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.chat_template) == \
-        (len(orig), orig.bos_token_id, orig.eos_token_id, orig.pad_token_id, orig.chat_template)
-    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
-    ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    ours = Tokenizer.from_pretrained(ckpt)
     prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
+    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
+    model, theirs, orig = hf_oracle.batch([dict(task="logits", path=ckpt, ids=[[prompt]], dtype="float32"),
+                                           dict(task="tokenizer", path=ckpt, conversations={"agent": messages}),
+                                           dict(task="tokenizer", path=source)])
+    with torch.no_grad():
+        logits = Qwen2.from_pretrained(ckpt, dtype=torch.float32).eval()(torch.tensor([prompt]))
+    assert (logits - model["logits"][0]).abs().max().item() <= 1e-4
+    keys = ("len", "bos_token_id", "eos_token_id", "pad_token_id", "chat_template")
+    assert [theirs[k] for k in keys] == [orig[k] for k in keys]
+    ids = theirs["ids"]["agent"]
     assert prompt == ids or prompt == ids + ours.encode("<think>\n")
     with open(os.path.join(source, "generation_config.json")) as f, \
             open(os.path.join(ckpt, "generation_config.json")) as g:
         assert json.load(f) == json.load(g)
 
 
-def test_chatml_sft_to_transformers(servers, tmp_path):
+def test_chatml_sft_to_transformers(servers, standins, tmp_path):
     """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2: trajectories end with its eos, <|im_end|>, and the
     saved checkpoint keeps its template for transformers."""
     data, _, _ = servers
     d = data / "distilled"
     if not (d / "stage2.jsonl").exists():
         pytest.skip("needs test_distill_and_import's files")
-    src = standin_checkpoint(str(tmp_path / "chatml"), "chatml")
+    src = standins["chatml"]
     tok = Tokenizer.from_pretrained(src)
     row = json.loads(open(d / "stage2.jsonl").readline())
     ids, mask = sft_coa.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)

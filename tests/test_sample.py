@@ -122,16 +122,14 @@ def runs(r):
 # ----------------------------------------------------------------------------- against transformers
 
 def test_greedy_matches_transformers_generate(tmp_path, tok, model):
-    transformers = pytest.importorskip("transformers")
+    from hf_oracle import call  # transformers' generate, in a process of its own (tests/hf_oracle.py)
     model.save_pretrained(str(tmp_path))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
     prompts = prompts_of([5, 1, 12, 8])
+    theirs = call("generate", path=str(tmp_path), prompts=prompts, max_new_tokens=20, eos_token_id=tok.eos_id,
+                  pad_token_id=tok.eos_id)
     ours = sample(model, tok, prompts, mode="none", greedy=True, max_new_tokens=20)
-    for p, r in zip(prompts, ours):
-        with torch.no_grad():
-            out = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=20,
-                              eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-        assert r.completion == out[0, len(p):].tolist()
+    for p, r, out in zip(prompts, ours, theirs, strict=True):
+        assert r.completion == out[len(p):]
         assert r.finish == ("eos" if r.completion[-1] == tok.eos_id else "length")
         assert r.policy_mask == [1] * len(r.completion) and r.prompt == p
     assert ours.stats.tokens_generated == sum(len(r.completion) for r in ours)
@@ -477,3 +475,60 @@ def test_sampling_flags_defined_once():
     assert sample_mod.sampling_kwargs(ap.parse_args([])) == {"topk": 5}
     with pytest.raises(TypeError, match="no sampler flag"):
         sample_mod.add_sampling_args(argparse.ArgumentParser(), temperatur=1.0)
+
+
+# ----------------------------------------------------------------------------- every eos id of generation_config.json
+
+def chatml_standin(path):
+    """A Qwen2.5-Instruct stand-in at a test's size: the byte-level vocabulary plus ChatML's added tokens, and
+    tokenizer_config.json and generation_config.json as tests/qwen_standin.py has them (the eos ids renumbered
+    into this vocabulary): generation_config.json lists <|im_end|> and <|endoftext|>."""
+    import json
+    from qwen_standin import FLAVOURS, QWEN_ADDED
+    _, config, generation = FLAVOURS["chatml"]
+    b2u = bytes_to_unicode()
+    tk = HFTokenizer(models.BPE(vocab={b2u[b]: b for b in range(256)}, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_ADDED])
+    ours = {real: tk.token_to_id(t) for t, real in QWEN_ADDED.items()}
+    assert isinstance(generation["eos_token_id"], list) and len(generation["eos_token_id"]) == 2
+    path.mkdir(exist_ok=True)
+    tk.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "generation_config.json").write_text(json.dumps(
+        {**generation, **{k: ours[generation[k]] for k in ("bos_token_id", "pad_token_id")},
+         "eos_token_id": [ours[i] for i in generation["eos_token_id"]]}))
+    return Tokenizer.from_pretrained(str(path))
+
+
+def test_every_eos_id_of_generation_config_ends_a_rollout(tmp_path):
+    """Qwen2.5-Instruct's generation_config.json lists two eos ids: eos_id is <|im_end|> (what training rows
+    end with), and a rollout that writes the other, <|endoftext|>, finishes right there ("eos"), as
+    transformers' generate stops; given an eos_id, only that one (or those) ends a rollout."""
+    tok = chatml_standin(tmp_path / "ck")
+    im_end, endoftext = tok.token_id("<|im_end|>"), tok.token_id("<|endoftext|>")
+    assert tok.eos_id == im_end and tok.eos_ids == (im_end, endoftext)
+    tok.save(str(tmp_path / "saved"))  # saved and read back: the same list
+    assert Tokenizer.from_pretrained(str(tmp_path / "saved")).eos_ids == (im_end, endoftext)
+    assert make_tokenizer().eos_ids == (make_tokenizer().eos_id,)  # no generation_config.json: eos_id alone
+
+    def writes_at(n, token):  # force `token` as the n-th completion token, ban every eos id elsewhere
+        def processor(logits, rollouts):
+            for i, r in enumerate(rollouts):
+                logits[i, [im_end, endoftext]] = -float("inf")
+                if len(r.completion) == n:
+                    Script.force(logits, i, token)
+            return logits
+        return processor
+
+    model = tiny_model(tok.vocab_size)
+    prompts = [tok.encode(tok.agent_prompt("Who directed Inception?")), prompts_of([7])[0]]
+    kw = dict(mode="none", temperature=1.0, seed=3, max_new_tokens=12)
+    for token in (endoftext, im_end):
+        out = sample(model, tok, prompts, logits_processor=writes_at(4, token), **kw)
+        assert [(r.finish, len(r.completion), r.completion[-1]) for r in out] == [("eos", 5, token)] * 2
+    out = sample(model, tok, prompts, logits_processor=writes_at(4, endoftext), eos_id=im_end, **kw)
+    assert [(r.finish, len(r.completion), r.completion[4]) for r in out] == [("length", 12, endoftext)] * 2
+    out = sample(model, tok, prompts, logits_processor=writes_at(4, endoftext), eos_id=[endoftext], **kw)
+    assert [r.finish for r in out] == ["eos"] * 2

