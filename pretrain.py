@@ -61,6 +61,11 @@ def train_tokenizer(data, texts, vocab_size):
 
 
 def pack(encoded, L, pad_id, seed=0):
+    """encoded: [(ids, mask)] per text (mask 1 where the token is trained)."""
+    return _pack(encoded, L, pad_id, seed)
+
+
+def _pack(encoded, L, pad_id, seed=0):
     """Whole texts packed into windows of L tokens, first fit in decreasing length; the rest of a window is
     padding, masked out of the loss. A text that fits a window is never cut in two, so a tool-use trace's
     "The search result says that ..." line always has its search result in the same window and copying
@@ -70,23 +75,23 @@ def pack(encoded, L, pad_id, seed=0):
     prompt that starts the context, as at run time, would look like none of them. A text longer than a
     window is cut into window-sized pieces (the default window holds every text of the embedded world).
     Returns (windows, masks), (n_windows, L) each."""
-    pieces = [ids[k:k + L] for ids in encoded for k in range(0, len(ids), L)]
+    pieces = [(ids[k:k + L], m[k:k + L]) for ids, m in encoded for k in range(0, len(ids), L)]
     bins, free = [], []  # the pieces in each window and the room left in it
-    for ids in sorted(pieces, key=len, reverse=True):
-        b = next((j for j, room in enumerate(free) if room >= len(ids)), None)
+    for piece in sorted(pieces, key=lambda p: len(p[0]), reverse=True):
+        b = next((j for j, room in enumerate(free) if room >= len(piece[0])), None)
         if b is None:
             bins.append([]), free.append(L)
             b = len(bins) - 1
-        bins[b].append(ids)
-        free[b] -= len(ids)
+        bins[b].append(piece)
+        free[b] -= len(piece[0])
     rng = random.Random(seed)
     windows = torch.full((len(bins), L), pad_id)
     masks = torch.zeros((len(bins), L), dtype=torch.long)
     for j, texts in enumerate(bins):
         rng.shuffle(texts)
-        ids = [t for text in texts for t in text]
+        ids = [t for text, _ in texts for t in text]
         windows[j, :len(ids)] = torch.tensor(ids)
-        masks[j, :len(ids)] = 1
+        masks[j, :len(ids)] = torch.tensor([t for _, m in texts for t in m])
     return windows, masks
 
 
@@ -103,6 +108,7 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
+    ap.add_argument("--mask-obs", action="store_true", help="no loss on the tool's text in tool-use traces")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -149,9 +155,21 @@ def main():
     model.train()
 
     # whole texts, each ending with end-of-sentence, packed into windows of seq_len + 1 tokens
-    encoded = [ids + [tok.eos_id] for ids in tok.encode_batch(texts)]
+    encoded = []
+    for r, text in zip(rows, texts):
+        if r.get("segments") and args.mask_obs:  # the tool's text gets no loss, as in SFT stage 2
+            ids, mask = tok.encode(chat_prompt(r["question"], env.INSTRUCTION)), None
+            mask = [1] * len(ids)
+            for seg in r["segments"]:
+                t = tok.encode(seg["text"])
+                ids += t
+                mask += [0 if seg["tool"] else 1] * len(t)
+        else:
+            ids = tok.encode(text)
+            mask = [1] * len(ids)
+        encoded.append((ids + [tok.eos_id], mask + [1]))
     windows, masks = pack(encoded, args.seq_len + 1, tok.eos_id, args.seed)  # (n_windows, seq_len + 1)
-    n_tok = sum(map(len, encoded))
+    n_tok = sum(len(i) for i, _ in encoded)
     run.print(f"[data] {len(encoded)} texts, {n_tok / 1e6:.2f}M tokens, {len(windows)} windows of {args.seq_len} "
               f"({n_tok / windows.numel():.0%} filled), {args.steps * args.batch_size / len(windows):.1f} epochs")
 

@@ -162,9 +162,10 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
     pool = [q for qs in make_questions(other, random.Random(f"questions-{world_seed}")).values() for q in qs]
     rows = []
     for q in sorted(rng.sample(pool, min(n, len(pool))), key=lambda q: q.question):
-        response = "".join(s["text"] for s in trajectory(other, q, observe, search="all"))
+        segments = trajectory(other, q, observe, search="all")
+        response = "".join(s["text"] for s in segments)
         rows.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "reading",
-                     "question": q.question, "response": response, "instruction": True})
+                     "question": q.question, "response": response, "instruction": True, "segments": segments})
     return rows
 
 
