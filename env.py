@@ -394,6 +394,12 @@ def extract_query(text, tags=TAGS):
     return text[start + len(tags.search_open):end].strip()
 
 
+def observations(text, tags=TAGS):
+    """The texts between the result tags in a completion, in order: what the tool (or, simulated, the model)
+    returned for each action."""
+    return re.findall(re.escape(tags.result_open) + r"(.*?)" + re.escape(tags.result_close), text, re.S)
+
+
 def extract_answer(text, tags=TAGS):
     """Content of the last \\boxed{...} after the last think_close (nested braces balanced), or None.
     A last \\boxed whose braces never close (a cut-off answer) gives None. \\text{x} is unwrapped to x."""

@@ -37,6 +37,7 @@ target's log-prob; one policy update per batch of rollouts by default (--ppo-epo
 """
 import argparse
 import contextlib
+import json
 import os
 import re
 
@@ -45,6 +46,7 @@ import torch
 import checkpoints
 import common
 import env
+from data.world import Question, observed_answer
 from sample import add_sampling_args, sample, sampling_kwargs
 
 # -----------------------------------------------------------------------------
@@ -100,12 +102,38 @@ def sampling(model):
     model.train()
 
 
-def score(rolls, batch, tool, args, run, step):
+def observed_golds(row, roll, world):
+    """The gold of a simulated rollout (--sim-reward observed): the answer its own observations give, with the
+    known entities' facts (data/world.observed_answer); none where its chain breaks."""
+    lookups = world["question_lookups"][row["id"]]
+    q = Question(row["question"], "", row.get("hops"), row.get("type"), [tuple(x) for x in lookups])
+    answer = observed_answer(world, q, env.observations(roll.text))
+    return [answer] if answer is not None else []
+
+
+def load_world(data, prompts):
+    """world.json of the embedded world in `data`, checked to hold the lookups of every RL prompt."""
+    path = os.path.join(data, "world.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--sim-reward observed needs the embedded world's {path}: use --sim-reward gold on other data")
+    with open(path, encoding="utf-8") as f:
+        world = json.load(f)
+    missing = [i for i, p in enumerate(prompts) if p["id"] not in world["question_lookups"]]
+    if missing:
+        raise SystemExit(f"{prompts.where(missing[0])}: question {prompts[missing[0]]['id']!r} has no lookups in {path}")
+    return world
+
+
+def score(rolls, batch, tool, args, run, step, mode, world=None):
     """A step's rollouts (G per row of `batch`) -> (rewards (P*G,), keep (P*G,) bool, searches, failed,
-    excluded), the counts summed over ranks. The reward is env.reward's binary EM. Too many failed searches
-    stop the run (the tool is down); a rollout that saw one is left out of the loss (keep False), since
-    "Retrieval failed." is no search result and its reward is no verdict on the policy."""
-    golds = [p["answers"] for p in batch for _ in range(args.group_size)]
+    excluded), the counts summed over ranks. The reward is env.reward's binary EM against the row's answers,
+    or, for simulated rollouts with --sim-reward observed, against what its own observations say
+    (observed_golds). Too many failed searches stop the run (the tool is down); a rollout that saw one is
+    left out of the loss (keep False), since "Retrieval failed." is no search result and its reward is no
+    verdict on the policy."""
+    rows = [p for p in batch for _ in range(args.group_size)]
+    observed = mode == "sim" and args.sim_reward == "observed"
+    golds = [observed_golds(p, r, world) if observed else p["answers"] for p, r in zip(rows, rolls)]
     rewards = torch.tensor([env.reward(r.text, g) for r, g in zip(rolls, golds)])
     calls = int(run.all_sum(sum(r.n_tool_calls for r in rolls)))
     failed = int(run.all_sum(sum(r.n_failed_calls for r in rolls)))
@@ -172,7 +200,7 @@ def train_only(model, pattern):
 
 # The embedded world's tiny model: what it needs instead of the paper's settings (common.parse_args: on the
 # world's data).
-EMBEDDED = dict(lr=1e-4, steps=24, batch_size=16, temperature=1.0)
+EMBEDDED = dict(lr=1e-4, steps=24, batch_size=16, temperature=1.0, sim_reward="observed")
 
 
 def parse_arguments():
@@ -181,6 +209,10 @@ def parse_arguments():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(ap, out="runs/rl", lr=7e-7, steps=96, batch_size=48)
     ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
+    ap.add_argument("--sim-reward", choices=("gold", "observed"), default="gold",
+                    help="what a simulated rollout's answer is scored against: the question's gold answers (the "
+                         "paper's code), or the answer its own observations give (the embedded world only: "
+                         "data/world.observed_answer needs its world.json)")
     ap.add_argument("--group-size", type=int, default=5, help="trajectories sampled per prompt (G)")
     ap.add_argument("--kl-coef", type=float, default=0.001, help="beta, weight of the k3 KL to the frozen reference")
     ap.add_argument("--clip", type=float, default=0.2, help="PPO clip range epsilon")
@@ -235,6 +267,9 @@ def main():
     checkpoints.ensure(args.data, run)
     prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"), common.QUESTION_ROWS)
     dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl"), common.QUESTION_ROWS) if args.val_prompts else []
+    world = None
+    if args.sim_reward == "observed" and n_sim:  # the embedded world's facts and every RL prompt's lookups
+        world = load_world(args.data, prompts)
 
     # -------------------------------------------------------------------------
     # model + tokenizer, and the frozen reference (the policy at its initialisation)
@@ -255,7 +290,8 @@ def main():
     # -------------------------------------------------------------------------
     # data and the search tool
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
-    run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")  # check(): SearchError if it does not answer
+    run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")
+  # check(): SearchError if it does not answer
     dev = common.evenly_spaced(dev, args.val_prompts)
 
     # -------------------------------------------------------------------------
@@ -279,7 +315,7 @@ def main():
             rolls = sample(model, tok, prompt_ids, tool=tool, mode=mode,
                            seed=args.seed * 1_000_003 + step * 1009 + run.rank, **sampling_kwargs(args))
         # ---- rewards (binary EM); a rollout that saw a failed search is left out (keep), too many stop the run
-        rewards, keep, calls, failed, excluded = score(rolls, batch, tool, args, run, step)
+        rewards, keep, calls, failed, excluded = score(rolls, batch, tool, args, run, step, mode, world)
         real_calls, failed_calls = real_calls + calls, failed_calls + failed
         # ---- advantages, within each group of G
         adv = group_advantages(rewards, args.group_size, keep)
