@@ -101,7 +101,7 @@ class Run:
             if getattr(args, "init", None):
                 raise SystemExit(f"--init {args.init} needs --data: the embedded world's data (runs/world) is only "
                                  "the default without --init (for real questions: data/convert.py, data/distill.py)")
-            args.data = "runs/world"
+            args.data = checkpoints.default_path(checkpoints.WORLD)
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)

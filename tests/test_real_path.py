@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -247,3 +248,25 @@ def test_init_without_data_is_an_error(r1, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and f"--init {r1} needs --data" in p.stderr
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_only_the_worlds_default_outputs_are_built(monkeypatch, tmp_path):
+    """checkpoints.ensure builds a default output of the embedded world by what the path IS (the repository's
+    runs/world, runs/base, ...), never a relative `runs/...` of the user's (the reported CalledProcessError)."""
+    import pipeline
+    assert checkpoints.DEFAULT_OUTPUTS == tuple(pipeline.DEFAULT_CHAIN)  # what `pipeline.py --build` can make
+    built = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: built.append((cmd[1:], k["cwd"])))
+    run_ = types.SimpleNamespace(distributed=False, print=lambda *a: None)
+    monkeypatch.chdir(ROOT)
+    assert checkpoints.default_output("runs/world") == "runs/world" == checkpoints.default_output(ROOT + "/runs/world/")
+    for path in ("runs/hotpotqa", "runs/sft1x", str(tmp_path / "runs/world"), str(tmp_path / "runs/base")):
+        assert checkpoints.default_output(path) is None
+        checkpoints.ensure(path, run_)
+    assert built == []
+    monkeypatch.chdir(tmp_path)  # elsewhere, runs/world is another folder; the defaults are the repository's
+    assert checkpoints.default_output("runs/world") is None
+    assert checkpoints.default_path("runs/sft1") == os.path.relpath(os.path.join(ROOT, "runs/sft1"))
+    monkeypatch.setattr(checkpoints, "have", lambda path: False)
+    checkpoints.ensure(checkpoints.default_path("runs/sft1"), run_)
+    assert built == [(["pipeline.py", "--build", "runs/sft1"], ROOT)]
