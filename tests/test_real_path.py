@@ -162,7 +162,7 @@ def test_distill_and_import(servers, r1):
         assert p["prefix"] == "" and p["chosen"].startswith("Let me search. <begin_search>")
         assert env.TAGS.search_open not in p["rejected"]
     recalls = [p["question"] for p in stage1 if p["rejected"] == "I recall that the answer is Paris.\n"]
-    assert sorted(recalls) == sorted(ANSWER)  # once per question: the same failed step is not paired twice
+    assert sorted(recalls) == sorted(q["question"] for q in HOTPOT)  # once per question: the same failed step is not paired twice
     # import: the kept trajectories written as chat messages, once with the observation inside the assistant text
     # and once as a tool message, read back to the same segments
     chat = out / "chat.jsonl"
