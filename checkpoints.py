@@ -174,18 +174,52 @@ def have(path):
     return bool(os.path.isfile(os.path.join(path, "meta.json")) if path.endswith("world") else resolve_checkpoint(path))
 
 
+# The embedded world's default outputs (pipeline.DEFAULT_CHAIN), relative to the repository: what the stages
+# start from, and read, when given no --init and no --data. Only these are built when missing (ensure).
+ROOT = os.path.dirname(os.path.abspath(__file__))
+WORLD = "runs/world"
+DEFAULT_OUTPUTS = (WORLD, "runs/base", "runs/sft1", "runs/sft2", "runs/sft3")
+
+
+def default_path(name):
+    """A default output as a path from the working directory: `runs/world` when run from the repository, as the
+    docs write it, and the same directory of the repository from anywhere else."""
+    return os.path.relpath(os.path.join(ROOT, name))
+
+
+def default_output(path):
+    """Which of DEFAULT_OUTPUTS `path` is (the same directory of this repository), or None. What a path IS
+    decides it, not how it is written: `runs/hotpotqa` or a `runs/...` of another folder is none of them."""
+    return next((name for name in DEFAULT_OUTPUTS if os.path.abspath(path) == os.path.join(ROOT, name)), None)
+
+
+def is_world(data):
+    """Whether --data is the embedded world: its default runs/world (built when missing), or any directory
+    holding the world's world.json (data/build.py)."""
+    return default_output(data) == WORLD or os.path.isfile(os.path.join(data, "world.json"))
+
+
+def init_needed(data):
+    """The error of a stage given --data other than the default world and no --init to start from."""
+    what = "is not the embedded world's runs/world" if is_world(data) else "is not the embedded world"
+    return (f"--data {data} {what}: pass --init with the checkpoint to start from (the embedded world's "
+            f"{', '.join(DEFAULT_OUTPUTS[1:])} are only the defaults on {WORLD})")
+
+
 def ensure(path, run):
-    """Make a missing default input (the embedded world or a stage's checkpoint, all under runs/), so that
-    any stage runs on a fresh machine: pipeline.py, which holds the graph of stages, builds it and what it
-    needs. Anything else (a user's --data or --init) is left alone."""
-    if have(path) or os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] != "runs":
+    """Make a missing default output of the embedded world (DEFAULT_OUTPUTS: the world, or a stage's checkpoint),
+    so that any stage runs on a fresh clone: pipeline.py, which holds the graph of stages, builds it and what
+    it needs. Any other path (a user's --data or --init, relative or absolute) is left alone: the stage then
+    names what is missing (common.read_jsonl, resume_or_init)."""
+    name = default_output(path)
+    if name is None or have(path):
         return
-    cmd = [sys.executable, "pipeline.py", "--build", path]
+    cmd = [sys.executable, "pipeline.py", "--build", name]
     if run.distributed:
         raise FileNotFoundError(f"{path} is missing: run `{' '.join(cmd[1:])}` first")
     run.print(f"[prerequisite] {path} is missing; running: {' '.join(cmd[1:])}")
     import subprocess
-    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 # "Resumes exactly" holds only for the arguments the checkpoint was saved with (its args.json). These flags
@@ -230,7 +264,8 @@ def check_resume_args(args, path):
 
 def resume_or_init(run, args, default_init):
     """Pick where the weights come from: --resume (latest checkpoint of --out), --init, or the default
-    (made by its stage if missing). Returns (checkpoint path, trainer_state or None)."""
+    `default_init` (one of DEFAULT_OUTPUTS, made by its stage if missing), which only a run on the default
+    world (runs/world) has. Returns (checkpoint path, trainer_state or None)."""
     if args.resume:
         path = latest_checkpoint(args.out)
         if path is None:
@@ -243,7 +278,10 @@ def resume_or_init(run, args, default_init):
         state["args"] = args  # restore() compares them with the saved ones, as the stage has them by then
         run.print(f"[resume] {path} at step {state['step']}")
         return path, state
-    if args.init is None:
+    if args.init is None and default_init is not None:
+        if default_output(args.data) != WORLD:  # the default chain is the embedded world's: never built for other data
+            raise SystemExit(init_needed(args.data))
+        default_init = default_path(default_init)
         ensure(default_init, run)
     path = resolve_checkpoint(args.init or default_init)
     if path is None:

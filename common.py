@@ -3,6 +3,7 @@ model and tokenizer loading, padding and log-prob helpers, the lr schedule and t
 weights are checked finite), a JSONL metrics log, and the checks every stage runs on its data files.
 Checkpoints (save, resume, the stop on a non-finite loss) are checkpoints.py.
 """
+import argparse
 import contextlib
 import json
 import math
@@ -18,61 +19,124 @@ import checkpoints
 import jsonl
 from model import Qwen2, Qwen2Config, first_nonfinite, num_params
 import env
-from tokenizer import Tokenizer
+from tokenizer import EMBEDDED_TEMPLATE, Tokenizer
 
 
 # -----------------------------------------------------------------------------
 # arguments shared by the stage scripts
 
-def add_common_args(ap, out, lr, steps, batch_size):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help as the stages print it: the docstring as written, and each flag's default, the one that will
+    run (parse_args sets the embedded world's before --help is printed)."""
+
+
+def add_common_args(ap, out, lr, steps, batch_size, epochs=None):
+    """The flags every training stage has. epochs: the stage derives --steps from the size of its file when
+    --steps is not given (settle_schedule); None: --steps is fixed (pretrain.py)."""
     ap.add_argument("--init", default=None, help="HF-layout checkpoint to start from (model + tokenizer.json)")
-    ap.add_argument("--data", default=None, help="directory of the stage's files (default without --init: the "
-                    "embedded world, runs/world; with --init it is required, e.g. from data/distill.py)")
+    ap.add_argument("--data", default=None, help="directory of the stage's files; not given: the embedded world, "
+                    "runs/world (built when missing), except with --init, which needs it (data/README.md: "
+                    "'A real checkpoint, end to end')")
     ap.add_argument("--out", default=out, help="output directory for checkpoints and metrics.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from --out's latest checkpoint")
     ap.add_argument("--force-resume", action="store_true",
                     help="resume although arguments changed (checkpoints.RESUME_MAY_CHANGE); exactness is lost")
     ap.add_argument("--overwrite", action="store_true",
                     help="start over in an --out that holds another run: delete its checkpoints and metrics first")
-    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=steps,
+                    help="optimizer steps" + (" (None: from --epochs)" if epochs is not None else ""))
+    if epochs is not None:
+        ap.add_argument("--epochs", type=float, default=epochs,
+                        help="without --steps: passes over the stage's file, steps = ceil(epochs x rows / batch size)")
     ap.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (sequences or prompts)")
     ap.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    ap.add_argument("--warmup", type=int, default=10, help="linear warm-up steps before cosine decay")
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="linear warm-up steps before cosine decay (more than --steps: --steps, with a note)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     ap.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0 = off)")
     ap.add_argument("--max-len", type=int, default=1024, help="truncate training sequences to this many tokens")
     ap.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     ap.add_argument("--log-every", type=int, default=1, help="print and log metrics every N steps")
     ap.add_argument("--seed", type=int, default=0, help="seed for data order, init and sampling")
-    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (None: cuda if available)")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="parameter/compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
+                    help="parameter/compute dtype (None: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for torch (default: torch's choice; 1 is far faster when other "
+                    help="CPU threads for torch (None: torch's choice; 1 is far faster when other "
                          "processes share the cores, since idle OpenMP threads spin)")
 
 
 def parse_args(ap, embedded, argv=None):
     """Parse a stage's flags. The defaults in `ap` are for a real checkpoint (the paper's settings where it
     gives them). `embedded` holds what the embedded world's tiny model needs instead (larger learning rates,
-    fewer steps); it fills the flags not given on the command line when the stage trains on the embedded
-    world: no --data and no --init (the world is then the default data), or a --data directory that holds
-    the world's world.json. A stage with a --topk flag then also searches for as many documents as the
-    world's training observations show (its meta.json). The resolved values are printed with the other
-    arguments."""
+    fixed step counts); it fills the flags not given on the command line when the stage runs on the embedded
+    world (checkpoints.is_world): no --data and no --init (the world is then the default data), a --ckpt of the
+    world's (eval.py; world_checkpoint), or a --data directory that holds the world's world.json. A stage with
+    a --topk flag then also searches for as many documents as the world's training observations show (its
+    meta.json). Which defaults apply is settled from --data, --init and --ckpt before the rest is parsed, so
+    --help shows the ones that will run. Refused here, before anything starts: a stage that starts from a
+    checkpoint (it has --init) given --data other than the default world and no --init, since the world's
+    checkpoints (checkpoints.DEFAULT_OUTPUTS) are no start for other data."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = ap.parse_args(argv)
-    data = args.data if args.data is not None else (None if getattr(args, "init", None) else "runs/world")
-    if data is not None and (os.path.isfile(os.path.join(data, "world.json")) or data == "runs/world"):
-        meta = os.path.join(data, "meta.json")
-        if hasattr(args, "topk"):  # the world not built yet (a fresh clone): what it will be built with
+    pre, _ = ap.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    data = pre.data
+    if data is None and not getattr(pre, "init", None) and world_checkpoint(getattr(pre, "ckpt", None), True):
+        data = checkpoints.default_path(checkpoints.WORLD)  # no --init, or eval's --ckpt is the world's
+    given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in argv)  # noqa: E731
+    if hasattr(pre, "epochs") and given("--steps") and given("--epochs"):
+        ap.error("--steps and --epochs both set the run's length: pass one of them")
+    if data is not None and checkpoints.is_world(data):
+        embedded = dict(embedded)
+        if hasattr(pre, "epochs"):  # the world's step counts are tuned (EMBEDDED), unless --epochs asks otherwise
+            embedded["epochs"] = pre.epochs if given("--epochs") else None
+            if given("--epochs"):
+                embedded.pop("steps", None)
+        if hasattr(pre, "topk"):  # the world not built yet (a fresh clone): what it will be built with
             from data.build import TOPK
+            meta = os.path.join(data, "meta.json")
             with open(meta) if os.path.isfile(meta) else contextlib.nullcontext() as f:
-                embedded = {**embedded, "topk": json.load(f)["topk"] if f else TOPK}
+                embedded["topk"] = json.load(f)["topk"] if f else TOPK
         ap.set_defaults(**embedded)
-        args = ap.parse_args(argv)
+    ap.set_defaults(data=data)
+    args = ap.parse_args(argv)
+    if getattr(args, "epochs", None) is not None and not args.epochs > 0:
+        ap.error(f"--epochs must be > 0, got {args.epochs}")
+    if getattr(args, "init", "") is None and not args.resume and args.data is not None \
+            and checkpoints.default_output(args.data) != checkpoints.WORLD:
+        raise SystemExit(checkpoints.init_needed(args.data))
     return args
+
+
+def world_checkpoint(path, default=False):
+    """Whether a checkpoint (or a stage's --out) is one of the embedded world's: its tokenizer has the world's
+    chat format (pretrain.py writes EMBEDDED_TEMPLATE, or no tokenizer_config.json at all in older ones); a real
+    Qwen2 checkpoint has its family's. `default` when no path is given."""
+    if path is None:
+        return default
+    ckpt = checkpoints.resolve_checkpoint(path) if os.path.isdir(path) else None
+    if ckpt is None:
+        return False
+    config = os.path.join(ckpt, "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return True
+    with open(config, encoding="utf-8") as f:
+        return json.load(f).get("chat_template") == EMBEDDED_TEMPLATE
+
+
+def settle_schedule(args, rows, what, run):
+    """Settle the run's length once the stage's file is read: --steps, when not given (real data), is --epochs
+    passes over its `rows` rows (the paper trains 2 epochs: 188 steps of its 1.5k pairs, 375 of its 6k
+    trajectories), printed; --warmup never exceeds --steps (a warm-up longer than the run would end it below
+    the peak lr). Both are saved in args.json as settled here."""
+    if args.steps is None:
+        args.steps = math.ceil(args.epochs * rows / args.batch_size)
+        run.print(f"[schedule] --steps {args.steps}: {args.epochs:g} epochs of {rows} {what} at --batch-size "
+                  f"{args.batch_size}, ceil({args.epochs:g} x {rows} / {args.batch_size})")
+    if args.warmup > args.steps:
+        run.print(f"[schedule] --warmup {args.warmup} is more than --steps {args.steps}: warming up over "
+                  f"{args.steps} steps instead")
+        args.warmup = args.steps
 
 
 # -----------------------------------------------------------------------------
@@ -101,7 +165,7 @@ class Run:
             if getattr(args, "init", None):
                 raise SystemExit(f"--init {args.init} needs --data: the embedded world's data (runs/world) is only "
                                  "the default without --init (for real questions: data/convert.py, data/distill.py)")
-            args.data = "runs/world"
+            args.data = checkpoints.default_path(checkpoints.WORLD)
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
@@ -363,10 +427,45 @@ TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  
 QUESTION_ROWS = {"id": (str, int), "question": str, "answers": [str], "hops?": int}  # grpo.py, eval.py
 
 
-def read_jsonl(path, schema=None):
+def read_jsonl(path, schema=None, also=""):
     """Rows of a stage's JSONL file (jsonl.read: blank lines skipped, an empty file refused), each checked
-    against `schema` if given: a bad row is a ValueError naming the file, line and field."""
-    return jsonl.read(path, schema)
+    against `schema` if given: a bad row is a ValueError naming the file, line and field. A missing file stops
+    the run (SystemExit) with one line naming it and the command that makes it (missing), plus `also`."""
+    return jsonl.read(need_file(path, also), schema)
+
+
+def need_file(path, also=""):
+    """`path`, or a stop (SystemExit) with one line naming it and the command that makes it (missing)."""
+    if not os.path.isfile(path):
+        raise SystemExit(missing(path) + also)
+    return path
+
+
+# The files that only data/build.py writes (the embedded world's); every other question split is any name
+# data/convert.py --split gives it.
+WORLD_ONLY = {"base.jsonl": "pretrain.py's text", "workflow.jsonl": "the workflow baseline's trajectories",
+              "test_cf.jsonl": "the counterfactual questions", "corpus_cf.jsonl": "the counterfactual corpus"}
+
+
+def missing(path):
+    """Why a stage's file is missing, as one line: the file, and the command that makes it (data/README.md)."""
+    folder, name = os.path.split(path)
+    if checkpoints.is_world(folder):
+        how = f"the embedded world's files are made by `python -m data.build --out {folder}`"
+    elif name in WORLD_ONLY:
+        how = (f"{WORLD_ONLY[name]}, which only the embedded world has (`python -m data.build`); real data has "
+               f"stage1.jsonl, stage2.jsonl and question splits (data/README.md)")
+    elif name in ("stage1.jsonl", "stage2.jsonl"):
+        how = (f"it is made from the train split by `python -m data.distill sample --questions {folder}/train.jsonl "
+               f"--search {folder}/corpus.jsonl --teacher CHECKPOINT_OR_URL --out {folder}`"
+               + (", or from chat-format SFT rows by `python -m data.distill import FILE --out DIR`"
+                  if name == "stage2.jsonl" else ""))
+    elif name == "corpus.jsonl":
+        how = (f"it is made by `python -m data.convert DATASET FILE --out {folder} --split SPLIT` (each split adds "
+               "to it)")
+    else:
+        how = f"it is made by `python -m data.convert DATASET FILE --out {folder} --split {name[:-len('.jsonl')]}`"
+    return f"{path} is missing: {how} (data/README.md, 'A real checkpoint, end to end')"
 
 
 # What the schemas cannot say: the action format inside the texts (data/README.md, Formats). A trajectory with

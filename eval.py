@@ -38,11 +38,16 @@ often it searches when the question's first entity is known vs unknown to it (wo
 The world-model probe (the model's own observations against the tool's) is probe.py; the trajectory
 viewer (--html) is viewer.py.
 
+Questions: DATA/<--split>.jsonl, test.jsonl by default. --data may be left out only for a checkpoint of the
+embedded world (its tokenizer has the world's chat format: common.world_checkpoint), which reads runs/world;
+any other checkpoint needs --data, a directory with the split (real questions: `python -m data.convert
+DATASET FILE --out DIR --split test`, data/README.md) and, unless --search says otherwise, corpus.jsonl.
+
     python eval.py --ckpt runs/sft3 --policy agent                  # test split, the world's corpus
     python eval.py --ckpt runs/base --policy none                   # no tool
     python eval.py --ckpt runs/workflow --policy rag workflow       # the workflow baselines
     python eval.py --ckpt runs/rl --policy agent --mode sim --limit 100
-    python eval.py --ckpt runs/sft3 --search http://127.0.0.1:8000 --data runs/hotpotqa
+    python eval.py --ckpt runs/hotpotqa-rl --data runs/hotpotqa --search http://127.0.0.1:8000   # real data
     python eval.py --ckpt runs/sft3 --limit 20 --html runs/eval/sft3.html   # + a page of the trajectories
     python eval.py --report runs/eval/*.summary.json --out runs/eval/all.jsonl   # merge tables + plot
     python -m pytest -q tests/test_eval.py
@@ -380,18 +385,28 @@ def plot(summaries, path):
 # command line
 
 
+def saved_data(ckpt):
+    """', e.g. the --data it was trained on: DIR' when the checkpoint's args.json names one, else ''."""
+    path, data = os.path.join(ckpt, "args.json"), None
+    if os.path.isfile(path):
+        with open(path) as f:
+            data = json.load(f).get("data")
+    return f", e.g. the one it was trained on: --data {data} ({path})" if data else ""
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     ap.add_argument("--ckpt", help="checkpoint directory, or a stage's --out (its latest checkpoint)")
     ap.add_argument("--policy", nargs="+", choices=POLICIES, default=["agent"], help="one or more policies")
-    ap.add_argument("--split", default="test", help="questions file in --data")
-    ap.add_argument("--data", default="runs/world", help="directory with <split>.jsonl (and the embedded world's "
-                                                         "world.json, for when_to_act)")
-    ap.add_argument("--search", help="corpus JSONL (BM25) or retrieval server URL (default: DATA/corpus.jsonl)")
+    ap.add_argument("--split", default="test", help="the questions: DATA/<split>.jsonl (data/convert.py --split)")
+    ap.add_argument("--data", default=None, help="directory with <split>.jsonl and corpus.jsonl (and the embedded "
+                    "world's world.json, for when_to_act); None: runs/world for a checkpoint of the embedded "
+                    "world, required for any other")
+    ap.add_argument("--search", help="corpus JSONL (BM25) or retrieval server URL (None: DATA/corpus.jsonl)")
     ap.add_argument("--limit", type=int, help="evaluate N questions evenly spaced over the split (all strata)")
     ap.add_argument("--out", help="trajectories JSONL; .summary.json and .png beside it "
-                                  "(default runs/eval/<name>-<split>.jsonl)")
-    ap.add_argument("--name", help="label of this checkpoint in tables (default: the --ckpt folder's name)")
+                                  "(None: runs/eval/<name>-<split>.jsonl)")
+    ap.add_argument("--name", help="label of this checkpoint in tables (None: the --ckpt folder's name)")
     ap.add_argument("--batch-size", type=int, default=16, help="questions sampled together")
     ap.add_argument("--mode", choices=("real", "sim"), default="real",
                     help="agent only: real tool calls, or the model writes its own observations")
@@ -402,7 +417,7 @@ def main(argv=None):
     ap.add_argument("--report", nargs="+", metavar="SUMMARY", help="only merge .summary.json files: table + plot")
     ap.add_argument("--html", metavar="FILE", help="also write the evaluated trajectories as a page (viewer.py)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="None: bfloat16 on CUDA, float32 on CPU")
     add_sampling_args(ap, temperature=0.0)  # EM of the greedy trajectory, the model's best guess (all policies)
     args = common.parse_args(ap, {}, argv)  # on the embedded world: its --topk (meta.json)
 
@@ -421,14 +436,21 @@ def main(argv=None):
     ckpt = checkpoints.resolve_checkpoint(args.ckpt)
     if ckpt is None:
         ap.error(f"--ckpt {args.ckpt}: no checkpoint there (config.json or a 'latest' pointer)")
+    if args.data is None:  # common.parse_args gave runs/world to a checkpoint of the embedded world only
+        raise SystemExit(f"--ckpt {args.ckpt} is not a checkpoint of the embedded world (its tokenizer has another "
+                         f"chat format): pass --data, the directory of the questions it is to answer "
+                         f"({args.split}.jsonl, from `python -m data.convert DATASET FILE --out DIR --split "
+                         f"{args.split}`)" + saved_data(ckpt))
     split = args.split
     name = args.name or os.path.basename(os.path.normpath(args.ckpt))
     out = args.out or f"runs/eval/{name}-{split}.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
-    rows, model, tok = common.load_for_sampling(args, ckpt, split, "eval")
     needs_tool = any(p in ("rag", "workflow") or (p == "agent" and args.mode == "real") for p in args.policy)
+    if needs_tool and not args.search:  # before the model loads, as the questions are (load_for_sampling)
+        common.need_file(os.path.join(args.data, "corpus.jsonl"), also="; or --search a corpus file or a server URL")
+    rows, model, tok = common.load_for_sampling(args, ckpt, split, "eval")
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl")) if needs_tool else None
     if tool is not None:
         print(f"[eval] search tool: {tool.check()}")  # raises SearchError: no evaluation on a dead tool

@@ -23,13 +23,20 @@ searches fail stops the run.
 
 Every weight is trained (--trainable narrows it to the parameters whose names match a regex; the
 reference model is frozen whole). The defaults are the paper's for a real checkpoint (lr 7e-7, 48
-prompts x 5 samples, temperature 0.6, 96 steps); on the embedded world's data the tiny model runs
-with the settings in EMBEDDED below (common.parse_args).
+prompts x 5 samples, temperature 0.6), and one epoch of DATA/rl.jsonl (the paper ran 96 steps x 48
+prompts = 4,608 prompts: an rl split of that size gives its count; --steps N instead of --epochs); on the
+embedded world's data the tiny model runs with the settings in EMBEDDED below (common.parse_args).
+
+Files read from --data: rl.jsonl, the training prompts (questions with their answers); dev.jsonl, the
+questions on which the policy is validated (--val-prompts of them; --val-prompts 0 skips validation and
+needs no dev.jsonl); corpus.jsonl, the search tool's corpus unless --search names another. On real
+questions data/convert.py writes them (`--split rl`, `--split dev`; data/README.md, "A real checkpoint,
+end to end").
 
     python grpo.py --sim-ratio 5                   # embedded world: runs/sft3 -> runs/rl
     python grpo.py --sim-ratio 0 --out runs/rl_real  # all-real baseline
-    python grpo.py --search http://127.0.0.1:8000  # a Search-R1-compatible retrieval server
-    python grpo.py --init DIR --data DIR           # a real checkpoint, the paper's settings
+    python grpo.py --search http://127.0.0.1:8000  # a Search-R1-compatible retrieval server (python env.py serve)
+    python grpo.py --sim-ratio 5 --init DIR --data runs/hotpotqa --out runs/hotpotqa-rl   # a real checkpoint
     torchrun --nproc_per_node 2 grpo.py            # FSDP2 (each rank samples its share of prompts)
 
 Simplified: no entropy bonus (the paper's code: 0.001), because the fused log-prob kernel returns only the
@@ -206,8 +213,8 @@ EMBEDDED = dict(lr=1e-4, steps=24, batch_size=16, temperature=1.0, sim_reward="o
 def parse_arguments():
     """GRPO's flags, with the shared ones (common.add_common_args) and the sampler's, parsed and checked. The
     parser comes back too: main refuses a --trainable that matches no weight once the model is loaded."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/rl", lr=7e-7, steps=96, batch_size=48)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    common.add_common_args(ap, out="runs/rl", lr=7e-7, steps=None, batch_size=48, epochs=1)
     ap.add_argument("--sim-ratio", type=int, default=5, help="simulated steps per real step, simulated first (0 = all real)")
     ap.add_argument("--sim-reward", choices=("gold", "observed"), default="gold",
                     help="what a simulated rollout's answer is scored against: the question's gold answers (the "
@@ -221,7 +228,7 @@ def parse_arguments():
                          "token: mean over all policy tokens of the batch (verl's token-mean)")
     ap.add_argument("--trainable", default=".",
                     help="regex: RL trains the parameters whose names match it, the rest stay frozen "
-                         "(default: every weight)")
+                         "('.': every weight)")
     ap.add_argument("--ppo-epochs", type=int, default=1, help="policy updates per batch of rollouts")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's rollouts are split by length to fit)")
@@ -229,13 +236,13 @@ def parse_arguments():
     # than eval's 1024: a step samples group-size rollouts per prompt)
     add_sampling_args(ap, max_new_tokens=768)
     ap.add_argument("--val-prompts", type=int, default=100,
-                    help="dev questions on which the objective is measured (val_reward, val_greedy) at the "
-                         "start, every --val-every steps and at the end (0 = off)")
+                    help="questions of DATA/dev.jsonl on which the objective is measured (val_reward, val_greedy) "
+                         "at the start, every --val-every steps and at the end (0 = off: no dev.jsonl needed)")
     ap.add_argument("--val-samples", type=int, default=4,
                     help="rollouts per dev question at the training temperature for val_reward (0 = greedy only)")
     ap.add_argument("--val-every", type=int, default=0, help="validate every N steps too (0 = start and end only)")
     ap.add_argument("--search", default=None, help="corpus JSONL (local BM25) or retrieval server URL "
-                                                   "(default: the world's corpus.jsonl)")
+                                                   "(None: DATA/corpus.jsonl)")
     ap.add_argument("--max-search-failures", type=float, default=0.1,
                     help="stop when more than this fraction of a step's searches fail (the tool is down)")
     ap.set_defaults(warmup=0, save_every=8)
@@ -253,20 +260,24 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap, args = parse_arguments()
-    n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated (RL-1), the rest real
 
     # -------------------------------------------------------------------------
     # device, dtype, distributed
     run = common.Run(args)
     checkpoints.claim_out(run, args)
-    run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
 
     # -------------------------------------------------------------------------
     # data, checked before the model loads: a row without answers would otherwise stop the run at the
     # step that draws it, and a question longer than the context would size a KV cache for it
     checkpoints.ensure(args.data, run)
     prompts = common.read_jsonl(os.path.join(args.data, "rl.jsonl"), common.QUESTION_ROWS)
-    dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl"), common.QUESTION_ROWS) if args.val_prompts else []
+    dev = common.read_jsonl(os.path.join(args.data, "dev.jsonl"), common.QUESTION_ROWS,
+                            also="; or --val-prompts 0 to train without validation") if args.val_prompts else []
+    if args.search is None:
+        common.need_file(os.path.join(args.data, "corpus.jsonl"), also="; or --search a corpus file or a server URL")
+    common.settle_schedule(args, len(prompts), "RL prompts", run)  # --steps from --epochs on real data
+    n_sim = args.steps * args.sim_ratio // (args.sim_ratio + 1)  # steps [0, n_sim) simulated (RL-1), the rest real
+    run.print(f"[grpo] {n_sim} simulated steps, then {args.steps - n_sim} real steps")
     world = None
     if args.sim_reward == "observed" and n_sim:  # the embedded world's facts and every RL prompt's lookups
         world = load_world(args.data, prompts)
@@ -290,8 +301,7 @@ def main():
     # -------------------------------------------------------------------------
     # data and the search tool
     tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))
-    run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")
-  # check(): SearchError if it does not answer
+    run.print(f"[data] {len(prompts)} RL prompts; tool {tool.check()}")  # check(): SearchError if it does not answer
     dev = common.evenly_spaced(dev, args.val_prompts)
 
     # -------------------------------------------------------------------------

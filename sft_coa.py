@@ -14,7 +14,13 @@ tool trajectories with pure-CoT ones 5:1, as the paper's 5k + 1k (data/build.py 
     python sft_coa.py --mask-obs --data runs/world --init runs/base --out runs/sft2_only   # SFT-2 without stage 1
     python sft_coa.py --mask-obs --data runs/world --init runs/base --file workflow.jsonl --out runs/workflow
                                  # the workflow baseline's model: the same questions, the controller's format
+    python sft_coa.py --mask-obs --init DIR --data runs/hotpotqa --out runs/hotpotqa-sft2   # a real checkpoint
     torchrun --nproc_per_node 2 sft_coa.py --mask-obs                     # FSDP2
+
+Reads DATA/stage2.jsonl (or --file), the trajectories: on the embedded world data/build.py writes it, on real
+questions `python -m data.distill sample` (or `import`) does (data/README.md, "A real checkpoint, end to
+end"). On real data the defaults are the paper's: lr 5e-5, batch 32, 2 epochs of the file (the paper's 6k
+trajectories give its 375 steps; --steps N instead of --epochs); on the embedded world, EMBEDDED below.
 """
 import argparse
 import collections
@@ -51,7 +57,7 @@ def masked_nll(lp, m):
     return -(lp * m).sum()
 
 
-# The paper's settings are the defaults (lr 5e-5, batch 32, 2 epochs of its 6k trajectories = 375 steps);
+# The paper's settings are the defaults (lr 5e-5, batch 32, 2 epochs: its 6k trajectories give 375 steps);
 # the embedded world's tiny model uses these instead (common.parse_args: on the world's data).
 EMBEDDED = dict(lr=1e-3, steps=300, batch_size=16)
 
@@ -59,8 +65,8 @@ EMBEDDED = dict(lr=1e-3, steps=300, batch_size=16)
 def main():
     # -------------------------------------------------------------------------
     # arguments
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out=None, lr=5e-5, steps=375, batch_size=32)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    common.add_common_args(ap, out=None, lr=5e-5, steps=None, batch_size=32, epochs=2)
     ap.add_argument("--mask-obs", action="store_true", help="stage 2: no loss on tool-written observation tokens")
     ap.add_argument("--file", default="stage2.jsonl", help="trajectories in --data (workflow.jsonl: the "
                     "workflow baseline's model, which reads what a controller retrieved but never acts)")
@@ -68,7 +74,7 @@ def main():
                     help="padded tokens per forward/backward (a step's batch is split by length to fit)")
     args = common.parse_args(ap, EMBEDDED)
     stage = 2 if args.mask_obs else 3
-    if args.out is None:
+    if args.out is None:  # None in --help: runs/sft2 with --mask-obs, runs/sft3 without
         args.out = f"runs/sft{stage}"
 
     # -------------------------------------------------------------------------
@@ -81,6 +87,7 @@ def main():
     checkpoints.ensure(args.data, run)
     rows = common.read_jsonl(os.path.join(args.data, args.file), common.TRAJECTORY_ROWS)
     common.check_rows(rows, common.trajectory_error)  # every action closed, every observation whole
+    common.settle_schedule(args, len(rows), "trajectories", run)  # --steps from --epochs on real data
 
     # -------------------------------------------------------------------------
     # model + tokenizer

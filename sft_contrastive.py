@@ -10,9 +10,15 @@ confident wrong recall, or a needless search. The loss, as in the paper's code (
 The second term keeps the chosen continuation likely; without it both log-probs can fall together
 (the pair's margin grows while the model forgets how to write either), so both are logged.
 
-    python sft_contrastive.py                       # embedded world: runs/base -> runs/sft1
-    python sft_contrastive.py --init DIR --data DIR --out DIR --lr 5e-6 --steps N   # a real checkpoint
+Reads DATA/stage1.jsonl, the pairs: on the embedded world data/build.py writes it, on real questions
+`python -m data.distill sample` does (data/README.md, "A real checkpoint, end to end").
+
+    python sft_contrastive.py                       # embedded world: runs/world, runs/base -> runs/sft1
+    python sft_contrastive.py --init DIR --data runs/hotpotqa --out runs/hotpotqa-sft1   # a real checkpoint
     torchrun --nproc_per_node 2 sft_contrastive.py  # FSDP2
+
+On real data the defaults are the paper's: lr 5e-6, batch 16, 2 epochs of stage1.jsonl (the paper's 1.5k
+pairs give its 188 steps; --steps N instead of --epochs); on the embedded world, EMBEDDED below.
 """
 import argparse
 import os
@@ -37,7 +43,7 @@ def mean_logprob(lp, m):
     return (lp * m).sum(1) / m.sum(1).clamp(min=1)
 
 
-# The paper's settings are the defaults (lr 5e-6, batch 16, 2 epochs of its 1.5k pairs = 188 steps); the
+# The paper's settings are the defaults (lr 5e-6, batch 16, 2 epochs: its 1.5k pairs give 188 steps); the
 # embedded world's tiny model uses these instead (common.parse_args: on the world's data): 2 epochs of its
 # pairs at a learning rate that leaves what the base model knows mostly intact.
 EMBEDDED = dict(lr=3e-5, steps=56)
@@ -46,8 +52,8 @@ EMBEDDED = dict(lr=3e-5, steps=56)
 def main():
     # -------------------------------------------------------------------------
     # arguments
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/sft1", lr=5e-6, steps=188, batch_size=16)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    common.add_common_args(ap, out="runs/sft1", lr=5e-6, steps=None, batch_size=16, epochs=2)
     ap.add_argument("--lam", type=float, default=0.2, help="weight of the chosen-NLL term (the paper's code: 0.2)")
     ap.add_argument("--micro-tokens", type=int, default=2048,
                     help="padded tokens per forward/backward (a step's pairs are split by length to fit)")
@@ -63,6 +69,7 @@ def main():
     checkpoints.ensure(args.data, run)
     pairs = common.read_jsonl(os.path.join(args.data, "stage1.jsonl"), common.PAIR_ROWS)
     common.check_rows(pairs, common.pair_error)  # a continuation that opens an action closes it
+    common.settle_schedule(args, len(pairs), "pairs", run)  # --steps from --epochs on real data
 
     # -------------------------------------------------------------------------
     # model + tokenizer

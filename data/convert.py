@@ -1,16 +1,24 @@
 """Convert the published multi-hop QA datasets to this project's question and corpus formats.
 
-    python -m data.convert hotpotqa hotpot_train_v1.1.json           --out runs/hotpotqa --split train
+    python -m data.convert hotpotqa hotpot_train_v1.1.json           --out runs/hotpotqa --split train --limit 6000
+    python -m data.convert hotpotqa hotpot_train_v1.1.json           --out runs/hotpotqa --split rl --skip 6000 --limit 4608
     python -m data.convert hotpotqa hotpot_dev_distractor_v1.json    --out runs/hotpotqa --split test --recall 5
     python -m data.convert 2wiki    2wiki_dev.json                   --out runs/2wiki
     python -m data.convert musique  musique_ans_v1.0_dev.jsonl       --out runs/musique
+
+Which split each stage reads (data/README.md, "A real checkpoint, end to end"): data/distill.py samples the
+train split into stage1.jsonl and stage2.jsonl (SFT); grpo.py reads rl.jsonl (its prompts) and dev.jsonl
+(validation); eval.py reads test.jsonl (--split). --skip N leaves out the file's first N questions and
+--limit N keeps at most N of the rest, with their paragraphs only, so that one published file gives disjoint
+splits (HotpotQA publishes no test answers: its dev file gives dev and test). MuSiQue's unanswerable records
+are no questions: they are skipped before --skip counts.
 
 Each writes OUT/<split>.jsonl (default split "test") with rows {"id", "question", "answers", "hops",
 "type", "supporting", "gold_ids"}: the embedded world's dev/test format plus the gold paragraphs (titles,
 and their ids in the corpus), and merges every paragraph of every record's context into OUT/corpus.jsonl
 ({"id", "contents": '"Title"\\ntext'}). Converting several splits into one OUT keeps one corpus: the union,
 deduplicated by title and text; a paragraph keeps the id it got first, `<dataset>-<split>-<n>` (n = its
-place among the file's distinct paragraphs), so ids are stable and unique across datasets and splits and
+place among the distinct paragraphs converted), so ids are stable and unique across datasets and splits and
 re-running a conversion changes nothing. Questions can then be evaluated against this small local BM25
 corpus (the paper retrieves from all of wiki-18 instead; point the search tool at a wiki-18 server for
 that). --recall K prints how often BM25 with the question as the query finds each gold paragraph in its
@@ -100,8 +108,8 @@ def convert_hotpotqa(path):
                      "question": field(path, i, rec, "question", str),
                      "answers": [field(path, i, rec, "answer", str)],
                      "hops": 2, "type": field(path, i, rec, "type", str),
-                     "supporting": supporting_titles(path, i, rec)})
-        paragraphs += context_paragraphs(path, i, rec)
+                     "supporting": supporting_titles(path, i, rec), "context": context_paragraphs(path, i, rec)})
+        paragraphs += rows[-1]["context"]
     return rows, paragraphs
 
 
@@ -115,8 +123,8 @@ def convert_2wiki(path):
         rows.append({"id": str(field(path, i, rec, "_id", (str, int))),
                      "question": field(path, i, rec, "question", str),
                      "answers": [field(path, i, rec, "answer", str)], "hops": hops, "type": type_,
-                     "supporting": supporting_titles(path, i, rec)})
-        paragraphs += context_paragraphs(path, i, rec)
+                     "supporting": supporting_titles(path, i, rec), "context": context_paragraphs(path, i, rec)})
+        paragraphs += rows[-1]["context"]
     return rows, paragraphs
 
 
@@ -124,13 +132,14 @@ def convert_musique(path):
     rows, paragraphs = [], []
     for i, rec in enumerate(jsonl.read(path)):  # each line an object, or an error naming it
         id_ = str(field(path, i, rec, "id", (str, int)))
-        gold = []
+        gold, context = [], []
         for j, p in enumerate(field(path, i, rec, "paragraphs", list)):
             if not (isinstance(p, dict) and isinstance(p.get("title"), str)
                     and isinstance(p.get("paragraph_text"), str)):
                 raise Malformed(path, f"record {i}", f"paragraphs[{j}] needs string 'title' and 'paragraph_text'")
-            paragraphs.append((p["title"], p["paragraph_text"].strip()))
-            gold += [paragraphs[-1]] if p.get("is_supporting") else []
+            context.append((p["title"], p["paragraph_text"].strip()))
+            gold += [context[-1]] if p.get("is_supporting") else []
+        paragraphs += context
         if not rec.get("answerable", True):
             continue
         hops = len(field(path, i, rec, "question_decomposition", list))
@@ -140,7 +149,7 @@ def convert_musique(path):
         answers += [a for a in rec.get("answer_aliases") or [] if isinstance(a, str) and a not in answers]
         rows.append({"id": id_, "question": field(path, i, rec, "question", str), "answers": answers,
                      "hops": hops, "type": id_.split("__")[0] if "__" in id_ else f"{hops}hop",
-                     "supporting": [t for t, _ in gold], "gold": gold})
+                     "supporting": [t for t, _ in gold], "gold": gold, "context": context})
     return rows, paragraphs
 
 
@@ -151,10 +160,16 @@ def contents_of(title, text):
     return f'"{title}"\n{text}'
 
 
-def convert(dataset, path, out_dir, split="test"):
-    """Write out_dir/<split>.jsonl and merge the paragraphs into out_dir/corpus.jsonl (module docstring).
+def convert(dataset, path, out_dir, split="test", skip=0, limit=0):
+    """Write out_dir/<split>.jsonl and merge the paragraphs into out_dir/corpus.jsonl (module docstring): the
+    file's questions after the first `skip`, at most `limit` of them (0: all), and their paragraphs.
     Returns (n questions, n paragraphs added, corpus size)."""
-    rows, paragraphs = CONVERTERS[dataset](path)
+    rows, paragraphs = CONVERTERS[dataset](path)  # each row holds its record's paragraphs ("context")
+    if skip or limit:  # the questions kept, and only their paragraphs
+        rows = rows[skip:skip + limit if limit else None]
+        paragraphs = [p for r in rows for p in r["context"]]
+    for r in rows:
+        del r["context"]
     seen_ids = set()
     for i, r in enumerate(rows):
         if r["id"] in seen_ids:
@@ -203,10 +218,12 @@ def main(argv=None):
     ap.add_argument("input", help="the dataset file (JSON list, or JSONL for musique)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--split", default="test", help="name of the questions file: OUT/<split>.jsonl")
+    ap.add_argument("--skip", type=int, default=0, help="leave out the file's first N questions")
+    ap.add_argument("--limit", type=int, default=0, help="then keep at most N questions (0 = all)")
     ap.add_argument("--recall", type=int, default=0, metavar="K",
                     help="also print the gold paragraphs' recall in BM25's top K for the question (0 = off)")
     args = ap.parse_args(argv)
-    n_rows, n_added, n_docs = convert(args.dataset, args.input, args.out, args.split)
+    n_rows, n_added, n_docs = convert(args.dataset, args.input, args.out, args.split, args.skip, args.limit)
     print(f"{args.dataset}: {n_rows} questions -> {args.out}/{args.split}.jsonl, {n_added} new paragraphs "
           f"-> {args.out}/corpus.jsonl ({n_docs} in all)")
     if args.recall:

@@ -8,12 +8,21 @@ ones whose answer is right, and build stage-1 pairs by error analysis.
 
 Teachers (--teacher, repeatable; the samples of all of them are pooled):
 - a checkpoint directory (or a stage's --out): sample.sample in "real" mode with the search tool, from
-  the checkpoint's own chat template (tokenizer.Tokenizer.agent_prompt);
-- an http(s) URL of an OpenAI-compatible server: POST URL/v1/chat/completions with stop = the closing
-  action tag; when the text stops there, the query is sent to the search tool, the observation appended,
-  and the same request continues the assistant message (`continue_final_message`, as vLLM and SGLang
-  serve it; the message is sent back opening with `<think>\\n`). Serve the model without a reasoning
-  parser, so that the whole text comes back in `content`.
+  the checkpoint's own chat template (tokenizer.Tokenizer.agent_prompt). A continuation cut by the token
+  budget ends on the last token at which its text decodes whole (a byte-level BPE token may hold half of a
+  character: its text would end in U+FFFD);
+- an http(s) URL of an OpenAI-compatible server, driven one action at a time with stop = the closing action
+  tag: when the text stops there, the query is sent to the search tool, the observation appended, and the
+  text so far continued. Two endpoints, told apart by the URL's path:
+  URL or URL/v1/chat/completions: the chat endpoint; the partial assistant message is sent back (opening
+    with `<think>\\n`) and continued (`continue_final_message`, as vLLM and SGLang serve it). Serve the model
+    without a reasoning parser, so that the whole text comes back in `content`;
+  URL/v1/completions: raw continuation, which many servers expose where the chat one cannot continue a
+    message. We render the prompt ourselves, as the stages do (Tokenizer.agent_prompt's text): the chat
+    template and special tokens of --teacher-template DIR, a directory holding the teacher's
+    tokenizer_config.json (its download folder, or a checkpoint of the same family), then the text so far.
+    Without its leading bos token when that file says add_bos_token (R1-Distill's does): the server
+    tokenizes a prompt as the model's tokenizer does, which adds it.
 The tags are env.TAGS; the instruction is env.INSTRUCTION, as every stage uses.
 
 What is written into --out (formats: data/README.md):
@@ -26,7 +35,10 @@ What is written into --out (formats: data/README.md):
   teacher samples --branches continuations of the same prefix; a branch whose first step acts where the
   right one recalled (or recalls where it acted) and that ends wrong gives a pair: chosen = the right
   trajectory's step, rejected = the branch's. direction "search" when chosen acts, "answer" when it does
-  not. At the first step, the teacher's wrong root samples are branches too. Up to --pairs-per-question.
+  not. At the first step, the teacher's wrong root samples are branches too. Up to --pairs-per-question of
+  each direction per question: a cap on all pairs would fill up at the first step (a search, where every
+  wrong root sample is a candidate) and leave no room for the "answer" pairs of later steps; a decision
+  point whose direction is full samples no branches.
 - distill.json: the arguments and the counts.
 
 Import: rows {"messages": [{"role", "content"}, ...]} (optionally "answers", "kind"). The question is the
@@ -47,6 +59,7 @@ import re
 import env
 import jsonl
 from env import TAGS
+from tokenizer import THINK, Tokenizer, token_content, user_turn
 
 THINK_OPEN = f"{TAGS.think_open}\n"
 
@@ -115,6 +128,29 @@ def decision_points(segments):
 # ----------------------------------------------------------------------------- teachers
 
 
+def whole_chars(tok, ids):
+    """`ids` without the trailing tokens that leave a character half-written: a byte-level BPE token may hold
+    part of a character's UTF-8 bytes, and a text cut there decodes to U+FFFD. A character has at most 4
+    bytes, so the last 8 tokens tell."""
+    end = len(ids)
+    while end and tok.decode(ids[max(0, end - 8):end]).endswith("\ufffd"):
+        end -= 1
+    return ids[:end]
+
+
+def completion_prompt(config, question):
+    """The agent's prompt text (tokenizer.Tokenizer.agent_prompt) from a tokenizer_config.json alone, for a
+    /v1/completions server: the chat template's generation prompt, `<think>\\n` unless it wrote it, and no
+    leading bos where the config says add_bos_token (the server's tokenizer adds it)."""
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one, as Tokenizer does
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    text = Tokenizer.render(config, user_turn(question, env.INSTRUCTION), template=template)
+    text = text if text.endswith(f"{THINK}\n") else f"{text}{THINK}\n"
+    bos = token_content(config.get("bos_token"))
+    return text[len(bos):] if config.get("add_bos_token") and bos and text.startswith(bos) else text
+
+
 class CheckpointTeacher:
     """Any HF-layout checkpoint through our KV-cached sampler (sample.sample, real tool)."""
 
@@ -146,6 +182,8 @@ class CheckpointTeacher:
                 ids, mask = r.completion, r.policy_mask
                 if r.finish == "eos":
                     ids, mask = ids[:-1], mask[:-1]
+                ids = whole_chars(self.tok, ids)  # a budget may cut a character in two
+                mask = mask[:len(ids)]
                 runs, start = [], 0
                 for i in range(1, len(ids) + 1):
                     if i == len(ids) or mask[i] != mask[start]:
@@ -156,27 +194,41 @@ class CheckpointTeacher:
 
 
 class EndpointTeacher:
-    """An OpenAI-compatible /v1/chat/completions server, driven one action at a time (module docstring)."""
+    """An OpenAI-compatible server, driven one action at a time (module docstring): its /v1/chat/completions
+    endpoint, or its /v1/completions one when the URL ends so (the prompt rendered with --teacher-template)."""
 
     def __init__(self, url, tool, args):
         url = url.rstrip("/")
-        self.url = url if url.endswith("/chat/completions") else url + "/v1/chat/completions"
+        self.chat = not url.endswith("/completions") or url.endswith("/chat/completions")
+        self.url = url if url.endswith("/completions") else url + "/v1/chat/completions"
         self.tool, self.args, self.name = tool, args, url
+        if not self.chat:
+            config = os.path.join(args.teacher_template or "", "tokenizer_config.json")
+            if not args.teacher_template or not os.path.isfile(config):
+                raise SystemExit(f"--teacher {url} continues raw text, so the prompt is rendered here: pass "
+                                 "--teacher-template DIR, a directory with the teacher's tokenizer_config.json (its "
+                                 "chat template)" + (f"; {config} is missing" if args.teacher_template else ""))
+            with open(config, encoding="utf-8") as f:
+                self.config = json.load(f)
 
     def _complete(self, question, text, seed):
         import requests
         a = self.args
-        messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{question}"}]
-        body = {"model": a.teacher_model, "messages": messages, "stop": [TAGS.search_close],
-                "temperature": a.temperature, "max_tokens": a.max_new_tokens, "seed": seed}
-        if text:  # continue the assistant's own message rather than open a new turn
-            messages.append({"role": "assistant", "content": THINK_OPEN + text})
-            body.update(continue_final_message=True, add_generation_prompt=False)
+        body = {"model": a.teacher_model, "stop": [TAGS.search_close], "temperature": a.temperature,
+                "max_tokens": a.max_new_tokens, "seed": seed}
+        if not self.chat:  # raw continuation of the rendered prompt and the text so far
+            body["prompt"] = completion_prompt(self.config, question) + text
+        else:
+            body["messages"] = [{"role": "user", "content": f"{env.INSTRUCTION}\n{question}"}]
+            if text:  # continue the assistant's own message rather than open a new turn
+                body["messages"].append({"role": "assistant", "content": THINK_OPEN + text})
+                body.update(continue_final_message=True, add_generation_prompt=False)
         r = requests.post(self.url, json=body, timeout=a.timeout)
         if r.status_code != 200:
             raise RuntimeError(f"{self.url}: HTTP {r.status_code}: {r.text[:200]}")
         choice = r.json()["choices"][0]
-        return choice["message"].get("content") or "", choice.get("finish_reason")
+        new = choice.get("text") if not self.chat else choice["message"].get("content")
+        return new or "", choice.get("finish_reason")
 
     def continue_(self, items, seed):
         out = []
@@ -238,12 +290,14 @@ def distill(questions, teachers, args):
         cot_rows += [stage2_row(q, s, "cot") for s in right if s not in acting][:args.cot_per_question]
         # error analysis: from each decision point of a right trajectory, branches that decided otherwise and failed
         q_pairs, seen_pairs = [], set()
+        made = dict.fromkeys(("search", "answer"), 0)  # --pairs-per-question of each direction
         for segs in right:
             text, points = decision_points(segs)
             for p in points:
-                if len(q_pairs) >= args.pairs_per_question:
-                    break
                 prefix, (chosen, acts) = text[:p], first_step(text[p:])
+                direction = "search" if acts else "answer"
+                if made[direction] >= args.pairs_per_question:
+                    continue  # this direction is full: no branches sampled for it
                 branches = [("".join(s["text"] for s in b), r) for b, r in got if r < 1.0] if p == 0 else []
                 for t, teacher in enumerate(teachers):
                     items = [(q["question"], prefix)] * args.branches
@@ -255,10 +309,13 @@ def distill(questions, teachers, args):
                     rejected, b_acts = first_step(cont)
                     if r == 1.0 or b_acts == acts or not rejected.strip() or (prefix, rejected) in seen_pairs:
                         continue
+                    if made[direction] >= args.pairs_per_question:
+                        break
                     seen_pairs.add((prefix, rejected))
+                    made[direction] += 1
                     q_pairs.append({"question": q["question"], "prefix": prefix, "chosen": chosen, "rejected": rejected,
-                                    "direction": "search" if acts else "answer", "hops": q.get("hops")})
-        pairs += q_pairs[:args.pairs_per_question]
+                                    "direction": direction, "hops": q.get("hops")})
+        pairs += q_pairs
     cot_rows = cot_rows[:max(1, len(tool_rows) // args.cot_ratio)] if args.cot_ratio else cot_rows
     counts.update(tool=len(tool_rows), cot=len(cot_rows),
                   pairs_search=sum(p["direction"] == "search" for p in pairs),
@@ -324,8 +381,12 @@ def main(argv=None):
     s = sub.add_parser("sample", help="sample from teachers, keep right trajectories, pair by error analysis")
     s.add_argument("--questions", required=True, help="questions JSONL ({question, answers, ...}, data/convert.py)")
     s.add_argument("--teacher", action="append", required=True,
-                   help="a checkpoint directory or an OpenAI-compatible server URL; repeat for several")
+                   help="a checkpoint directory or an OpenAI-compatible server URL (its chat endpoint; a URL "
+                        "ending /v1/completions: the raw one, with --teacher-template); repeat for several")
     s.add_argument("--teacher-model", default="teacher", help="the `model` field sent to a server")
+    s.add_argument("--teacher-template", default=None,
+                   help="a /v1/completions teacher: directory with its tokenizer_config.json, whose chat "
+                        "template renders the prompt here")
     s.add_argument("--search", required=True, help="corpus JSONL (local BM25) or a /retrieve server URL")
     s.add_argument("--out", required=True, help="directory for stage1.jsonl, stage2.jsonl, distill.json")
     s.add_argument("--limit", type=int, default=0, help="first N questions only (0 = all)")
@@ -334,7 +395,8 @@ def main(argv=None):
     s.add_argument("--cot-per-question", type=int, default=1, help="right pure-CoT trajectories kept per question")
     s.add_argument("--cot-ratio", type=int, default=5, help="at most one cot row per N tool rows (0 = no cap)")
     s.add_argument("--branches", type=int, default=2, help="continuations per teacher at each decision point")
-    s.add_argument("--pairs-per-question", type=int, default=2, help="stage-1 pairs kept per question")
+    s.add_argument("--pairs-per-question", type=int, default=2,
+                   help="stage-1 pairs kept per question and direction (search, answer)")
     s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (the paper's 0.6)")
     s.add_argument("--max-new-tokens", type=int, default=1024, help="budget per trajectory (per request for a server)")
     s.add_argument("--max-actions", type=int, default=10, help="searches per trajectory before the limit message")

@@ -6,9 +6,11 @@ the result loads in transformers (in its own process: tests/hf_oracle.py) with t
 step of each: what is checked is the plumbing (formats, files, ids), not learning."""
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,13 +18,17 @@ import pytest
 import torch
 
 import checkpoints
+import common
 import env
+import eval as eval_script
+import grpo
 import hf_oracle
 import sft_coa
+import sft_contrastive
 from data import convert, distill
 from model import Qwen2
 from qwen_standin import standin_checkpoints
-from tokenizer import Tokenizer
+from tokenizer import EMBEDDED_TEMPLATE, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", AUTOCOA_KERNELS="torch")
@@ -38,8 +44,17 @@ HOTPOT = [
      "answer": "T. S. Arthur", "type": "bridge", "level": "hard",
      "supporting_facts": [["Arthur's Magazine", 2], ["T. S. Arthur", 0]], "context": [ARTHUR, TSA, WOMEN]},
 ]
-QUERY = {r["question"]: r["supporting_facts"][0][0] for r in HOTPOT}
-ANSWER = {r["question"]: r["answer"] for r in HOTPOT}
+BAUER = ["Bauer Media Group", ["Bauer Media Group is a German media company.", " It publishes First for Women."]]
+MORE = [  # two more, for files of four questions (tests/test_real_docs.py)
+    {"_id": "5ab3b0bf5542992ade7c6e39", "question": "Which German company publishes First for Women?",
+     "answer": "Bauer Media Group", "type": "bridge", "level": "easy",
+     "supporting_facts": [["Bauer Media Group", 1], ["First for Women", 0]], "context": [WOMEN, BAUER, ARTHUR]},
+    {"_id": "5a8b57f25542995d1e6f1371", "question": "Which magazine was started later, Arthur's Magazine or First "
+     "for Women?", "answer": "First for Women", "type": "comparison", "level": "medium",
+     "supporting_facts": [["First for Women", 1], ["Arthur's Magazine", 1]], "context": [ARTHUR, WOMEN]},
+]
+QUERY = {r["question"]: r["supporting_facts"][0][0] for r in HOTPOT + MORE}
+ANSWER = {r["question"]: r["answer"] for r in HOTPOT + MORE}
 
 
 def run(*args, timeout=300):
@@ -147,7 +162,7 @@ def test_distill_and_import(servers, r1):
         assert p["prefix"] == "" and p["chosen"].startswith("Let me search. <begin_search>")
         assert env.TAGS.search_open not in p["rejected"]
     recalls = [p["question"] for p in stage1 if p["rejected"] == "I recall that the answer is Paris.\n"]
-    assert sorted(recalls) == sorted(ANSWER)  # once per question: the same failed step is not paired twice
+    assert sorted(recalls) == sorted(q["question"] for q in HOTPOT)  # once per question: the same failed step is not paired twice
     # import: the kept trajectories written as chat messages, once with the observation inside the assistant text
     # and once as a tool message, read back to the same segments
     chat = out / "chat.jsonl"
@@ -247,3 +262,181 @@ def test_init_without_data_is_an_error(r1, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and f"--init {r1} needs --data" in p.stderr
     assert not os.path.exists(tmp_path / "x")
+
+
+# ============================================================================= real data, as a new user gives it
+# Each stage decides from what --data and --init ARE whether it runs on the embedded world (its tuned settings,
+# its default checkpoints built on demand) or on real data (the paper's settings, every start given).
+
+@pytest.fixture
+def real(tmp_path):
+    """A directory of real-data files (none of the world's): question splits, a corpus, SFT files."""
+    d = tmp_path / "hotpotqa"
+    d.mkdir()
+    src = tmp_path / "hotpot.json"
+    src.write_text(json.dumps(HOTPOT + MORE))
+    for split in ("rl", "dev", "test"):
+        convert.main(["hotpotqa", str(src), "--out", str(d), "--split", split])
+    obs = env.format_observation([{"id": "1", "contents": '"T"\nA text.'}])
+    traj = [{"question": q["question"], "answers": [q["answer"]], "kind": "tool",
+             "segments": [{"text": "Let me search. <begin_search> T </end_search>", "tool": False},
+                          {"text": obs, "tool": True},
+                          {"text": f"So the answer is {q['answer']}.\n</think>\n\n\\boxed{{{q['answer']}}}",
+                           "tool": False}]}
+            for q in HOTPOT]
+    (d / "stage2.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traj))
+    return d
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """pipeline.py --build (checkpoints.ensure's subprocess) and any model load fail the test."""
+    def refuse(*a, **k):
+        raise AssertionError(f"started {a[:1]}: nothing may be built or loaded here")
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(common, "load_model", refuse)
+    monkeypatch.setattr(common.Qwen2, "from_pretrained", refuse)
+
+
+def stage(module, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
+    return module.main()
+
+
+def test_only_the_worlds_default_outputs_are_built(monkeypatch, tmp_path):
+    """checkpoints.ensure builds a default output of the embedded world by what the path IS (the repository's
+    runs/world, runs/base, ...), never a relative `runs/...` of the user's (the reported CalledProcessError)."""
+    import pipeline
+    assert checkpoints.DEFAULT_OUTPUTS == tuple(pipeline.DEFAULT_CHAIN)  # what `pipeline.py --build` can make
+    built = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: built.append((cmd[1:], k["cwd"])))
+    run_ = types.SimpleNamespace(distributed=False, print=lambda *a: None)
+    monkeypatch.chdir(ROOT)
+    assert checkpoints.default_output("runs/world") == "runs/world" == checkpoints.default_output(ROOT + "/runs/world/")
+    for path in ("runs/hotpotqa", "runs/sft1x", str(tmp_path / "runs/world"), str(tmp_path / "runs/base")):
+        assert checkpoints.default_output(path) is None
+        checkpoints.ensure(path, run_)
+    assert built == []
+    monkeypatch.chdir(tmp_path)  # elsewhere, runs/world is another folder; the defaults are the repository's
+    assert checkpoints.default_output("runs/world") is None
+    assert checkpoints.default_path("runs/sft1") == os.path.relpath(os.path.join(ROOT, "runs/sft1"))
+    monkeypatch.setattr(checkpoints, "have", lambda path: False)
+    checkpoints.ensure(checkpoints.default_path("runs/sft1"), run_)
+    assert built == [(["pipeline.py", "--build", "runs/sft1"], ROOT)]
+
+
+@pytest.mark.parametrize("script, extra", [(sft_contrastive, []), (sft_coa, ["--mask-obs"]), (grpo, [])])
+def test_real_data_without_init_is_refused_not_built(script, extra, real, tmp_path, monkeypatch, capsys, no_build):
+    """--data on real data without --init: one line naming --init, before anything starts (the reported pretraining
+    of the toy base model on real data); a copy of the world elsewhere is no default either."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^--data hotpotqa is not the embedded world: pass --init with the checkpoint "
+                                         r"to start from \(the embedded world's runs/base, runs/sft1, runs/sft2, "
+                                         r"runs/sft3 are only the defaults on runs/world\)$"):
+        stage(script, monkeypatch, *extra, "--data", "hotpotqa", "--out", "out")
+    (real / "world.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"^--data hotpotqa is not the embedded world's runs/world: pass --init"):
+        stage(script, monkeypatch, *extra, "--data", "hotpotqa", "--out", "out")
+    assert not (tmp_path / "out").exists() and "[prerequisite]" not in capsys.readouterr().out
+
+
+def test_eval_needs_data_for_a_real_checkpoint(r1, real, tmp_path, monkeypatch, no_build):
+    """eval.py --ckpt REAL without --data: one line asking for it (it was scored on the embedded world, or failed
+    on runs/world/test.jsonl); a checkpoint of the world's (its tokenizer has the world's chat format) still
+    defaults to runs/world."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit, match=rf"^--ckpt {r1} is not a checkpoint of the embedded world .*: pass --data, "
+                                         r"the directory of the questions .*--split test`\)$"):
+        eval_script.main(["--ckpt", r1])
+    assert not common.world_checkpoint(r1)
+    world = tmp_path / "world-ckpt"
+    world.mkdir()
+    (world / "config.json").write_text("{}")
+    assert common.world_checkpoint(str(world))  # no tokenizer_config.json: the world's (tokenizer.py)
+    (world / "tokenizer_config.json").write_text(json.dumps({"chat_template": EMBEDDED_TEMPLATE}))
+    assert common.world_checkpoint(str(world))
+    seen = []
+    monkeypatch.setattr(common, "load_for_sampling", lambda args, *a: seen.append(args.data) or sys.exit(0))
+    with pytest.raises(SystemExit):
+        eval_script.main(["--ckpt", str(world), "--policy", "none", "--out", str(tmp_path / "e.jsonl")])
+    assert seen == ["runs/world"]
+    with pytest.raises(SystemExit):
+        eval_script.main(["--ckpt", r1, "--data", str(real), "--policy", "none", "--out", str(tmp_path / "e.jsonl")])
+    assert seen[-1] == str(real)
+
+
+@pytest.mark.parametrize("script, args, file, how", [
+    (grpo, [], "dev.jsonl", r"python -m data.convert DATASET FILE --out {d} --split dev`.*; or --val-prompts 0 to "
+                            r"train without validation"),
+    (grpo, ["--val-prompts", 0], "corpus.jsonl", r"python -m data.convert DATASET FILE --out {d} --split SPLIT`"),
+    (grpo, [], "rl.jsonl", r"python -m data.convert DATASET FILE --out {d} --split rl`"),
+    (sft_contrastive, [], "stage1.jsonl", r"python -m data.distill sample --questions {d}/train.jsonl --search "
+                                          r"{d}/corpus.jsonl --teacher CHECKPOINT_OR_URL --out {d}`"),
+    (sft_coa, ["--file", "workflow.jsonl"], "workflow.jsonl", r"the workflow baseline's trajectories, which only the "
+                                                              r"embedded world has"),
+])
+def test_a_missing_file_names_the_command_that_makes_it(script, args, file, how, r1, real, monkeypatch, tmp_path,
+                                                        no_build):
+    """The reported FileNotFoundError traceback: now one line naming the file and its command, before any model."""
+    if (real / file).exists():
+        (real / file).unlink()
+    d = re.escape(str(real))
+    with pytest.raises(SystemExit, match=rf"^{d}/{re.escape(file)} is missing: .*{how.format(d=d)}"):
+        stage(script, monkeypatch, "--init", r1, "--data", real, "--out", tmp_path / "out", *args)
+    (real / "test.jsonl").unlink()
+    with pytest.raises(SystemExit, match=rf"^{d}/test.jsonl is missing: .*--out {d} --split test`"):
+        eval_script.main(["--ckpt", r1, "--data", str(real), "--policy", "none", "--out", str(tmp_path / "e.jsonl")])
+
+
+@pytest.mark.parametrize("script, names", [(sft_contrastive, ["stage1.jsonl"]), (sft_coa, ["stage2.jsonl", "--file"]),
+                                           (grpo, ["rl.jsonl", "dev.jsonl", "--val-prompts 0"]),
+                                           (eval_script, ["test.jsonl", "<split>.jsonl"])])
+def test_help_names_the_files_and_shows_the_defaults_that_run(script, names, r1, real, monkeypatch, capsys):
+    """--help says which files a stage reads, and its defaults are the ones that will run for the --data and --init
+    given: the embedded world's (lr 3e-05 for SFT-1) without them, the paper's (5e-06) with real data."""
+    monkeypatch.chdir(ROOT)
+
+    def helptext(*args):
+        with pytest.raises(SystemExit):
+            if script is eval_script:
+                script.main(["--help", *map(str, args)])
+            else:
+                stage(script, monkeypatch, "--help", *args)
+        return " ".join(capsys.readouterr().out.split())
+    text = helptext()
+    assert all(n in text for n in names), names
+    if script is sft_contrastive:
+        assert "--lr LR peak learning rate (default: 3e-05)" in text and "(default: 56)" in text
+        text = helptext("--data", real, "--init", r1)
+        assert "--lr LR peak learning rate (default: 5e-06)" in text
+        assert "--steps STEPS optimizer steps (None: from --epochs) (default: None)" in text
+        assert "(default: 2)" in text
+
+
+def test_steps_from_epochs_and_warmup_within_them(capsys):
+    """Real data: --steps is --epochs passes over the file (the paper's 2 epochs of 1.5k pairs at 16 = 188, of 6k
+    trajectories at 32 = 375); a warm-up longer than the run is cut to it, saying so."""
+    run_ = types.SimpleNamespace(print=print)
+    for rows, batch, steps in ((1500, 16, 188), (6000, 32, 375), (4608, 48, 96), (3, 16, 1)):
+        args = types.SimpleNamespace(steps=None, epochs=2 if batch != 48 else 1, batch_size=batch, warmup=10)
+        common.settle_schedule(args, rows, "rows", run_)
+        assert (args.steps, args.warmup) == (steps, min(10, steps))
+    out = capsys.readouterr().out
+    assert "[schedule] --steps 188: 2 epochs of 1500 rows at --batch-size 16, ceil(2 x 1500 / 16)" in out
+    assert "[schedule] --warmup 10 is more than --steps 1: warming up over 1 steps instead" in out
+    args = types.SimpleNamespace(steps=5, epochs=2, batch_size=4, warmup=0)
+    common.settle_schedule(args, 1000, "rows", run_)
+    assert args.steps == 5  # --steps given: kept
+
+
+def test_a_real_run_trains_its_epochs(r1, real, tmp_path):
+    """sft_coa.py on real data with no --steps: 1 epoch of 2 trajectories at batch 2 is 1 step, printed and saved
+    (args.json), the warm-up cut to it; --steps with --epochs is refused."""
+    out = run("sft_coa.py", "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
+              "--batch-size", 2, "--threads", 1, "--max-len", 256)
+    assert "[schedule] --steps 1: 1 epochs of 2 trajectories at --batch-size 2" in out
+    saved = json.load(open(os.path.join(checkpoints.latest_checkpoint(str(tmp_path / "s2")), "args.json")))
+    assert (saved["steps"], saved["warmup"], saved["lr"]) == (1, 1, 5e-5)
+    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--data", str(real), "--steps", "3", "--epochs",
+                        "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--steps and --epochs both set the run's length: pass one of them" in p.stderr
