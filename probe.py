@@ -32,7 +32,7 @@ import checkpoints
 import common
 import env
 from data.trajectories import act, need, query_for, read, recall
-from data.world import composition_text, fact_sentence
+from data.world import composition_text, fact_sentence, phrase
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
 from tokenizer import Tokenizer
@@ -54,13 +54,10 @@ def action_spans(r):
 
 
 def parse_query(query, world):
-    """A templated query "<Name> <relation>" -> (entity dict, relation), or None."""
+    """A templated query "<Name>'s <relation>" -> (entity dict, relation), or None."""
     by_name = {e["name"]: e for e in world["entities"]}
-    for rel in sorted(world["relations"], key=len, reverse=True):  # longest first, should one end another
-        name = query[:-len(rel)].strip()
-        if query.endswith(" " + rel) and name in by_name and rel in by_name[name]["facts"]:
-            return by_name[name], rel
-    return None
+    name, sep, rel = query.partition("'s ")
+    return (by_name[name], rel) if sep and name in by_name and rel in by_name[name]["facts"] else None
 
 
 def judge(predicted, fact, name, rel):
@@ -68,7 +65,7 @@ def judge(predicted, fact, name, rel):
     or neither ("absent")?"""
     if fact in predicted:
         return "right"
-    return "wrong" if re.search(re.escape(f"The {rel} of {name} is ") + r"[^.\n]*\.", predicted) else "absent"
+    return "wrong" if re.search(re.escape(f"{phrase(name, rel)} is ") + r"[^.\n]*\.", predicted) else "absent"
 
 
 def group_of(entity):
@@ -118,7 +115,7 @@ def probe(model, tok, rows, world, tool, batch_size=16, max_new_tokens=1024, max
     records, summary = [], {"questions": len(rows), "unparsed": 0}
     for j in jobs:
         lookup = parse_query(j["query"], world)
-        if lookup is None:  # not a "<Name> <relation>" of this world: no fact to look for
+        if lookup is None:  # not a "<Name>'s <relation>" of this world: no fact to look for
             summary["unparsed"] += 1
             continue
         ent, rel = lookup

@@ -153,7 +153,7 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
     pages = {e.name: row for e, row in zip(other.entities, corpus)}
 
     def observe(query):  # the trajectory's templated query, "<name> <relation>"
-        name = next(query[:-len(r) - 1] for r in RELATIONS if query.endswith(" " + r))
+        name = next(query[:-len(r) - 3] for r in RELATIONS if query.endswith(f"'s {r}"))
         hits = [d for d in search.search([query], topk=topk + 1)[0] if d["id"] != pages[name]["id"]][:topk - 1]
         docs = hits + [pages[name]]
         rng.shuffle(docs)

@@ -1,13 +1,13 @@
 """Reasoning text for the embedded world: the agent's trajectories, the workflow's, and stage 1's pairs.
 
 A question is resolved one lookup at a time. Every lookup is one step that opens with a decision point,
-"I need the <relation> of <X>.", and goes on in one of two ways (paper §3.1):
+"I need X's <relation>.", and goes on in one of two ways (paper §3.1):
 - X is known (its page was in pretraining): recall the fact,
-      " I remember that the birthplace of X is Y.\\n"
+      " I remember that X's birthplace is Y.\\n"
 - X is unknown: act, then copy the fact out of the search result,
-      " I will search for it. <begin_search> X birthplace </end_search>"     (model segment ends here)
+      " I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"          (tool segment)
-      "The search result says that the birthplace of X is Y.\\n"
+      "The search result says that X's birthplace is Y.\\n"
 A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes, so it is A.",
 and every response ends "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS.
@@ -20,20 +20,21 @@ confident recall of an unknown one (which states a wrong value). Observations co
 `observe(query) -> (observation text, retrieved doc ids)`: the real search tool, so training observations
 are what the sampler injects at run time.
 """
+from data.world import fact_sentence, phrase
 from env import TAGS
 
 
 def query_for(name, relation):
-    return f"{name} {relation}"
+    return phrase(name, relation)
 
 
 def need(name, relation):
-    return f"I need the {relation} of {name}."
+    return f"I need {phrase(name, relation)}."
 
 
 def stated(name, relation, value):
-    """The fact as the reasoning states it: "the birth year of X is 1850."."""
-    return f"the {relation} of {name} is {value}."
+    """The fact as the reasoning states it: "X's birth year is 1850."."""
+    return fact_sentence(name, relation, value)
 
 
 def recall(name, relation, value):
@@ -118,7 +119,7 @@ def decision_pair(world, q, k, observe, wrong_value):
     included) as the prefix, ending with "I need the R of X."; chosen = the right step, rejected = its
     opposite: a recall of a known fact is preferred to a needless search of it (direction "answer"), a search
     of an unknown one to a recall, which can only state a made-up value, wrong_value(name, relation)
-    (direction "search"). -> dict(prefix, chosen, rejected, direction)."""
+    (direction "search"). The prefix ends with "I need X's R.". -> dict(prefix, chosen, rejected, direction)."""
     segments = trajectory(world, q, observe)
     text = "".join(s["text"] for s in segments)
     name, rel, value, known = steps(world, q)[k]

@@ -12,11 +12,13 @@ Facts of known and train entities point only at known and train entities, so no 
 held-out entity. Names are two words from one pool, and the known names use every word of it: a held-out
 name is a new pair of words the base model has seen, so it can be copied but not remembered.
 
-One sentence form, everywhere: a fact is "The <relation> of <subject> is <value>." on a page, in a question
-("What is the founder of the employer of X?"), in the reasoning ("I need the founder of Y.", "The search
-result says that the founder of Y is Z.") and, as "<subject> <relation>", in a search query. A page is its
-title and its entity's facts in an order drawn for that page, so where a fact stands on a page says nothing
-about which relation it is: only the words before its value do.
+One phrase form, everywhere: "<subject>'s <relation>". A fact is "X's birthplace is Y." on a page and in the
+reasoning ("I need X's employer.", "The search result says that X's employer is Z."), a search query is the
+phrase itself ("X's employer"), and a question chains it in the order it is resolved ("What is X's
+employer's founder?"). So the words just before a value name its relation and, one word earlier, its
+subject, and the relation a chain needs next is the one after the last one resolved. A page is its title and
+its entity's facts in an order drawn for that page: where a fact stands on a page says nothing about which
+relation it is, only the words before its value do.
 
 Everything is a pure function of the seed: one `random.Random`, no global state, sets never iterated.
 
@@ -121,19 +123,23 @@ class World:
 
 
 # ----------------------------------------------------------------------------- text
+def phrase(subject, relation):
+    """"X's birthplace": how a fact is named everywhere (module docstring)."""
+    return f"{subject}'s {relation}"
+
+
 def fact_sentence(subject, relation, value):
     """The one sentence form of a fact, shared by pages and reasoning."""
-    return f"The {relation} of {subject} is {value}."
+    return f"{phrase(subject, relation)} is {value}."
 
 
 _NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # make_names: two capitalised words
-FACT_RE = re.compile(rf"\b[Tt]he ([a-z]+(?: [a-z]+)?) of ({_NAME}) is ({_NAME}|\d+)\.")
+FACT_RE = re.compile(rf"({_NAME})'s ([a-z]+(?: [a-z]+)?) is ({_NAME}|\d+)\.")
 
 
 def parse_facts(text):
-    """Every fact sentence in text (a page's "The R of X is V." or a reasoning line's "the R of X is V."), as
-    (relation, subject, value) strings, in order."""
-    return FACT_RE.findall(text)
+    """Every fact sentence in text ("X's R is V."), as (relation, subject, value) strings, in order."""
+    return [(relation, subject, value) for subject, relation, value in FACT_RE.findall(text)]
 
 
 def page(name, facts, rng):
@@ -144,11 +150,8 @@ def page(name, facts, rng):
 
 
 def composition_text(start, relations):
-    """relations in lookup order: ["employer", "founder"] -> 'What is the founder of the employer of X?'."""
-    phrase = start
-    for r in relations:
-        phrase = f"the {r} of {phrase}"
-    return f"What is {phrase}?"
+    """relations in lookup order: ["employer", "founder"] -> "What is X's employer's founder?"."""
+    return "What is " + start + "".join(f"'s {r}" for r in relations) + "?"
 
 
 # ----------------------------------------------------------------------------- names
@@ -297,8 +300,8 @@ def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
 
 # ----------------------------------------------------------------------------- questions
 def composition_questions(world, max_hops=4):
-    """Every chain of 1..max_hops lookups from every entity, without revisiting an entity (so no "the founder
-    of the employer of X" that is X again). Years end a chain."""
+    """Every chain of 1..max_hops lookups from every entity, without revisiting an entity (so no "X's employer's
+    founder" that is X again). Years end a chain."""
     out = []
 
     def walk(start, name, relations, seen):

@@ -27,7 +27,6 @@ FILES = ["corpus", "base", "stage1", "stage2", "workflow", "rl", "dev", "test", 
 TRAINING = ("base", "stage1", "stage2", "workflow", "rl")
 T = env.TAGS
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # every world name is two capitalised invented words
-FACT_LINE = re.compile(r"(The search result says|I remember) that (the .+?\.)\n")
 
 
 def read_jsonl(path):
@@ -127,7 +126,7 @@ def test_gold_answers_follow_from_the_facts(files):
                 assert subject == name
                 name = str(by_name[name]["facts"][rel])
             assert r["answers"] == [name]
-            assert r["question"] == "What is " + "".join(f"the {rel} of " for _, rel in reversed(steps)) + steps[0][0] + "?"
+            assert r["question"] == "What is " + steps[0][0] + "".join(f"'s {rel}" for _, rel in steps) + "?"
         else:
             (a, rel), (b, _) = steps
             ya, yb = by_name[a]["facts"][rel], by_name[b]["facts"][rel]
@@ -149,7 +148,7 @@ def test_pages_state_each_fact_once_in_a_drawn_order(files):
         e = by_name[title.strip('"')]
         facts = parse_facts(text)
         assert sorted(facts) == sorted((rel, e["name"], str(v)) for rel, v in e["facts"].items())
-        assert len(text) == len(" ".join(f"The {rel} of {s} is {v}." for rel, s, v in facts))
+        assert len(text) == len(" ".join(f"{s}'s {rel} is {v}." for rel, s, v in facts))
         for i, (rel, _, _) in enumerate(facts):
             places.setdefault((e["type"], rel), set()).add(i)
     for (type_, rel), seen in places.items():
@@ -232,19 +231,18 @@ def test_stage2_is_right_at_every_step(files):
                 assert seg["text"] == env.format_observation(search.search([env.extract_query(prev["text"])], topk)[0])
         reasoning = "".join(s["text"] for s in segs if not s["tool"])
         assert assert_true_facts(reasoning, by_name) >= 1
-        for subject_rel in re.findall(rf"I need the ([a-z ]+?) of ({NAME})\.", text):
-            rel, subject = subject_rel
+        for subject, rel in re.findall(rf"I need ({NAME})'s ([a-z ]+?)\.", text):
             lookups += 1
             if by_name[subject]["known"]:
-                assert f"I need the {rel} of {subject}. I remember that the {rel} of {subject} is" in text
+                assert f"I need {subject}'s {rel}. I remember that {subject}'s {rel} is" in text
             else:
-                assert (f"I need the {rel} of {subject}. I will search for it. {T.search_open} {subject} {rel} "
+                assert (f"I need {subject}'s {rel}. I will search for it. {T.search_open} {subject}'s {rel} "
                         f"{T.search_close}") in text
-                assert f"The search result says that the {rel} of {subject} is {by_name[subject]['facts'][rel]}." in text
+                assert f"The search result says that {subject}'s {rel} is {by_name[subject]['facts'][rel]}." in text
         assert text.count(T.think_close) == 1 and env.reward(text, r["answers"]) == 1.0
         if r["type"] == "comparison":
             (ya, yb, yes, name), = re.findall(rf"Is (\d+) earlier than (\d+)\? [^:]+: (Yes|No), so it is ({NAME})\.", text)
-            a, b = re.findall(rf"I need the [a-z ]+? of ({NAME})\.", text)
+            a, b = re.findall(rf"I need ({NAME})'s [a-z ]+?\.", text)
             assert (yes == "Yes") == (int(ya) < int(yb)) and name == (a if yes == "Yes" else b) == r["answers"][0]
         assert (r["kind"] == "cot") == (T.search_open not in text)
     kinds = [r["kind"] for r in files["stage2"]]
@@ -264,7 +262,7 @@ def test_workflow_file_is_stage2_in_the_controllers_format(files):
         assert len(segs) // 2 == (2 if r["type"] == "comparison" else r["hops"])  # one retrieval per lookup
         for decision, obs in zip(segs[0::2], segs[1::2]):
             query = decision["text"].split("\n")[-1]
-            assert re.fullmatch(rf"I need the [a-z ]+ of {NAME}\.", query), query
+            assert re.fullmatch(rf"I need {NAME}'s [a-z ]+\.", query), query
             assert obs["text"] == env.format_observation(search.search([query], topk)[0])
         text = response(r)
         assert T.search_open not in text and "I remember" not in text
@@ -274,16 +272,16 @@ def test_workflow_file_is_stage2_in_the_controllers_format(files):
 
 
 def test_stage1_pairs_are_a_decision_against_its_opposite(files):
-    """prefix: the right trajectory up to a decision point, ending "I need the R of X."; direction search (X
+    """prefix: the right trajectory up to a decision point, ending "I need X's R."; direction search (X
     unknown): chosen searches X R, rejected recalls a wrong value; answer (X known): chosen recalls the true
     value, rejected searches. Half each way, at every depth of the chains."""
     by_name, stage2 = files["by_name"], {}
     directions, depths = [], set()
     for r in files["stage1"]:
-        rel, subject = re.search(rf"I need the ([a-z ]+?) of ({NAME})\.$", r["prefix"]).groups()
+        subject, rel = re.search(rf"I need ({NAME})'s ([a-z ]+?)\.$", r["prefix"]).groups()
         truth = str(by_name[subject]["facts"][rel])
-        search = f" I will search for it. {T.search_open} {subject} {rel} {T.search_close}"
-        recalled = lambda s: re.fullmatch(rf" I remember that the {rel} of {subject} is (.+)\.\n", s)  # noqa: E731
+        search = f" I will search for it. {T.search_open} {subject}'s {rel} {T.search_close}"
+        recalled = lambda s: re.fullmatch(rf" I remember that {subject}'s {rel} is (.+)\.\n", s)  # noqa: E731
         directions.append(r["direction"])
         assert by_name[subject]["known"] == (r["direction"] == "answer")
         if r["direction"] == "search":
@@ -292,7 +290,7 @@ def test_stage1_pairs_are_a_decision_against_its_opposite(files):
             assert r["rejected"] == search and recalled(r["chosen"]) and recalled(r["chosen"])[1] == truth
         assert r["prefix"].count(T.result_open) == r["prefix"].count(T.search_open)
         assert_true_facts(r["prefix"], by_name)
-        depths.add(r["prefix"].count("I need the "))
+        depths.add(r["prefix"].count("I need "))
     assert directions.count("search") == directions.count("answer") == len(directions) // 2
     assert depths == {1, 2, 3, 4}
 
@@ -321,12 +319,12 @@ def test_base_text(files):
     ranks = set()
     for r in reading:
         text = r["response"]
-        assert text.count(T.result_open) == text.count(T.search_open) == text.count("I need the ") \
+        assert text.count(T.result_open) == text.count(T.search_open) == text.count("I need ") \
             == text.count("The search result says that") and "I remember" not in text
-        for read, obs in zip(re.findall(r"The search result says that the (.+?)\.\n", text),
+        for read, obs in zip(re.findall(r"The search result says that (.+?)\.\n", text),
                              re.findall(re.escape(T.result_open) + r"(.+?)" + re.escape(T.result_close), text, re.S)):
             results = re.split(r"result \d: ", obs)[1:]
-            ranks.add(next(i for i, d in enumerate(results) if f"The {read}." in d))
+            ranks.add(next(i for i, d in enumerate(results) if f"{read}." in d))
     assert ranks == {0, 1, 2}  # the right page is found by its name, not by its rank
     text = "\n".join(r["text"] for r in reading)
     assert not [n for n in by_name if n in text]  # the parallel worlds teach reading, nothing about this world
@@ -350,17 +348,17 @@ def test_observed_answer_follows_the_rollouts_own_results(files):
     world, by_name = files["world"], files["by_name"]
     person = next(e for e in world["entities"] if e["type"] == "person" and not e["known"])
     org = person["facts"]["employer"]
-    q = Question(f"What is the founder of the employer of {person['name']}?", "", 2, "composition",
+    q = Question(f"What is {person['name']}'s employer's founder?", "", 2, "composition",
                  [(person["name"], "employer"), (org, "founder")])
-    page = f"The employer of {person['name']} is {org}."
-    founder_page = f"The founder of {org} is {by_name[org]['facts']['founder']}."
+    page = f"{person['name']}'s employer is {org}."
+    founder_page = f"{org}'s founder is {by_name[org]['facts']['founder']}."
     assert observed_answer(world, q, [page, founder_page]) == by_name[org]["facts"]["founder"]
     assert observed_answer(world, q, [page]) == (by_name[org]["facts"]["founder"] if by_name[org]["known"] else None)
     other = next(e for e in world["entities"] if e["type"] == "org" and e["known"])
     # a result that says otherwise is what the rollout saw: the chain goes on from there
-    assert observed_answer(world, q, [f"The employer of {person['name']} is {other['name']}."]) == other["facts"]["founder"]
+    assert observed_answer(world, q, [f"{person['name']}'s employer is {other['name']}."]) == other["facts"]["founder"]
     a, b = [e for e in world["entities"] if e["type"] == "person" and not e["known"]][:2]
     cmp = Question(f"Who was born earlier, {a['name']} or {b['name']}?", "", 2, "comparison",
                    [(a["name"], "birth year"), (b["name"], "birth year")])
-    years = [f"The birth year of {a['name']} is 1500.", f"The birth year of {b['name']} is 1499."]
+    years = [f"{a['name']}'s birth year is 1500.", f"{b['name']}'s birth year is 1499."]
     assert observed_answer(world, cmp, years) == b["name"] and observed_answer(world, cmp, years[:1]) is None
