@@ -1,41 +1,39 @@
 """The whole paper on the embedded world, in one command: world -> base -> SFT stages -> RL -> eval.
 
-Trains every model of the paper's Table 1 with each stage's default settings, evaluates them all
-on the test split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1:
-EM with its 95% interval, on held-out and known-only questions, by number of hops and for comparisons,
-real search calls (per question at evaluation, and in total during RL training), and each agent's
-first-step "when to act" (eval.when_to_act). Then where comparisons go wrong (eval.comparison_steps), how
-faithfully each model copies what it reads (eval.reading), the
-reading checks (the counterfactual corpus, the model's own observations in place of the tool), the
-base model's copying and the world-model probe (probe.py) and paired comparisons.
+Trains every model of the paper's Table 1 with each stage's default settings, evaluates them all on the test
+split (greedy, the world's BM25 as the tool), and prints a table shaped like Table 1 (EM with its 95%
+interval, on held-out and known-only questions, by hops, comparisons, searches per question, real searches
+in RL); then each agent's first-step decision (eval.when_to_act), the reading checks (every agent again on
+the counterfactual corpus and on the pages laid out otherwise; SFT-1&2&3 with its own observations), where
+comparisons go wrong (eval.comparison_steps), the base model's copying and memory and the world model of RL
+stage 1 (probe.py), and paired comparisons.
 
-    python pipeline.py                       # everything, into runs/
-    python pipeline.py --skip-train          # only (re)evaluate existing checkpoints
-    python pipeline.py --limit 100           # evaluate on 100 test questions only (evenly spaced over the strata)
+    python pipeline.py                                  # everything, into runs/
+    python pipeline.py --skip-train                     # only (re)evaluate existing checkpoints
+    python pipeline.py --limit 100                      # evaluate on 100 test questions (evenly spaced over the strata)
+    python pipeline.py --runs runs/s1 --seed 1 --base runs/base     # another training seed on the same base
+    python pipeline.py --runs runs/b1 --base-seed 1                 # another base model
 
-Rows (-> the checkpoint each is evaluated from):
-    no tool            base model, no tool                       runs/base
-    RAG                runs/workflow: one retrieval with the question, then the model reads
-    workflow           runs/workflow: the controller searches at every step (eval.py explains the model)
-    SFT-1              runs/sft1            SFT-2             runs/sft2_only (base + stage 2)
-    SFT-1&2            runs/sft2            SFT-1&2&3         runs/sft3
-    RL-2 only          runs/rl2_only  (GRPO, all real, from the base model)
-    SFT-1&2&3 + RL-1   runs/rl/rl1    (the 5:1 run after its simulated steps)
-    SFT-1&2&3 + RL-1&2 runs/rl        (the 5:1 run, simulated then real)
-    SFT-1&2 + RL-2     runs/rl2_sft12 (GRPO, all real, from SFT-1&2)
-    SFT-1&2&3 + RL-2   runs/rl2_sft3  (all real from the same start as the 5:1 run: the paper's
-                                       claim that simulated RL lands near all-real RL)
-The workflow model (runs/workflow) is the base model fine-tuned like SFT-2 on the same questions in the
-workflow's format (data/build.py's workflow.jsonl), so that it can read what the controller retrieves.
-Each stage is skipped when its output already has a checkpoint, so an interrupted pipeline resumes.
-The base model must copy what it reads: one that copies under 90% of the dev entities' values out of their
-pages (probe.py --copy) is set aside and pretrained again with the next seed (base_gate below).
+Rows (-> the checkpoint each is evaluated from, under --runs):
+    no tool            base, no tool in the prompt    base, with the tool   base, as an agent
+    RAG                workflow: one retrieval with the question, then the model reads
+    workflow           workflow: the controller searches at every step (eval.py explains the model)
+    SFT-1              sft1            SFT-2              sft2_only (base + stage 2)
+    SFT-1&2            sft2            SFT-1&2&3          sft3
+    RL-2 only          rl2_only  (GRPO, all real, from the base model)
+    SFT-1&2&3 + RL-1   rl/rl1    (the 5:1 run after its simulated steps)
+    SFT-1&2&3 + RL-1&2 rl        (the 5:1 run, simulated then real)
+    SFT-1&2 + RL-2     rl2_sft12 (GRPO, all real, from SFT-1&2: the paper's comparison for 5:1)
+    SFT-1&2&3 + RL-2   rl2_sft3  (all real from the same start as the 5:1 run)
+The workflow model is the base model fine-tuned like SFT-2 on the same questions in the workflow's format
+(data/build.py's workflow.jsonl), so that it can read what the controller retrieves. Each stage is skipped
+when its output already has a checkpoint, so an interrupted pipeline resumes.
 
-Jobs run as separate processes, --jobs at a time (default 2, one per core of the embedded setup's
-machine), each on one CPU thread, and each as soon as the jobs it needs are done: the default chain
-(world -> base -> SFT-1 -> SFT-2 -> SFT-3 -> 5:1 RL) goes first, the other Table-1 runs and the
-evaluations fill the other core. A job that starts alone with nothing else ready (the base model, which
-every other job needs) gets every core's thread. Each job's output is in runs/logs/<job>.log.
+Jobs run as separate processes, --jobs at a time (default 2, one per core of the embedded setup's machine),
+each on one CPU thread, and each as soon as the jobs it needs are done: the default chain (world -> base ->
+SFT-1 -> SFT-2 -> SFT-3 -> 5:1 RL) goes first, the other Table-1 runs and the evaluations fill the other core.
+A job that starts alone with nothing else ready (the base model, which every other job needs) gets every
+core's thread. Each job's output is in RUNS/logs/<job>.log.
 """
 import argparse
 import json
@@ -50,44 +48,36 @@ import jsonl
 from data.build import PERTURBATIONS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Training jobs: output -> (command, the outputs it needs). The default chain first, then Table 1's extra runs.
-# The default chain: each output, the command that makes it with its defaults; each needs the one before.
-# A stage script whose default input is missing has it built here (checkpoints.ensure -> `--build`).
-DEFAULT_CHAIN = {
-    "runs/world": ["-m", "data.build", "--out", "runs/world"],
-    "runs/base": ["pretrain.py"],
-    "runs/sft1": ["sft_contrastive.py"],
-    "runs/sft2": ["sft_coa.py", "--mask-obs"],
-    "runs/sft3": ["sft_coa.py"],
+# The stages, each trained into RUNS/<name> from the stage it names (the world: its data). The first five
+# are the default chain a stage script builds when run alone (checkpoints.ensure -> `--build`).
+STAGES = {
+    "world": (["-m", "data.build"], None),
+    "base": (["pretrain.py"], None),
+    "sft1": (["sft_contrastive.py"], "base"),
+    "sft2": (["sft_coa.py", "--mask-obs"], "sft1"),
+    "sft3": (["sft_coa.py"], "sft2"),
+    "rl": (["grpo.py", "--sim-ratio", "5"], "sft3"),
+    "rl2_sft3": (["grpo.py", "--sim-ratio", "0"], "sft3"),
+    "sft2_only": (["sft_coa.py", "--mask-obs"], "base"),
+    "rl2_sft12": (["grpo.py", "--sim-ratio", "0"], "sft2"),
+    "rl2_only": (["grpo.py", "--sim-ratio", "0"], "base"),
+    "workflow": (["sft_coa.py", "--mask-obs", "--file", "workflow.jsonl"], "base"),
 }
-CHAIN = list(DEFAULT_CHAIN)
-TRAIN = {out: (cmd, [CHAIN[i - 1]] if i else []) for i, (out, cmd) in enumerate(DEFAULT_CHAIN.items())}
-TRAIN.update({
-    "runs/rl": (["grpo.py", "--sim-ratio", "5"], ["runs/sft3"]),
-    "runs/rl2_sft3": (["grpo.py", "--sim-ratio", "0", "--out", "runs/rl2_sft3"], ["runs/sft3"]),
-    "runs/sft2_only": (["sft_coa.py", "--mask-obs", "--data", "runs/world", "--init", "runs/base", "--out",
-                        "runs/sft2_only"], ["runs/base"]),
-    "runs/rl2_sft12": (["grpo.py", "--sim-ratio", "0", "--data", "runs/world", "--init", "runs/sft2", "--out",
-                        "runs/rl2_sft12"], ["runs/sft2"]),
-    "runs/rl2_only": (["grpo.py", "--sim-ratio", "0", "--data", "runs/world", "--init", "runs/base", "--out",
-                       "runs/rl2_only"], ["runs/base"]),
-    "runs/workflow": (["sft_coa.py", "--mask-obs", "--data", "runs/world", "--init", "runs/base", "--file",
-                       "workflow.jsonl", "--out", "runs/workflow"], ["runs/base"]),
-})
-ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoint and counts its real search calls)
-    ("no tool", "runs/base", "none", "runs/base"),
-    ("base, with the tool", "runs/base", "agent", "runs/base"),
-    ("RAG", "runs/workflow", "rag", "runs/workflow"),
-    ("workflow", "runs/workflow", "workflow", "runs/workflow"),
-    ("SFT-1", "runs/sft1", "agent", "runs/sft1"),
-    ("SFT-2", "runs/sft2_only", "agent", "runs/sft2_only"),
-    ("SFT-1&2", "runs/sft2", "agent", "runs/sft2"),
-    ("SFT-1&2&3", "runs/sft3", "agent", "runs/sft3"),
-    ("RL-2 only", "runs/rl2_only", "agent", "runs/rl2_only"),
-    ("SFT-1&2&3 + RL-1", "runs/rl/rl1", "agent", "runs/rl"),
-    ("SFT-1&2&3 + RL-1&2", "runs/rl", "agent", "runs/rl"),
-    ("SFT-1&2 + RL-2", "runs/rl2_sft12", "agent", "runs/rl2_sft12"),
-    ("SFT-1&2&3 + RL-2", "runs/rl2_sft3", "agent", "runs/rl2_sft3"),
+DEFAULT_CHAIN = ["runs/world", "runs/base", "runs/sft1", "runs/sft2", "runs/sft3"]
+ROWS = [  # (name, checkpoint, eval policy, the stage that makes the checkpoint and counts its real search calls)
+    ("no tool", "base", "none", "base"),
+    ("base, with the tool", "base", "agent", "base"),
+    ("RAG", "workflow", "rag", "workflow"),
+    ("workflow", "workflow", "workflow", "workflow"),
+    ("SFT-1", "sft1", "agent", "sft1"),
+    ("SFT-2", "sft2_only", "agent", "sft2_only"),
+    ("SFT-1&2", "sft2", "agent", "sft2"),
+    ("SFT-1&2&3", "sft3", "agent", "sft3"),
+    ("RL-2 only", "rl2_only", "agent", "rl2_only"),
+    ("SFT-1&2&3 + RL-1", "rl/rl1", "agent", "rl"),
+    ("SFT-1&2&3 + RL-1&2", "rl", "agent", "rl"),
+    ("SFT-1&2 + RL-2", "rl2_sft12", "agent", "rl2_sft12"),
+    ("SFT-1&2&3 + RL-2", "rl2_sft3", "agent", "rl2_sft3"),
 ]
 # Does a model read the tool? Every agent from SFT-2 on, and the workflow, again on copies of the corpus
 # (data/build.py): the counterfactual one (held-out facts changed: does it follow the corpus or its memory?)
@@ -96,12 +86,11 @@ ROWS = [  # (name, checkpoint, eval policy, training job that makes the checkpoi
 READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1",
                                               "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", "SFT-1&2&3 + RL-2")]
 LAYOUT_LIMIT = 400  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
-CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by,
-           ["--split", "test_cf", "--search", "runs/world/corpus_cf.jsonl"]) for name, ckpt, policy, made_by in READERS]
-CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by,
-            ["--search", f"runs/world/corpus_{layout}.jsonl", "--limit", str(LAYOUT_LIMIT)])
+CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by, ["--split", "test_cf", "--search", "corpus_cf"])
+          for name, ckpt, policy, made_by in READERS]
+CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(LAYOUT_LIMIT)])
            for layout in PERTURBATIONS for name, ckpt, policy, made_by in READERS]
-CHECKS += [("SFT-1&2&3, own observations", "runs/sft3", "agent", "runs/sft3", ["--mode", "sim"])]
+CHECKS += [("SFT-1&2&3, own observations", "sft3", "agent", "sft3", ["--mode", "sim"])]
 # Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
 PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
          ("SFT-1&2&3 + RL-1", "SFT-1&2&3"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
@@ -111,75 +100,98 @@ PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
 # the longest side job (GRPO from the base model), so that the last minutes are filled by short
 # evaluations instead of one long job alone on a core.
-ORDER = CHAIN + ["runs/rl", "runs/rl2_only", "runs/rl2_sft3", "runs/sft2_only", "runs/workflow", "runs/rl2_sft12"]
+ORDER = ["world", "base", "sft1", "sft2", "sft3", "rl", "rl2_only", "rl2_sft3", "sft2_only", "workflow", "rl2_sft12"]
 
 
-PROBE = "runs/eval/probe.jsonl"    # the world model of SFT-1&2&3 on the RL prompts' own lookups (probe.py)
-COPY = "runs/eval/copy.jsonl"      # the base model copies held-out values out of search results (probe.py --copy)
-RECALL = "runs/eval/recall.jsonl"  # the base model remembers the known entities' facts (probe.py --recall)
+class Plan:
+    """Where a pipeline's outputs go (--runs) and the seeds it trains with: the base model's (--base-seed, or an
+    existing base model, --base) and every later stage's (--seed)."""
+
+    def __init__(self, runs="runs", seed=0, base_seed=0, base=None):
+        self.runs, self.seed, self.base_seed, self.base = runs, seed, base_seed, base
+
+    def path(self, name):
+        """A stage's output (or, for a check's corpus_*, the world's file)."""
+        if name == "base" and self.base:
+            return self.base
+        if name.startswith("corpus_"):
+            return f"{self.runs}/world/{name}.jsonl"
+        return f"{self.runs}/{name}"
+
+    def command(self, name):
+        """The command that trains stage `name` (its script's defaults, but for where it reads and writes)."""
+        script, start = STAGES[name]
+        if name == "world":
+            return script + ["--out", self.path(name)]
+        cmd = script + ["--data", self.path("world"), "--out", self.path(name)]
+        cmd += ["--init", self.path(start)] if start else []
+        return cmd + ["--seed", str(self.base_seed if name == "base" else self.seed)]
+
+    def eval_file(self, name):
+        return os.path.join(self.runs, "eval", name.replace(",", "").replace(" ", "_").replace("&", "+") + ".jsonl")
+
+    def probe_file(self, kind):
+        """probe.py's outputs: the world model that RL stage 1 runs on ("probe"), the base model's copying out of
+        search results ("copy") and its memory of the known entities' facts ("recall")."""
+        return os.path.join(self.runs, "eval", f"{kind}.jsonl")
 
 
-def eval_file(name):
-    return os.path.join("runs/eval", name.replace(" ", "_").replace("&", "+") + ".jsonl")
+def needed(name):
+    """The stages `name` is made from, itself included (what `--build` runs)."""
+    start = STAGES[name][1]
+    return {name} | ({"world"} if name != "world" else set()) | (needed(start) if start else set())
 
 
-def needed(target):
-    """The training outputs `target` is made from, itself included (what `--build target` runs)."""
-    out = {target}
-    for need in TRAIN[target][1]:
-        out |= needed(need)
-    return out
-
-
-def jobs(limit, batch_size, skip_train, only=None):
-    """Every job of the pipeline as (key, command, needs, output or None), training first, in priority order.
-    A training job whose output already has a checkpoint is left out, so an interrupted pipeline resumes.
-    only: a set of training outputs; then just those, and no evaluation."""
+def jobs(plan, limit, batch_size, skip_train, only=None):
+    """Every job of the pipeline as (key, command, needs), training first, in priority order. A stage whose
+    output already has a checkpoint is left out, so an interrupted pipeline resumes. only: a set of stages;
+    then just those, and no evaluation."""
     out = []
-    for key in ORDER if not skip_train else []:
-        if only is not None and key not in only:
+    for name in ORDER if not skip_train else []:
+        if (only is not None and name not in only) or (name == "base" and plan.base):
             continue
-        cmd, needs = TRAIN[key]
-        if checkpoints.have(os.path.join(ROOT, key)):
-            print(f"[pipeline] {key}: already done, skipping")
+        if checkpoints.have(os.path.join(ROOT, plan.path(name))):
+            print(f"[pipeline] {plan.path(name)}: already done, skipping")
             continue
+        cmd = plan.command(name)
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
-        out.append((key, cmd + ["--overwrite"] if cmd[0].endswith(".py") else cmd, needs, key))
+        needs = ["world"] if name == "base" else [STAGES[name][1]] if STAGES[name][1] else []
+        out.append((name, cmd + ["--overwrite"] if name != "world" else cmd, needs))
+    scheduled = {k for k, *_ in out}
+    out = [(k, cmd, [n for n in needs if n in scheduled]) for k, cmd, needs in out]
     if only is not None:
-        scheduled = {k for k, *_ in out}
-        return [(k, cmd, [n for n in needs if n in scheduled], o) for k, cmd, needs, o in out]
+        return out
     for name, ckpt, policy, made_by, extra in [(*row, []) for row in ROWS] + CHECKS:
-        if skip_train and not checkpoints.have(os.path.join(ROOT, ckpt)):
-            print(f"[pipeline] {name}: no checkpoint at {ckpt}, not evaluated")
+        if skip_train and not checkpoints.have(os.path.join(ROOT, plan.path(ckpt))):
+            print(f"[pipeline] {name}: no checkpoint at {plan.path(ckpt)}, not evaluated")
             continue
-        cmd = ["eval.py", "--ckpt", ckpt, "--policy", policy, "--name", name, "--out", eval_file(name),
-               "--batch-size", str(batch_size)] + extra + (["--limit", str(limit)] if limit and "--limit" not in extra else [])
-        out.append((f"eval {name}", cmd, [made_by], None))
-    # the world model that RL stage 1 runs on: SFT-1&2&3's own observations at the RL prompts' actions against
-    # the real ones, by the split of the entity looked up (probe.py)
-    out.append(("probe SFT-1&2&3", ["probe.py", "--ckpt", "runs/sft3", "--split", "rl", "--out", PROBE,
-                                    "--batch-size", str(batch_size)] + (["--limit", str(limit)] if limit else []),
-                ["runs/sft3"], None))
-    # what the base model brings to SFT: it copies a value out of a search result, and remembers the known facts
-    out.append(("copy base", ["probe.py", "--ckpt", "runs/base", "--copy", "1000", "--split", "test", "--out", COPY],
-                ["runs/base"], None))
-    out.append(("recall base", ["probe.py", "--ckpt", "runs/base", "--recall", "1000", "--out", RECALL],
-                ["runs/base"], None))
+        extra = [plan.path(x) if x.startswith("corpus_") else x for x in extra]
+        cmd = ["eval.py", "--ckpt", plan.path(ckpt), "--data", plan.path("world"), "--policy", policy, "--name", name,
+               "--out", plan.eval_file(name), "--batch-size", str(batch_size)] + extra
+        cmd += ["--limit", str(limit)] if limit and "--limit" not in extra else []
+        out.append((f"eval {name}", cmd, [n for n in (made_by, "world") if n in scheduled]))
+    world = ["--data", plan.path("world")]
+    probes = [("probe SFT-1&2&3", ["probe.py", "--ckpt", plan.path("sft3"), "--split", "rl", "--batch-size",
+                                   str(batch_size)] + (["--limit", str(limit)] if limit else []), "sft3", "probe"),
+              ("copy base", ["probe.py", "--ckpt", plan.path("base"), "--copy", "1000", "--split", "test"], "base", "copy"),
+              ("recall base", ["probe.py", "--ckpt", plan.path("base"), "--recall", "1000"], "base", "recall")]
+    for key, cmd, made_by, kind in probes:
+        out.append((key, cmd + world + ["--out", plan.probe_file(kind)], [n for n in (made_by, "world") if n in scheduled]))
     return out
 
 
-def run_jobs(todo, workers, times):
+def run_jobs(todo, workers, times, logs):
     """Run the jobs on `workers` processes of one thread each, every job as soon as what it needs is done.
-    A job's output goes to runs/logs/<job>.log. Stops at the first failure (its log is named)."""
-    os.makedirs(os.path.join(ROOT, "runs/logs"), exist_ok=True)
+    A job's output goes to LOGS/<job>.log. Stops at the first failure (its log is named)."""
+    os.makedirs(os.path.join(ROOT, logs), exist_ok=True)
     pending = {k for k, *_ in todo}
-    commands = {k: cmd for k, cmd, *_ in todo}
+    commands = {k: cmd for k, cmd, _ in todo}
     running = {}
     while pending or running:
-        ready = [(k, commands[k]) for k, _, needs, _ in todo
+        ready = [(k, commands[k]) for k, _, needs in todo
                  if k in pending and not any(n in pending or n in running for n in needs)]
         for key, cmd in ready[:workers - len(running)]:
-            log = os.path.join(ROOT, "runs/logs", key.replace("/", "_").replace(" ", "_") + ".log")
+            log = os.path.join(ROOT, logs, key.replace("/", "_").replace(" ", "_") + ".log")
             threads = workers if not running and len(ready) == 1 else 1  # alone: every core; idle OpenMP threads spin
             print(f"[pipeline] start {key}: python {' '.join(cmd)}  ({threads} thread(s), log "
                   f"{os.path.relpath(log, ROOT)})", flush=True)
@@ -211,9 +223,9 @@ def rl_real_calls(path):
     return torch.load(state, map_location="cpu", weights_only=False)["extra"].get("real_search_calls")
 
 
-def load_eval(name):
+def load_eval(plan, name):
     """(summary, records) written by the eval job `name`, or None if it has not run."""
-    path = os.path.join(ROOT, eval_file(name))
+    path = os.path.join(ROOT, plan.eval_file(name))
     if not os.path.isfile(path):
         return None
     with open(path[:-len(".jsonl")] + ".summary.json") as f:
@@ -223,25 +235,25 @@ def load_eval(name):
     return summary, records
 
 
-def collect():
+def collect(plan):
     """Each row's summary (written by its eval job) with the real search calls of its RL training; the reading
     checks (counterfactual corpus: of the questions solved with the real one, how often the answer follows the
     changed corpus; layouts: EM, its paired difference to the same questions on the real corpus, and the
     reading lines' copy rate; own observations: EM without the real tool); the probes; the paired comparisons."""
     results, records = [], {}
     for name, ckpt, policy, made_by in ROWS:
-        loaded = load_eval(name)
+        loaded = load_eval(plan, name)
         if loaded is None:
-            print(f"[pipeline] {name}: no evaluation in {eval_file(name)}, skipped")
+            print(f"[pipeline] {name}: no evaluation in {plan.eval_file(name)}, skipped")
             continue
         summary, records[name] = loaded
         summary["comparison_steps"] = eval_lib.comparison_steps(records[name])  # from the trajectories
         summary["reading"] = eval_lib.reading(records[name])
-        summary["rl_real_search_calls"] = rl_real_calls(ckpt) if made_by.startswith("runs/rl") else 0
+        summary["rl_real_search_calls"] = rl_real_calls(plan.path(ckpt)) if made_by.startswith("rl") else 0
         results.append(summary)
     checks = []
     for name, ckpt, policy, made_by, extra in CHECKS:
-        loaded = load_eval(name)
+        loaded = load_eval(plan, name)
         row = next((r for r, c, p, _ in ROWS if c == ckpt and p == policy), None)
         if loaded is None or row not in records:
             continue
@@ -256,8 +268,8 @@ def collect():
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
     probe = {}
-    for key, path in (("probe", PROBE), ("copy", COPY), ("recall", RECALL)):
-        summary_file = os.path.join(ROOT, path[:-len(".jsonl")] + ".summary.json")
+    for key in ("probe", "copy", "recall"):
+        summary_file = os.path.join(ROOT, plan.probe_file(key)[:-len(".jsonl")] + ".summary.json")
         if os.path.isfile(summary_file):
             with open(summary_file) as f:
                 probe[key] = json.load(f)[key]
@@ -369,35 +381,45 @@ def table(results, checks=(), pairs=(), probe=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs", help="where every output goes: RUNS/world, RUNS/base, ..., RUNS/eval")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every training stage after the base model")
+    ap.add_argument("--base-seed", type=int, default=0, help="seed of the base model's pretraining")
+    ap.add_argument("--base", help="an existing base model to start from instead of pretraining one (e.g. "
+                                   "runs/base, for another --seed on the same base)")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate existing checkpoints")
     ap.add_argument("--limit", type=int, default=0, help="evaluate on this many test questions (0 = all)")
     ap.add_argument("--batch-size", type=int, default=64, help="questions decoded together at evaluation")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
-    ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in runs/eval")
-    ap.add_argument("--build", metavar="OUT", help="only make this training output and what it needs (e.g. "
-                    "runs/sft3; what a stage script runs when its default input is missing)")
+    ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in RUNS/eval")
+    ap.add_argument("--build", metavar="OUT", help="only make this stage's output and what it needs (e.g. runs/sft3; "
+                    "what a stage script runs when its default input is missing)")
     args = ap.parse_args()
+    plan = Plan(args.runs, args.seed, args.base_seed, args.base)
     if args.build:
-        target = os.path.normpath(args.build)
-        if target not in TRAIN:
-            ap.error(f"--build {args.build}: not one of the pipeline's outputs ({', '.join(TRAIN)})")
-        run_jobs(jobs(0, 0, False, only=needed(target)), max(1, args.jobs), {})
+        runs, name = os.path.split(os.path.normpath(args.build))
+        if name not in STAGES:
+            ap.error(f"--build {args.build}: not one of the pipeline's outputs ({', '.join(STAGES)}, under a --runs)")
+        plan.runs = runs or "."
+        run_jobs(jobs(plan, 0, 0, False, only=needed(name)), max(1, args.jobs), {}, os.path.join(plan.runs, "logs"))
         return
-    if args.table:  # from the evaluations' files in runs/eval, as the end of a full run does
-        print(table(*collect()))
+    if args.table:  # from the evaluations' files in RUNS/eval, as the end of a full run does
+        print(table(*collect(plan)))
         return
     t0, times = time.time(), {}
-    run_jobs(jobs(args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times)
-    results, checks, pairs, probe = collect()
+    run_jobs(jobs(plan, args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times,
+             os.path.join(plan.runs, "logs"))
+    results, checks, pairs, probe = collect(plan)
     md = table(results, checks, pairs, probe)
     total = time.time() - t0
-    print("\n" + md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}")
-    with open(os.path.join(ROOT, "runs/eval/table.md"), "w") as f:
-        f.write(md + f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}\n")
-    with open(os.path.join(ROOT, "runs/eval/summaries.json"), "w") as f:
+    md += f"\n\nwall time {total / 60:.1f} min with {args.jobs} jobs at a time; job seconds {json.dumps(times)}"
+    print("\n" + md)
+    with open(os.path.join(ROOT, args.runs, "eval", "table.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(ROOT, args.runs, "eval", "summaries.json"), "w") as f:
         json.dump({"summaries": results, "checks": checks, "pairs": pairs, "probe": probe, "job_seconds": times,
-                   "wall_seconds": round(total, 1), "jobs": args.jobs}, f, indent=1)
+                   "wall_seconds": round(total, 1), "jobs": args.jobs, "seed": args.seed,
+                   "base_seed": args.base_seed, "base": args.base}, f, indent=1)
 
 
 if __name__ == "__main__":
