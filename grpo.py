@@ -154,10 +154,14 @@ def score(rolls, batch, tool, args, run, step, mode, world=None):
 
 
 def log_step(metrics, run, args, step, mode, rolls, rewards, **values):
-    """One metrics.jsonl row per step: the means over every rank's rollouts, `values`, the lr, sampling speed."""
+    """One metrics.jsonl row per step: the means over every rank's rollouts, the share of groups whose rewards
+    differ (only those give GRPO a signal: an all-equal group's advantages are 0), `values`, the lr and the
+    sampling speed."""
     metrics.tick()
     n = run.all_sum(len(rolls))
-    metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n,
+    r = rewards.view(-1, args.group_size)
+    mixed = run.all_sum(int((r.max(1).values > r.min(1).values).sum())) / run.all_sum(len(r))
+    metrics.log(step, mode=mode, reward=run.all_sum(rewards.sum().item()) / n, groups_with_signal=mixed,
                 actions=run.all_sum(sum(r.n_actions for r in rolls)) / n,
                 length=run.all_sum(sum(len(r.completion) for r in rolls)) / n,
                 **values, lr=common.lr_at(step, args), sample_tok_s=rolls.stats.tokens_per_s)
