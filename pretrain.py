@@ -29,7 +29,7 @@ import os
 import random
 
 import torch
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
 import checkpoints
 import common
@@ -45,9 +45,9 @@ def train_tokenizer(data, texts, vocab_size):
     """Byte-level BPE on the world's own text (corpus pages + base text), so every name is cheap to spell."""
     corpus = [r["contents"] for r in common.read_jsonl(os.path.join(data, "corpus.jsonl"))]
     tk = HFTokenizer(models.BPE())
-    # digits one by one: a year is four frequent tokens rather than one of a thousand rare ones, so copying a
-    # year out of an observation uses well-trained embeddings
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+    # digits two by two: a year is two of a hundred frequent tokens, not one of two thousand rare ones (which
+    # copy badly), nor four digits (whose copy needs more than the last token to know where it is: "2621")
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d\d|\d"), "isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tk.decoder = decoders.ByteLevel()
     specials = [EOS, BOS, USER, ASSISTANT]

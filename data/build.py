@@ -40,9 +40,9 @@ from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLIT
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
-TOPK = 3  # documents per search, as the paper's code; the stages read it from meta.json
+TOPK = 1  # documents per search (the paper's code returns 3; see data/README.md); the stages read it from meta.json
 PER_PARALLEL_WORLD = 400  # tool-use traces drawn from each parallel world: about one per fact
-PERTURBATIONS = ("shuffled", "foreign", "split")
+PERTURBATIONS = ("shuffled", "prose", "split", "foreign")
 
 
 def stratified(groups, n, rng):
@@ -104,8 +104,9 @@ def perturbed(world, corpus, kind, rng):
     """The corpus with every fact kept and the pages laid out another way (a model that finds a fact by its
     relation and subject answers as before):
       shuffled  each page's facts in a new order;
-      foreign   two true facts of other entities of the same type inserted in each page at random places;
-      split     each page cut in two documents with the same title, its facts dealt between them."""
+      prose     the same, joined into one sentence ("X's birthplace is Y; X's employer is Z, and ...");
+      split     each page cut in two documents with the same title, its facts dealt between them;
+      foreign   two true facts of other entities of the same type inserted in each page at random places."""
     by_id = {e.id: e for e in world.entities}
     out = []
     for row in corpus:
@@ -121,6 +122,9 @@ def perturbed(world, corpus, kind, rng):
             out += [{"id": f"{e.id}a", "contents": f'"{e.name}"\n' + " ".join(sentences[:half])},
                     {"id": f"{e.id}b", "contents": f'"{e.name}"\n' + " ".join(sentences[half:])}]
             continue
+        if kind == "prose" and len(sentences) > 1:
+            joins = [rng.choice(("; ", ", and ", ", ")) for _ in sentences[1:]]
+            sentences = ["".join(s[:-1] + j for s, j in zip(sentences, joins)) + sentences[-1]]
         out.append({"id": row["id"], "contents": f'"{e.name}"\n' + " ".join(sentences)})
     return out
 

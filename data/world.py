@@ -28,6 +28,7 @@ the relations below (data/convert.py reads the real datasets).
     python -m data.world --seed 0     # print a few pages and questions
 """
 import argparse
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -134,11 +135,12 @@ def fact_sentence(subject, relation, value):
 
 
 _NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"  # make_names: two capitalised words
-FACT_RE = re.compile(rf"({_NAME})'s ([a-z]+(?: [a-z]+)?) is ({_NAME}|\d+)\.")
+FACT_RE = re.compile(rf"({_NAME})'s ([a-z]+(?: [a-z]+)?) is ({_NAME}|\d+)[.,;]")
 
 
 def parse_facts(text):
-    """Every fact sentence in text ("X's R is V."), as (relation, subject, value) strings, in order."""
+    """Every fact in text ("X's R is V." or, in a longer sentence, "X's R is V," / "V;"), as (relation,
+    subject, value) strings, in order."""
     return [(relation, subject, value) for subject, relation, value in FACT_RE.findall(text)]
 
 
@@ -236,8 +238,7 @@ def split_counts(t, n, fractions):
 
 
 def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
-    """Build the world. words: the name-word pool (default: fresh words, as many as the known entities have
-    name words); avoid: names that must not be used (another world's). Facts of known and train entities only
+    """Build the world. words: the name-word pool (default: fresh words, see below); avoid: names that must not be used (another world's). Facts of known and train entities only
     point at known and train entities; a dev or test entity's facts may also point at its own split."""
     rng = random.Random(seed)
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
@@ -246,7 +247,9 @@ def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
         raise ValueError(f"sizes {sizes}: need at least one person, org and country")
     plan = [(t, split) for t in TYPES for split, n in split_counts(t, sizes[t], fractions).items() for _ in range(n)]
     n_known = sum(s == "known" for _, s in plan)
-    words = list(words or word_pool(rng, n_known))
+    # as many words as known entities, or enough for three worlds' names if that is more (never more than the
+    # known names can cover)
+    words = list(words or word_pool(rng, min(2 * n_known, max(n_known, math.isqrt(3 * len(plan)) + 2))))
     if len(words) * (len(words) - 1) < len(plan) + len(avoid):
         raise ValueError(f"{len(words)} name words cannot name {len(plan)} entities (+{len(avoid)} taken): "
                          "more known entities, or fewer entities")

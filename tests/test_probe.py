@@ -2,11 +2,10 @@
 against the world's fact; on a tiny world, with the agent's actions scripted (tests/test_eval.py's Script)."""
 import json
 
-from data.trajectories import read
-from data.world import fact_prefix, fact_sentence
+from data.trajectories import need, read, recall
+from data.world import fact_sentence, phrase
 from env import TAGS
 
-import pipeline
 import probe
 from sample import sample
 from test_eval import Script, bm25, chain, ending, model, question, rows, tok, world, world_dir  # noqa: F401 (fixtures)
@@ -15,7 +14,7 @@ from test_eval import Script, bm25, chain, ending, model, question, rows, tok, w
 def test_probe_judges_the_predicted_fact_at_each_action(tok, model, rows, world, bm25):
     row = question(rows, world, hops=1)
     (name, rel, value, known), = chain(world, row)
-    plan = [f"I need the {rel} of {name}. I will search for it. {TAGS.search_open} {name} {rel} {TAGS.search_close}",
+    plan = [f"{need(name, rel)} I will search for it. {TAGS.search_open} {phrase(name, rel)} {TAGS.search_close}",
             ending(value)]
     summary, recs = probe.probe(model, tok, [row], world, bm25, topk=1, obs_max_tokens=300,
                                 logits_processor=Script(tok, {row["question"]: plan}))
@@ -26,7 +25,7 @@ def test_probe_judges_the_predicted_fact_at_each_action(tok, model, rows, world,
     g = summary[group]
     assert g["actions"] == 1 and g["real_has_fact"] == 1 and g["right"] + g["wrong"] + g["absent"] == 1
     rec, = recs
-    assert rec["fact"] == fact_sentence(name, rel, value) and rec["query"] == f"{name} {rel}"
+    assert rec["fact"] == fact_sentence(name, rel, value) and rec["query"] == phrase(name, rel)
     assert rec["predicted"] and rec["predicted"] not in rec["real"]  # the random model wrote its own
     assert group in probe.format_probe(summary)
     # the prediction is exactly what the agent, in sim mode, writes at that action (the same greedy model)
@@ -40,9 +39,9 @@ def test_judge_and_parse_query_by_hand(world):
     rel, value = next(iter(e["facts"].items()))
     name, fact = e["name"], fact_sentence(e["name"], rel, value)
     assert probe.judge(f" result 1: x. {fact} y", fact, name, rel) == "right"
-    assert probe.judge(f" result 1: {fact_prefix(name, rel)} Zzz.", fact, name, rel) == "wrong"
+    assert probe.judge(f" result 1: {phrase(name, rel)} is Zzz.", fact, name, rel) == "wrong"
     assert probe.judge(" result 1: nothing", fact, name, rel) == "absent"
-    assert probe.parse_query(f"{name} {rel}", world) == (e, rel) and probe.parse_query("nobody home", world) is None
+    assert probe.parse_query(phrase(name, rel), world) == (e, rel) and probe.parse_query("nobody home", world) is None
     assert probe.group_of({"known": True}) == "known" and probe.group_of({"known": False}) == "unknown"
 
 
@@ -57,46 +56,31 @@ def test_cli_writes_records_and_summary(tmp_path, tok, model, world_dir):
     assert summary["args"]["split"] == "dev" and summary["probe"]["questions"] <= 3 and out.exists()
 
 
-def test_year_probe_counts_exact_decisions(tok, model):
-    """year_probe scores the whole decision line up to its yes/no: a model forced to write each case's
-    right line scores n, one forced to write it with the yes/no flipped scores 0."""
-    cases = probe.year_cases(12, seed=3)
-    assert len({line for _, line in cases}) == 12 and all(line.startswith(q + " ") for q, line in cases)
-
-    def forcing(flip):
-        def processor(logits, rollouts):
-            for row, r in enumerate(rollouts):
-                text = tok.decode(r.prompt)
-                q, line = next(c for c in cases if c[0] == text)
-                if flip:
-                    line = line[:-3] + ": No" if line.endswith(": Yes") else line[:-4] + ": Yes"
-                target = tok.encode(line[len(q):]) + [tok.eos_id]
-                logits[row] = float("-inf")
-                logits[row, target[min(len(r.completion), len(target) - 1)]] = 0.0
-            return logits
-        return processor
-
-    assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(False)) == {"pairs": 12, "right": 12}
-    assert probe.year_probe(model, tok, 12, seed=3, batch_size=5, logits_processor=forcing(True)) == {"pairs": 12, "right": 0}
-
-
 def test_copy_cases_cut_each_reading_line_before_its_value(world, world_dir):
-    pages = {r["id"]: r["contents"] for r in probe.common.read_jsonl(f"{world_dir}/corpus.jsonl")}
+    """One case per fact of the split's entities: the one-hop question, its search, the tool's result for that
+    query and the reading line cut before the value; recall cases: the known facts, the recall line cut so."""
+    tool = probe.env.make_search_tool(f"{world_dir}/corpus.jsonl")
     facts = [(e, r, v) for e in world["entities"] if probe.group_of(e) == "test" for r, v in e["facts"].items()]
-    cases = probe.copy_cases(world, pages, 1000, "test")
-    assert len(cases) == len(facts) > 0 and len(probe.copy_cases(world, pages, 3, "test")) == 3
+    cases = probe.copy_cases(world, tool, 1000, "test", topk=2)
+    assert len(cases) == len(facts) > 0 and len(probe.copy_cases(world, tool, 3, "test")) == 3
     for (e, rel, value), (question, text, said, relation) in zip(facts, cases):
-        assert question == f"What is the {rel} of {e['name']}?" and said == str(value) and relation == rel
-        assert text.endswith(f"{TAGS.result_close}\n\n{read(e['name'], rel, value)[:-len(f' {value}.' + chr(10))]}")
-        assert " ".join(pages[e["id"]].split()) in text and fact_sentence(e["name"], rel, value) in text  # as the tool shows it
+        assert question == f"What is {phrase(e['name'], rel)}?" and said == str(value) and relation == rel
+        observation = probe.env.format_observation(tool.search([phrase(e["name"], rel)], 2)[0])
+        assert text == need(e["name"], rel) + f" I will search for it. {TAGS.search_open} {phrase(e['name'], rel)} " \
+            f"{TAGS.search_close}" + observation + read(e["name"], rel, value)[:-len(f" {value}.\n")]
+    known = [(e, r, v) for e in world["entities"] if e["known"] for r, v in e["facts"].items()]
+    recalled = probe.recall_cases(world, 1000)
+    assert len(recalled) == len(known) > 0
+    for (e, rel, value), (question, text, said, relation) in zip(known, recalled):
+        assert text == need(e["name"], rel) + recall(e["name"], rel, value)[:-len(f" {value}.\n")] and said == str(value)
 
 
 def test_copy_probe_counts_values_whose_every_token_is_the_best_guess(tok, world, world_dir):
     """An oracle that puts each sequence's next token first copies every value; the same oracle wrong on a
-    value's last token copies none."""
+    value's last token copies none. Without the tool (recall cases) the prompt has no instruction."""
     import torch
-    pages = {r["id"]: r["contents"] for r in probe.common.read_jsonl(f"{world_dir}/corpus.jsonl")}
-    cases = probe.copy_cases(world, pages, 5, "test")
+    tool = probe.env.make_search_tool(f"{world_dir}/corpus.jsonl")
+    cases = probe.copy_cases(world, tool, 5, "test")
     seqs = [probe.common.encode_prompt(tok, q) + tok.encode(t + " " + v) for q, t, v, _ in cases]
 
     class Oracle(torch.nn.Module):
@@ -120,9 +104,12 @@ def test_copy_probe_counts_values_whose_every_token_is_the_best_guess(tok, world
     rels = {rel for *_, rel in cases}
     assert right["by_relation"] == {r: [sum(c[3] == r for c in cases)] * 2 for r in sorted(rels)}
     assert wrong["by_relation"] == {r: [0, sum(c[3] == r for c in cases)] for r in sorted(rels)}
+    recalled = probe.recall_cases(world, 3)
+    seqs = [probe.common.encode_prompt(tok, q, tool=False) + tok.encode(t + " " + v) for q, t, v, _ in recalled]
+    assert probe.copy_probe(Oracle(False), tok, recalled, tool=False)["copied"] == 3
 
 
-def test_cli_copy_writes_its_summary(tmp_path, tok, model, world_dir):
+def test_cli_copy_and_recall_write_their_summaries(tmp_path, tok, model, world_dir):
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(str(ckpt))
     tok.save(str(ckpt))
@@ -130,4 +117,7 @@ def test_cli_copy_writes_its_summary(tmp_path, tok, model, world_dir):
                 str(tmp_path / "c.jsonl"), "--device", "cpu"])
     copy = json.load(open(tmp_path / "c.summary.json"))["copy"]
     assert copy["split"] == "test" and copy["values"] == 4 and 0 <= copy["copied"] <= 4
-    assert pipeline.copy_share(tmp_path / "c.summary.json") == copy["copied"] / 4  # what pipeline's base gate reads
+    probe.main(["--ckpt", str(ckpt), "--data", world_dir, "--recall", "3", "--out", str(tmp_path / "r.jsonl"),
+                "--device", "cpu"])
+    recall_ = json.load(open(tmp_path / "r.summary.json"))["recall"]
+    assert recall_["split"] == "known" and recall_["values"] == 3 and 0 <= recall_["copied"] <= 3
