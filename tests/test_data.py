@@ -159,7 +159,8 @@ def test_pages_state_each_fact_once_in_a_drawn_order(files):
 def test_layouts_keep_every_fact(files):
     """Each reading check's corpus states every fact of every entity (the gold answers are unchanged) in
     another layout: shuffled, the same sentences in another order; foreign, with facts of other entities
-    of the same type mixed in; split, one entity's facts dealt between two documents of the same title."""
+    of the same type mixed in; split, one entity's facts dealt between two documents of the same title; prose,
+    one sentence."""
     by_name = files["by_name"]
     truth = {(rel, e["name"], str(v)) for e in files["world"]["entities"] for rel, v in e["facts"].items()}
     real = {r["id"]: r["contents"] for r in files["corpus"]}
@@ -172,13 +173,15 @@ def test_layouts_keep_every_fact(files):
         if kind == "shuffled":
             assert len(rows) == len(real) and all(sorted(r["contents"]) == sorted(real[r["id"]]) for r in rows)
             assert sum(r["contents"] != real[r["id"]] for r in rows) > len(rows) / 3
+        if kind == "prose":
+            assert all(r["contents"].count(".") == 1 for r in rows)
         if kind == "foreign":
             assert all(len(s) == 3 and t in s for t, s in zip(titles, subjects))
             assert all(by_name[x]["type"] == by_name[t]["type"] for t, s in zip(titles, subjects) for x in s)
         if kind == "split":
             assert all(s == {t} for t, s in zip(titles, subjects)) and len(rows) > len(real)
     meta = files["meta"]["retrieval"]
-    assert meta["corpus"]["top3"] == 1.0 and all(meta[k]["top3"] > 0.99 for k in PERTURBATIONS)
+    assert meta["corpus"]["top1"] > 0.95 and all(meta[k]["top3"] > 0.99 for k in PERTURBATIONS)
 
 
 def test_counterfactual_questions_follow_the_changed_corpus(files):
@@ -325,7 +328,7 @@ def test_base_text(files):
                              re.findall(re.escape(T.result_open) + r"(.+?)" + re.escape(T.result_close), text, re.S)):
             results = re.split(r"result \d: ", obs)[1:]
             ranks.add(next(i for i, d in enumerate(results) if f"{read}." in d))
-    assert ranks == {0, 1, 2}  # the right page is found by its name, not by its rank
+    assert ranks == set(range(files["meta"]["topk"]))  # with several results, the right page is at any rank
     text = "\n".join(r["text"] for r in reading)
     assert not [n for n in by_name if n in text]  # the parallel worlds teach reading, nothing about this world
     assert {r["kind"] for r in files["base"]} == {"page", "recall", "reading"}
