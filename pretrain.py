@@ -47,7 +47,7 @@ def train_tokenizer(data, texts, vocab_size):
     tk = HFTokenizer(models.BPE())
     # digits two by two: a year is two of a hundred frequent tokens, not one of two thousand rare ones (which
     # copy badly), nor four digits (whose copy needs more than the last token to know where it is: "2621")
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d\d|\d"), "isolated"),
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?\d\d| ?\d"), "isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tk.decoder = decoders.ByteLevel()
     specials = [EOS, BOS, USER, ASSISTANT]
