@@ -189,11 +189,26 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
 
 # ============================================================================= 2. resume == uninterrupted
 
-def test_resume_matches_uninterrupted_pretrain(tmp, world):
+@pytest.fixture(scope="session")
+def two_phase_world(tmp, world):
+    """The world with 40 of base.jsonl's second-phase rows (of thousands): the second phase still has texts of its
+    own, and packing them into windows takes a moment instead of a minute per run (pretrain.pack)."""
+    out = tmp / "world_two_phase"
+    shutil.copytree(world, out)
+    rows = common.read_jsonl(os.path.join(world, "base.jsonl"))
+    second = [i for i, r in enumerate(rows) if r.get("phase") == 2]
+    assert second and len(second) < len(rows), "the test needs rows of both phases"
+    dropped = set(second[40:])
+    with open(out / "base.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in dropped)
+    return str(out)
+
+
+def test_resume_matches_uninterrupted_pretrain(tmp, two_phase_world):
     """pretrain from scratch (tokenizer and init included), 8 steps of each phase: straight vs stopped 4
     steps into the second phase, then --resume. --warmup 16 makes each phase's lr independent of its
     length, so the shorter run is the first part of the other."""
-    common_args = ["--data", world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
+    common_args = ["--data", two_phase_world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
                    "--steps", 8]
     full, half = str(tmp / "pre_full"), str(tmp / "pre_half")
     run_script("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args)
