@@ -71,10 +71,10 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, world):
     """(data dir with 8 stage-2 trajectories, a random tiny Qwen2 saved in bf16 with the world's tokenizer)."""
     root = tmp_path_factory.mktemp("dcp")
-    data, init = tiny_sft(root, torch.bfloat16)
+    data, init = tiny_sft(root, world, torch.bfloat16)
     return data, init, root
 
 
@@ -125,8 +125,8 @@ sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 import checkpoints
 import common
-args = SimpleNamespace(resume=True, out={src!r}, init=None, data="unused", device="cpu", dtype="bfloat16", seed=0,
-                       threads=None, lr=1e-3, weight_decay=0.0)
+args = SimpleNamespace(resume=True, out={src!r}, init=None, data={data!r}, device="cpu", dtype="bfloat16", seed=0,
+                       threads=None, lr=1e-3, weight_decay=0.0)  # the saved run's (checkpoints.check_resume_args)
 run = common.Run(args)
 path, state = checkpoints.resume_or_init(run, args, default_init=None)
 model, tok = common.load_model(path, run)
@@ -148,7 +148,7 @@ def test_train_state_moves_between_world_sizes(tiny, straight, tmp_path, saved, 
         f.write("step_000002\n")
     dst = str(tmp_path / "dst")
     script = tmp_path / "resave.py"
-    script.write_text(RESAVE.format(root=ROOT, src=src, dst=dst))
+    script.write_text(RESAVE.format(root=ROOT, src=src, dst=dst, data=tiny[0]))
     launch(loaded, script)
     a, b = train_state(os.path.join(src, "step_000002"), tmp_path), train_state(os.path.join(dst, "step_000002"),
                                                                                  tmp_path)

@@ -31,10 +31,10 @@ def run_script(*args):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, world):
     """(data dir with 8 stage-2 trajectories, a random tiny Qwen2 saved in fp32 with the world's tokenizer)."""
     root = tmp_path_factory.mktemp("precision")
-    data, init = tiny_sft(root, torch.float32)
+    data, init = tiny_sft(root, world, torch.float32)
     return data, init
 
 
