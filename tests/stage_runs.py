@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -63,6 +64,13 @@ def run_script(*args, check=True, timeout=300):
     if check:
         assert p.returncode == 0, f"{' '.join(map(str, args))} -> {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     return p
+
+
+def run_scripts(*commands, check=True):
+    """run_script(*command, check=check) for each command, all at once (independent runs: on a 2-core machine
+    two go at the speed of one); their results, in order. A failure is reported as run_script reports it."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_script(*args, check=check), commands))
 
 
 def metrics(out):

@@ -5,8 +5,8 @@ that stay inside the checkpoint.
 
     python -m pytest -q tests/test_checkpoint.py
 
-Unit tests build a ~5k-parameter model in memory; the script tests run sft_coa.py as a user does, on a
-tiny world and a tiny base model (pretrain.py, 2 steps) built once per session.
+Unit tests build a ~5k-parameter model in memory; the script tests run sft_coa.py as a user does, on the
+session's tiny world (tests/conftest.py) and a tiny base model (pretrain.py, 2 steps) built once per session.
 """
 import json
 import os
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import checkpoints
 import common
-from data.build import build
+import stage_runs
 from model import CheckpointError, Qwen2, Qwen2Config
 from tokenizer import Tokenizer
 
@@ -35,8 +35,11 @@ SFT = ["--mask-obs", "--batch-size", "4", "--warmup", "0", "--max-len", "512"]
 
 
 def run_script(*args):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    return stage_runs.run_script(*args, check=False)
+
+
+def run_scripts(*commands):
+    return stage_runs.run_scripts(*commands, check=False)  # independent runs, all at once
 
 
 def ok(p):
@@ -51,15 +54,7 @@ def failure(p):
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ckpt") / "world")
-    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
-    return out
-
-
-@pytest.fixture(scope="session")
-def base(world, tmp_path_factory):
+def base(world, tmp_path_factory):  # world: the session's (tests/conftest.py)
     out = tmp_path_factory.mktemp("ckpt") / "base"
     ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--fresh-steps", 0, "--batch-size", 4))
     return checkpoints.latest_checkpoint(str(out))
@@ -250,20 +245,25 @@ def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
     ok(run_script("sft_coa.py", "--data", world, "--init", base, "--out", good_run, *SFT, "--steps", 2,
                   "--lr", 1e-3, "--save-every", 1))
     before = Qwen2.from_pretrained(os.path.join(good_run, "step_000002")).state_dict()
-    for lr, said in (("1e20", r"non-finite loss \S+ at step 3; removed \S+step_000003"),
-                     ("3e38", r"the optimizer step of step 2 overflowed")):
-        out = tmp_path / f"lr{lr}"
-        shutil.copytree(good_run, out)
-        msg = failure(run_script("sft_coa.py", "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
-                                 "--save-every", 1, "--resume", "--force-resume"))  # a changed --lr, on purpose
-        assert re.search(said + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
+    said = {"1e20": r"non-finite loss \S+ at step 3; removed \S+step_000003",
+            "3e38": r"the optimizer step of step 2 overflowed"}
+    for lr in said:
+        shutil.copytree(good_run, tmp_path / f"lr{lr}")
+    *resumed, fresh = run_scripts(*[("sft_coa.py", "--data", world, "--out", tmp_path / f"lr{lr}", *SFT, "--steps", 8,
+                                     "--lr", lr, "--save-every", 1, "--resume", "--force-resume")  # a changed --lr
+                                    for lr in said],
+                                  # from the starting weights: nothing good was ever saved, and `latest` is not
+                                  # left on step 1
+                                  ("sft_coa.py", "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT,
+                                   "--steps", 4, "--lr", "1e20", "--save-every", 1))
+    for lr, p in zip(said, resumed):
+        out, msg = tmp_path / f"lr{lr}", failure(p)
+        assert re.search(said[lr] + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
         assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")
         assert step_dirs(out)[-1] == "step_000002"  # (step_000001 went when step_000003 was saved, under 1e20)
         after = Qwen2.from_pretrained(str(out / "step_000002")).state_dict()
         assert all(torch.equal(after[k], before[k]) for k in before)
-    # from the starting weights: nothing good was ever saved, and `latest` is not left on step 1
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT,
-                             "--steps", 4, "--lr", "1e20", "--save-every", 1))
+    msg = failure(fresh)
     assert "at step 1" in msg and "Last good checkpoint: none" in msg, msg
     assert checkpoints.latest_checkpoint(str(tmp_path / "fresh")) is None and step_dirs(tmp_path / "fresh") == []
 
@@ -426,18 +426,20 @@ def test_resume_with_changed_arguments(tmp_path, world, base):
         shutil.rmtree(out / "step_000004")
         (out / "latest").write_text("step_000002\n")
         return out
-    out = cut("refused")
-    msg = failure(run_script(*args, "--out", out, "--resume", "--batch-size", 8))
+    refused, forced, allowed = run_scripts(
+        (*args, "--out", cut("refused"), "--resume", "--batch-size", 8),
+        (*args, "--out", cut("forced"), "--resume", "--batch-size", 8, "--force-resume"),
+        # other save and log intervals, threads, micro-batches; --init left out
+        (*[a for a in args if a not in ("--init", base)], "--out", cut("allowed"), "--resume", "--save-every", 1,
+         "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
+    out, msg = tmp_path / "refused", failure(refused)
     assert msg.startswith(f"--resume: --batch-size 4 -> 8 (against {out / 'step_000002'}/args.json)"), msg
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")  # nothing trained, nothing saved
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [0, 1, 2, 3]  # the log untouched
-    out = cut("forced")
-    p = ok(run_script(*args, "--out", out, "--resume", "--batch-size", 8, "--force-resume"))
+    out, p = tmp_path / "forced", ok(forced)
     assert "[resume] warning: --force-resume with --batch-size 4 -> 8" in p.stdout
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
-    out = cut("allowed")  # other save and log intervals, threads, micro-batches; --init left out
-    p = ok(run_script(*[a for a in args if a not in ("--init", base)], "--out", out, "--resume", "--save-every", 1,
-                      "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
+    out, p = tmp_path / "allowed", ok(allowed)
     assert "warning" not in p.stdout and checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
 
 
