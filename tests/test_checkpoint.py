@@ -6,7 +6,7 @@ that stay inside the checkpoint.
     python -m pytest -q tests/test_checkpoint.py
 
 Unit tests build a ~5k-parameter model in memory; the script tests run sft_coa.py as a user does, on the
-session's tiny world (tests/conftest.py) and a tiny base model (pretrain.py, 2 steps) built once per session.
+session's tiny world and base model (tests/conftest.py).
 """
 import json
 import os
@@ -25,12 +25,9 @@ import checkpoints
 import common
 import stage_runs
 from model import CheckpointError, Qwen2, Qwen2Config
-from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOCOA_KERNELS": "torch"}
-TINY = ["--hidden", "16", "--intermediate", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
-        "--seq-len", "32", "--vocab-size", "300"]
 SFT = ["--mask-obs", "--batch-size", "4", "--warmup", "0", "--max-len", "512"]
 
 
@@ -51,18 +48,6 @@ def failure(p):
     """The last line of a failed run's stderr: its error."""
     assert p.returncode != 0, f"{p.args} should have failed\n{p.stdout[-2000:]}"
     return p.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def base(world, tmp_path_factory):  # world: the session's (tests/conftest.py)
-    out = tmp_path_factory.mktemp("ckpt") / "base"
-    ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--fresh-steps", 0, "--batch-size", 4))
-    return checkpoints.latest_checkpoint(str(out))
-
-
-@pytest.fixture(scope="session")
-def tok(base):
-    return Tokenizer.from_pretrained(base)
 
 
 def tiny_setup(tok):
@@ -150,7 +135,7 @@ def test_load_refuses_nan_or_inf_naming_the_tensor(ckpt, bad):
 
 def test_init_with_nan_weights_stops_before_training(tmp_path, world, base):
     init = str(tmp_path / "init")
-    shutil.copytree(base, init)
+    shutil.copytree(checkpoints.latest_checkpoint(base), init)
     rewrite(init, "model.norm.weight", lambda t: t / 0 - t / 0)  # inf - inf: NaN everywhere
     msg = failure(run_script("sft_coa.py", "--data", world, "--init", init, "--out", tmp_path / "out", *SFT,
                              "--steps", 2))
