@@ -31,16 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
-def ckpt(world, tmp_path_factory):
-    """A tiny checkpoint of the world (pretrain.py, 1 step): its tokenizer and config are what the checks read.
-    --fresh-steps 0: no second phase, whose thousands of fresh traces take minutes to pack into windows."""
-    out = tmp_path_factory.mktemp("valid") / "base"
-    p = subprocess.run([sys.executable, "pretrain.py", "--data", world, "--out", str(out), "--hidden", "16",
-                        "--intermediate", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq-len", "32",
-                        "--vocab-size", "300", "--steps", "1", "--fresh-steps", "0", "--batch-size", "2"], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return checkpoints.latest_checkpoint(str(out))
+def ckpt(base):
+    """The session's tiny base model (tests/conftest.py): its tokenizer and config are what the checks read."""
+    return checkpoints.latest_checkpoint(base)
 
 
 @pytest.fixture
