@@ -24,11 +24,21 @@ import torch
 import checkpoints
 import common
 import env
+import eval as eval_script
+import grpo
 import model as model_mod
+import sample
 from grpo import group_advantages, loss_sequences
 from sample import Rollout
 from stage_runs import (ENV, ROOT, TINY, assert_complete_checkpoint, check_grpo_run, free_port, last_per_step,
                         latest_step, metrics, run_script, tiny_setup, weights)
+
+
+def main_of(module, monkeypatch, *args):
+    """`python module.py args...` as module.main() in this process: for runs that stop at an error, which needs no
+    process of its own (a start costs seconds of imports). The error is the exception main() raises."""
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
+    return module.main()
 
 
 # ============================================================================= 1. a crash mid-save
@@ -342,13 +352,16 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     assert all(torch.equal(before[k], after[k]) for k in before if k != "model.norm.weight")
 
 
-def test_grpo_trainable_errors(tmp, world, sft3):
-    """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why."""
+def test_grpo_trainable_errors(tmp, world, sft3, monkeypatch, capsys):
+    """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why
+    (argparse's error: exit status 2). A start-up error: grpo.main() in this process."""
     init = checkpoints.latest_checkpoint(sft3[0])
     for pattern, said in (("(", "not a regular expression"), ("^no_such_weight$", "matches no parameter name")):
-        p = run_script("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern,
-                       check=False)
-        assert p.returncode == 2 and said in p.stderr, p.stderr[-2000:]
+        with pytest.raises(SystemExit) as stop:
+            main_of(grpo, monkeypatch, "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err, err[-2000:]
+    assert not os.path.exists(tmp / "rl_bad" / "metrics.jsonl")
 
 
 UNEVEN_FORWARDS = """import os
@@ -440,46 +453,48 @@ def test_group_advantages_leave_out_rollouts_that_saw_a_failed_search():
     torch.testing.assert_close(group_advantages(r, 4, torch.ones(8, dtype=torch.bool)), group_advantages(r, 4))
 
 
-def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted):
+def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted, monkeypatch):
     """A server that answers 500: eval, GRPO and the sampler's CLI each stop at their start-up check, saying
     which server and why, before any work (only the check's 3 attempts reach the server)."""
     url, log = scripted(lambda n, queries: 500)
     init = checkpoints.latest_checkpoint(sft3[0])
     said = f"search server {url} failed its start-up check: HTTPStatusError: HTTP 500"
-    runs = [("eval.py", "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
+    runs = [(eval_script, "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
              "--out", tmp / "eval_dead" / "x.jsonl"),
-            ("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_dead", "--search", url),
-            ("sample.py", "--ckpt", init, "--prompt", "Who is Reget Nadit?", "--search-url", url)]
-    for args in runs:
-        p = run_script(*args, check=False)
-        assert p.returncode != 0 and said in p.stderr, (args[0], p.stderr[-2000:])
+            (grpo, "--data", world, "--init", init, "--out", tmp / "rl_dead", "--search", url),
+            (sample, "--ckpt", init, "--prompt", "Who is Reget Nadit?", "--search-url", url)]
+    for module, *args in runs:
+        with pytest.raises(env.SearchError, match=re.escape(said)):
+            main_of(module, monkeypatch, *args)
     assert len(log) == 3 * len(runs)
     assert not os.path.exists(tmp / "eval_dead" / "x.jsonl") and not os.path.exists(tmp / "rl_dead" / "metrics.jsonl")
 
 
-def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted):
+def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted, monkeypatch):
     """The check passes, then the server answers 500: the first batch's searches all fail, and eval stops
     with the count, the limit and the last error instead of scoring "Retrieval failed." as answers."""
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "eval_failing" / "x.jsonl"
-    p = run_script("eval.py", "--ckpt", checkpoints.latest_checkpoint(sft3[0]), "--data", world, "--policy", "rag",
-                   "--search", url, "--limit", 4, "--batch-size", 4, "--out", out, check=False)
-    assert p.returncode != 0 and ("[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures "
-                                  "0.1; last error: HTTPStatusError: HTTP 500") in p.stderr, p.stderr[-2000:]
+    with pytest.raises(env.SearchError, match=re.escape(
+            "[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures 0.1; last error: "
+            "HTTPStatusError: HTTP 500")):
+        main_of(eval_script, monkeypatch, "--ckpt", checkpoints.latest_checkpoint(sft3[0]), "--data", world,
+                "--policy", "rag", "--search", url, "--limit", 4, "--batch-size", 4, "--out", out)
     assert [s for s, _ in log] == [200, 500, 500, 500] and not os.path.exists(out)  # one call, 3 attempts
 
 
-def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
+def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted, monkeypatch):
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "rl_failing"
-    p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", checkpoints.latest_checkpoint(sft3[0]),
-                   "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
-                   "--val-prompts", 0, "--search", url, check=False)
+    with pytest.raises(env.SearchError) as stop:
+        main_of(grpo, monkeypatch, "--sim-ratio", 0, "--data", world, "--init", checkpoints.latest_checkpoint(sft3[0]),
+                "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
+                "--val-prompts", 0, "--search", url)
     # the first step in which the sampled rollouts searched at all stops the run (which step that is depends
     # on what the tiny model samples)
     found = re.search(r"\[grpo\] step (\d+): (\d+) of (\d+) searches failed, more than --max-search-failures 0\.1; "
-                      r"last error: HTTPStatusError: HTTP 500", p.stderr)
-    assert p.returncode != 0 and found and found[2] == found[3], p.stderr[-2000:]
+                      r"last error: HTTPStatusError: HTTP 500", str(stop.value))
+    assert found and found[2] == found[3], str(stop.value)
     assert int(found[2]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
     assert checkpoints.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
 
