@@ -73,6 +73,14 @@ def run_scripts(*commands, check=True):
         return list(pool.map(lambda args: run_script(*args, check=check), commands))
 
 
+def main_of(module, monkeypatch, *args):
+    """`python module.py args...` as module.main() in this process, for a run that stops at an error: that needs no
+    process of its own (each start costs seconds of imports). The error is the exception main() raises. The run
+    keeps its --out locked for the rest of this process (checkpoints.lock_out): later runs there go in-process too."""
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
+    return module.main()
+
+
 def metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -23,8 +23,10 @@ from safetensors.torch import load_file, save_file
 
 import checkpoints
 import common
+import sft_coa
 import stage_runs
 from model import CheckpointError, Qwen2, Qwen2Config
+from stage_runs import main_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOCOA_KERNELS": "torch"}
@@ -133,13 +135,12 @@ def test_load_refuses_nan_or_inf_naming_the_tensor(ckpt, bad):
         Qwen2.from_pretrained(ckpt, dtype=torch.float32)
 
 
-def test_init_with_nan_weights_stops_before_training(tmp_path, world, base):
+def test_init_with_nan_weights_stops_before_training(tmp_path, world, base, monkeypatch):
     init = str(tmp_path / "init")
     shutil.copytree(checkpoints.latest_checkpoint(base), init)
     rewrite(init, "model.norm.weight", lambda t: t / 0 - t / 0)  # inf - inf: NaN everywhere
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", init, "--out", tmp_path / "out", *SFT,
-                             "--steps", 2))
-    assert "tensor model.norm.weight holds NaN or Inf" in msg and init in msg, msg
+    with pytest.raises(CheckpointError, match=re.escape(init) + r".*tensor model\.norm\.weight holds NaN or Inf"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", init, "--out", tmp_path / "out", *SFT, "--steps", 2)
     assert not os.path.exists(tmp_path / "out" / "latest")
 
 
@@ -307,24 +308,29 @@ def test_metrics_keep_one_row_per_step_after_a_resume(tmp_path):
     assert [r["loss"] for r in rows] == [1.0] * 4 + [2.0] * 3
 
 
-def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, base):
+def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, base, monkeypatch, capsys):
+    """After a first run (a process of its own), the others in this process (stage_runs.main_of)."""
     out = tmp_path / "out"
-    args = ["sft_coa.py", "--data", world, "--init", base, "--out", out, *SFT, "--lr", 1e-3]
-    ok(run_script(*args, "--steps", 3))
+    args = ["--data", world, "--init", base, "--out", out, *SFT, "--lr", 1e-3]
+    ok(run_script("sft_coa.py", *args, "--steps", 3))
     (out / "rl1").mkdir()  # a nested run (GRPO's RL-1 checkpoints)
     (out / "rl1" / "latest").write_text("step_000003\n")
-    msg = failure(run_script(*args, "--steps", 2))
-    assert f"--out {out} already holds a run (latest, step_000003): pass --resume" in msg, msg
-    assert "--resume continues" in failure(run_script(*args, "--steps", 2, "--resume", "--overwrite"))
-    p = ok(run_script(*args, "--steps", 2, "--overwrite"))
-    assert f"deleted the run that was in {out}" in p.stdout
+    with pytest.raises(SystemExit, match=re.escape(f"--out {out} already holds a run (latest, step_000003): pass "
+                                                   "--resume")):
+        main_of(sft_coa, monkeypatch, *args, "--steps", 2)
+    with pytest.raises(SystemExit, match="--resume continues"):
+        main_of(sft_coa, monkeypatch, *args, "--steps", 2, "--resume", "--overwrite")
+    capsys.readouterr()
+    main_of(sft_coa, monkeypatch, *args, "--steps", 2, "--overwrite")
+    assert f"deleted the run that was in {out}" in capsys.readouterr().out
     assert step_dirs(out) == ["step_000002"] and not (out / "rl1").exists()
     with open(out / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [0, 1]  # the deleted run's rows are gone
     # --overwrite never deletes the checkpoint the run starts from
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", out / "step_000002", "--out", out, *SFT,
-                             "--steps", 2, "--overwrite"))
-    assert "lies inside --out" in msg and (out / "step_000002").is_dir(), msg
+    with pytest.raises(SystemExit, match="lies inside --out"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", out / "step_000002", "--out", out, *SFT, "--steps", 2,
+                "--overwrite")
+    assert (out / "step_000002").is_dir()
 
 
 HOLD = """import sys
@@ -398,7 +404,7 @@ def test_check_resume_args_lists_every_change_that_breaks_exactness(tmp_path, ca
         checkpoints.check_resume_args(now, path)
 
 
-def test_resume_with_changed_arguments(tmp_path, world, base):
+def test_resume_with_changed_arguments(tmp_path, world, base, monkeypatch):
     """The reported fault: --resume with another --batch-size ran on silently. Now it stops before the first
     step, naming the flag; --force-resume goes on, saying so; a change that computes nothing else goes on."""
     full = tmp_path / "full"
@@ -411,16 +417,17 @@ def test_resume_with_changed_arguments(tmp_path, world, base):
         shutil.rmtree(out / "step_000004")
         (out / "latest").write_text("step_000002\n")
         return out
-    refused, forced, allowed = run_scripts(
-        (*args, "--out", cut("refused"), "--resume", "--batch-size", 8),
+    out = cut("refused")  # refused before it trains: in this process (stage_runs.main_of)
+    with pytest.raises(SystemExit, match="^" + re.escape(f"--resume: --batch-size 4 -> 8 (against "
+                                                         f"{out / 'step_000002'}/args.json)")):
+        main_of(sft_coa, monkeypatch, *args[1:], "--out", out, "--resume", "--batch-size", 8)
+    assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")  # nothing trained, nothing saved
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [0, 1, 2, 3]  # the log untouched
+    forced, allowed = run_scripts(
         (*args, "--out", cut("forced"), "--resume", "--batch-size", 8, "--force-resume"),
         # other save and log intervals, threads, micro-batches; --init left out
         (*[a for a in args if a not in ("--init", base)], "--out", cut("allowed"), "--resume", "--save-every", 1,
          "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
-    out, msg = tmp_path / "refused", failure(refused)
-    assert msg.startswith(f"--resume: --batch-size 4 -> 8 (against {out / 'step_000002'}/args.json)"), msg
-    assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")  # nothing trained, nothing saved
-    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [0, 1, 2, 3]  # the log untouched
     out, p = tmp_path / "forced", ok(forced)
     assert "[resume] warning: --force-resume with --batch-size 4 -> 8" in p.stdout
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")

@@ -31,14 +31,7 @@ import sample
 from grpo import group_advantages, loss_sequences
 from sample import Rollout
 from stage_runs import (ENV, ROOT, TINY, assert_complete_checkpoint, check_grpo_run, free_port, last_per_step,
-                        latest_step, metrics, run_script, tiny_setup, weights)
-
-
-def main_of(module, monkeypatch, *args):
-    """`python module.py args...` as module.main() in this process: for runs that stop at an error, which needs no
-    process of its own (a start costs seconds of imports). The error is the exception main() raises."""
-    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
-    return module.main()
+                        latest_step, main_of, metrics, run_script, tiny_setup, weights)
 
 
 # ============================================================================= 1. a crash mid-save
