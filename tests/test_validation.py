@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -172,10 +171,10 @@ def test_distill_reads_through_the_same_checks(tmp_path):
         distill.import_chat(str(chat))
 
 
-def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
-    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, and a
-    non-zero exit, long before any model or tokenizer is read (--init names no checkpoint: the error comes
-    before the stage looks for one)."""
+def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data, monkeypatch, capsys):
+    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, long
+    before any model or tokenizer is read (--init names no checkpoint: the error comes before the stage looks
+    for one)."""
     ckpt = str(tmp_path / "never-read")
     d = data({})
     path = os.path.join(d, "stage2.jsonl")
@@ -184,12 +183,9 @@ def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
     lines[3] = lines[3].replace(b'"question": "', b'"question": "\xe9', 1)
     with open(path, "wb") as f:
         f.writelines(lines)
-    p = subprocess.run([sys.executable, "sft_coa.py", "--mask-obs", "--data", d, "--init", ckpt,
-                        "--out", str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode != 0
-    assert f"ValueError: {path}:4: not UTF-8 (byte 0xe9" in p.stderr, p.stderr[-2000:]
-    assert "[model]" not in p.stdout  # common.load_model prints it: the model was never loaded
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:4: not UTF-8 (byte 0xe9")):
+        run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+    assert "[model]" not in capsys.readouterr().out  # common.load_model prints it: the model was never loaded
 
 
 def test_check_prompts_allows_exactly_what_leaves_room_to_answer(tmp_path, ckpt):
