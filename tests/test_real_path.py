@@ -257,10 +257,9 @@ def test_chatml_sft_to_transformers(servers, standins, tmp_path):
     assert_ordinary_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "sft2")), src)
 
 
-def test_init_without_data_is_an_error(r1, tmp_path):
-    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--out", str(tmp_path / "x")], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and f"--init {r1} needs --data" in p.stderr
+def test_init_without_data_is_an_error(r1, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="^" + re.escape(f"--init {r1} needs --data")):
+        stage(sft_coa, monkeypatch, "--init", r1, "--out", tmp_path / "x")
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -429,7 +428,7 @@ def test_steps_from_epochs_and_warmup_within_them(capsys):
     assert args.steps == 5  # --steps given: kept
 
 
-def test_a_real_run_trains_its_epochs(r1, real, tmp_path):
+def test_a_real_run_trains_its_epochs(r1, real, tmp_path, monkeypatch, capsys):
     """sft_coa.py on real data with no --steps: 1 epoch of 2 trajectories at batch 2 is 1 step, printed and saved
     (args.json), the warm-up cut to it; --steps with --epochs is refused."""
     out = run("sft_coa.py", "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
@@ -437,6 +436,7 @@ def test_a_real_run_trains_its_epochs(r1, real, tmp_path):
     assert "[schedule] --steps 1: 1 epochs of 2 trajectories at --batch-size 2" in out
     saved = json.load(open(os.path.join(checkpoints.latest_checkpoint(str(tmp_path / "s2")), "args.json")))
     assert (saved["steps"], saved["warmup"], saved["lr"]) == (1, 1, 5e-5)
-    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--data", str(real), "--steps", "3", "--epochs",
-                        "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "--steps and --epochs both set the run's length: pass one of them" in p.stderr
+    with pytest.raises(SystemExit) as stop:  # argparse's error: refused before anything starts
+        stage(sft_coa, monkeypatch, "--init", r1, "--data", real, "--steps", 3, "--epochs", 1)
+    assert stop.value.code == 2 and "--steps and --epochs both set the run's length: pass one of them" in \
+        capsys.readouterr().err
