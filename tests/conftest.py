@@ -87,6 +87,15 @@ def search_server(world):
 
 
 @pytest.fixture(scope="session")
+def standins(tmp_path_factory):
+    """The R1-Distill and ChatML stand-ins of tests/qwen_standin.py (the real Qwen vocabulary, a tiny random model),
+    built by transformers in one oracle process: tests/test_real_path.py and tests/test_real_docs.py."""
+    from qwen_standin import standin_checkpoints
+    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
+    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
+
+
+@pytest.fixture(scope="session")
 def grpo_act(tmp):
     path = tmp / "grpo_act_reward.py"
     path.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="grpo.py"))

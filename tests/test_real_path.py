@@ -27,7 +27,6 @@ import sft_coa
 import sft_contrastive
 from data import convert, distill
 from model import Qwen2
-from qwen_standin import standin_checkpoints
 from tokenizer import EMBEDDED_TEMPLATE, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,14 +116,7 @@ def servers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory):
-    """The R1-Distill and the ChatML stand-ins, built by transformers in one oracle process."""
-    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
-    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
-
-
-@pytest.fixture(scope="module")
-def r1(standins):
+def r1(standins):  # standins: tests/conftest.py
     return standins["r1"]
 
 
