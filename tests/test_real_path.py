@@ -23,6 +23,7 @@ import env
 import eval as eval_script
 import grpo
 import hf_oracle
+import sample
 import sft_coa
 import sft_contrastive
 from data import convert, distill
@@ -54,13 +55,6 @@ MORE = [  # two more, for files of four questions (tests/test_real_docs.py)
 ]
 QUERY = {r["question"]: r["supporting_facts"][0][0] for r in HOTPOT + MORE}
 ANSWER = {r["question"]: r["answer"] for r in HOTPOT + MORE}
-
-
-def run(*args, timeout=300):
-    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(map(str, args))}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout
 
 
 class ScriptedTeacher(BaseHTTPRequestHandler):
@@ -178,9 +172,11 @@ def test_distill_and_import(servers, r1):
         distill.import_chat(str(chat))
 
 
-def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
+def test_r1_pipeline_to_transformers(servers, r1, tmp_path, monkeypatch, capsys):
     """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in; the result is an ordinary HF
-    checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt."""
+    checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt. One step
+    of each, so each runs as its main() in this process (stage_out): a Python start would cost more than the step.
+    (tests/test_real_docs.py, in the slow set, runs them as processes, as the doc's commands.)"""
     data, teacher, search = servers
     d = data / "distilled"
     if not (d / "stage2.jsonl").exists():
@@ -189,20 +185,24 @@ def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
         (d / f"{f}.jsonl").write_bytes((data / f"{f}.jsonl").read_bytes())
     tiny = ["--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256, "--data", d]
     n = len(open(d / "stage1.jsonl").readlines())
-    out = run("sft_contrastive.py", "--init", r1, "--out", tmp_path / "sft1", *tiny)
+
+    def stage_out(module, *args):
+        stage(module, monkeypatch, *args)
+        return capsys.readouterr().out
+    out = stage_out(sft_contrastive, "--init", r1, "--out", tmp_path / "sft1", *tiny)
     assert f"{n} pairs: search {n}, answer 0" in out
-    run("sft_coa.py", "--mask-obs", "--init", tmp_path / "sft1", "--out", tmp_path / "sft2", *tiny)
-    run("sft_coa.py", "--init", tmp_path / "sft2", "--out", tmp_path / "sft3", *tiny)
-    run("grpo.py", "--init", tmp_path / "sft3", "--out", tmp_path / "rl", "--sim-ratio", 1, "--group-size", 2,
-        "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
-        "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
+    stage_out(sft_coa, "--mask-obs", "--init", tmp_path / "sft1", "--out", tmp_path / "sft2", *tiny)
+    stage_out(sft_coa, "--init", tmp_path / "sft2", "--out", tmp_path / "sft3", *tiny)
+    stage_out(grpo, "--init", tmp_path / "sft3", "--out", tmp_path / "rl", "--sim-ratio", 1, "--group-size", 2,
+              "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
+              "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
     metrics = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
     assert [m["mode"] for m in metrics if "mode" in m] == ["sim", "real"]
-    run("eval.py", "--ckpt", tmp_path / "rl", "--data", d, "--search", search, "--limit", 2, "--max-new-tokens", 16,
-        "--out", tmp_path / "eval.jsonl")
+    stage_out(eval_script, "--ckpt", tmp_path / "rl", "--data", d, "--search", search, "--limit", 2,
+              "--max-new-tokens", 16, "--out", tmp_path / "eval.jsonl")
     assert len(open(tmp_path / "eval.jsonl").readlines()) == 2
-    out = run("sample.py", "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
-              "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
+    out = stage_out(sample, "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
+                    "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
     assert "=== " + HOTPOT[0]["question"] in out
     ckpt = checkpoints.latest_checkpoint(str(tmp_path / "rl"))
     assert_ordinary_checkpoint(ckpt, r1)
@@ -231,9 +231,9 @@ def assert_ordinary_checkpoint(ckpt, source):
         assert json.load(f) == json.load(g)
 
 
-def test_chatml_sft_to_transformers(servers, standins, tmp_path):
-    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2: trajectories end with its eos, <|im_end|>, and the
-    saved checkpoint keeps its template for transformers."""
+def test_chatml_sft_to_transformers(servers, standins, tmp_path, monkeypatch):
+    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2 (one step: its main() in this process): trajectories end
+    with its eos, <|im_end|>, and the saved checkpoint keeps its template for transformers."""
     data, _, _ = servers
     d = data / "distilled"
     if not (d / "stage2.jsonl").exists():
@@ -244,8 +244,8 @@ def test_chatml_sft_to_transformers(servers, standins, tmp_path):
     ids, mask = sft_coa.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
     assert ids[-1] == tok.token_id("<|im_end|>") == 151645 and mask[-1] == 1
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
-    run("sft_coa.py", "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
-        "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
+    stage(sft_coa, monkeypatch, "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
+          "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
     assert_ordinary_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "sft2")), src)
 
 
@@ -422,9 +422,10 @@ def test_steps_from_epochs_and_warmup_within_them(capsys):
 
 def test_a_real_run_trains_its_epochs(r1, real, tmp_path, monkeypatch, capsys):
     """sft_coa.py on real data with no --steps: 1 epoch of 2 trajectories at batch 2 is 1 step, printed and saved
-    (args.json), the warm-up cut to it; --steps with --epochs is refused."""
-    out = run("sft_coa.py", "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
-              "--batch-size", 2, "--threads", 1, "--max-len", 256)
+    (args.json), the warm-up cut to it; --steps with --epochs is refused. (Its main() in this process: one step.)"""
+    stage(sft_coa, monkeypatch, "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
+          "--batch-size", 2, "--threads", 1, "--max-len", 256)
+    out = capsys.readouterr().out
     assert "[schedule] --steps 1: 1 epochs of 2 trajectories at --batch-size 2" in out
     saved = json.load(open(os.path.join(checkpoints.latest_checkpoint(str(tmp_path / "s2")), "args.json")))
     assert (saved["steps"], saved["warmup"], saved["lr"]) == (1, 1, 5e-5)
