@@ -24,32 +24,12 @@ from safetensors.torch import load_file, save_file
 import checkpoints
 import common
 import sft_coa
-import stage_runs
 from model import CheckpointError, Qwen2, Qwen2Config
-from stage_runs import main_of
+from stage_runs import main_of, run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOCOA_KERNELS": "torch"}
 SFT = ["--mask-obs", "--batch-size", "4", "--warmup", "0", "--max-len", "512"]
-
-
-def run_script(*args):
-    return stage_runs.run_script(*args, check=False)
-
-
-def run_scripts(*commands):
-    return stage_runs.run_scripts(*commands, check=False)  # independent runs, all at once
-
-
-def ok(p):
-    assert p.returncode == 0, f"{p.args}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
-    return p
-
-
-def failure(p):
-    """The last line of a failed run's stderr: its error."""
-    assert p.returncode != 0, f"{p.args} should have failed\n{p.stdout[-2000:]}"
-    return p.stderr.strip().splitlines()[-1]
 
 
 def tiny_setup(tok):
@@ -222,35 +202,31 @@ def test_a_non_finite_loss_leaves_the_checkpoint_the_run_started_from(tmp_path, 
     assert checkpoints.latest_checkpoint(other) == start and step_dirs(other) == ["step_000001"]
 
 
-def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
+def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base, monkeypatch):
     """The reported runs: --lr 1e20 (step 0's update makes finite but 1e20-scale weights; step 1's loss is
     NaN) and --lr 3e38 (AdamW's update overflows). Resumed from a good 2-step run and saving every step,
     each must stop naming step_000002, leave `latest` on it with its weights unchanged and finite, and
-    keep no later step."""
+    keep no later step. (The runs that stop call sft_coa.main() in this process: stage_runs.main_of.)"""
     good_run = tmp_path / "good"
-    ok(run_script("sft_coa.py", "--data", world, "--init", base, "--out", good_run, *SFT, "--steps", 2,
-                  "--lr", 1e-3, "--save-every", 1))
+    run_script("sft_coa.py", "--data", world, "--init", base, "--out", good_run, *SFT, "--steps", 2, "--lr", 1e-3,
+               "--save-every", 1)
     before = Qwen2.from_pretrained(os.path.join(good_run, "step_000002")).state_dict()
-    said = {"1e20": r"non-finite loss \S+ at step 3; removed \S+step_000003",
-            "3e38": r"the optimizer step of step 2 overflowed"}
-    for lr in said:
-        shutil.copytree(good_run, tmp_path / f"lr{lr}")
-    *resumed, fresh = run_scripts(*[("sft_coa.py", "--data", world, "--out", tmp_path / f"lr{lr}", *SFT, "--steps", 8,
-                                     "--lr", lr, "--save-every", 1, "--resume", "--force-resume")  # a changed --lr
-                                    for lr in said],
-                                  # from the starting weights: nothing good was ever saved, and `latest` is not
-                                  # left on step 1
-                                  ("sft_coa.py", "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT,
-                                   "--steps", 4, "--lr", "1e20", "--save-every", 1))
-    for lr, p in zip(said, resumed):
-        out, msg = tmp_path / f"lr{lr}", failure(p)
-        assert re.search(said[lr] + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
+    for lr, said in (("1e20", r"non-finite loss \S+ at step 3; removed \S+step_000003"),
+                     ("3e38", r"the optimizer step of step 2 overflowed")):
+        out = tmp_path / f"lr{lr}"
+        shutil.copytree(good_run, out)
+        with pytest.raises(FloatingPointError, match=said + r".*Last good checkpoint: " +
+                           re.escape(str(out / "step_000002"))):
+            main_of(sft_coa, monkeypatch, "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
+                    "--save-every", 1, "--resume", "--force-resume")  # a changed --lr, on purpose
         assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")
         assert step_dirs(out)[-1] == "step_000002"  # (step_000001 went when step_000003 was saved, under 1e20)
         after = Qwen2.from_pretrained(str(out / "step_000002")).state_dict()
         assert all(torch.equal(after[k], before[k]) for k in before)
-    msg = failure(fresh)
-    assert "at step 1" in msg and "Last good checkpoint: none" in msg, msg
+    # from the starting weights: nothing good was ever saved, and `latest` is not left on step 1
+    with pytest.raises(FloatingPointError, match=r"at step 1.*Last good checkpoint: none"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT, "--steps", 4,
+                "--lr", "1e20", "--save-every", 1)
     assert checkpoints.latest_checkpoint(str(tmp_path / "fresh")) is None and step_dirs(tmp_path / "fresh") == []
 
 
@@ -312,7 +288,7 @@ def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, b
     """After a first run (a process of its own), the others in this process (stage_runs.main_of)."""
     out = tmp_path / "out"
     args = ["--data", world, "--init", base, "--out", out, *SFT, "--lr", 1e-3]
-    ok(run_script("sft_coa.py", *args, "--steps", 3))
+    run_script("sft_coa.py", *args, "--steps", 3)
     (out / "rl1").mkdir()  # a nested run (GRPO's RL-1 checkpoints)
     (out / "rl1" / "latest").write_text("step_000003\n")
     with pytest.raises(SystemExit, match=re.escape(f"--out {out} already holds a run (latest, step_000003): pass "
@@ -368,7 +344,8 @@ def test_two_runs_never_share_an_out(tmp_path):
     assert (tmp_path / "out" / ".lock").read_text() == f"{os.getpid()}\n"
     checkpoints.claim_out(run, args)  # this process holds it already: a second main() in one process goes on
     # a stage script, as a user starts it, while this process holds the --out: refused at once, exit status 1
-    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out)
+    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out,
+                   check=False)
     assert p.returncode == 1 and f"--out {out} is in use by another run (pid {os.getpid()} holds" in p.stderr, p.stderr
 
 
@@ -409,7 +386,7 @@ def test_resume_with_changed_arguments(tmp_path, world, base, monkeypatch):
     step, naming the flag; --force-resume goes on, saying so; a change that computes nothing else goes on."""
     full = tmp_path / "full"
     args = ["sft_coa.py", "--data", world, "--init", base, *SFT, "--lr", 1e-3, "--steps", 4, "--save-every", 2]
-    ok(run_script(*args, "--out", full))
+    run_script(*args, "--out", full)
 
     def cut(name):
         out = tmp_path / name
@@ -428,10 +405,10 @@ def test_resume_with_changed_arguments(tmp_path, world, base, monkeypatch):
         # other save and log intervals, threads, micro-batches; --init left out
         (*[a for a in args if a not in ("--init", base)], "--out", cut("allowed"), "--resume", "--save-every", 1,
          "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
-    out, p = tmp_path / "forced", ok(forced)
+    out, p = tmp_path / "forced", forced
     assert "[resume] warning: --force-resume with --batch-size 4 -> 8" in p.stdout
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
-    out, p = tmp_path / "allowed", ok(allowed)
+    out, p = tmp_path / "allowed", allowed
     assert "warning" not in p.stdout and checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
 
 
