@@ -14,7 +14,9 @@ torch.set_num_threads(1)  # tiny ops: a second thread only adds OpenMP spin when
 # ----------------------------------------------------------------------------- the stage scripts' tiny world
 # Built once per session and shared by tests/test_stages.py and tests/test_faults.py: a world of ~35 pages
 # and a ~40k-parameter base model, then each SFT stage on top (tests/stage_runs.py runs the scripts).
+import contextlib  # noqa: E402
 import threading  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -76,14 +78,23 @@ def tok(base):
     return Tokenizer.from_pretrained(checkpoints.latest_checkpoint(base))
 
 
-@pytest.fixture
-def search_server(world):
+@contextlib.contextmanager
+def serving(world):
+    """A live retrieval server over the world's corpus that counts what it is sent: (url, CountingSearch)."""
     spy = CountingSearch(os.path.join(world, "corpus.jsonl"))
     srv = env.RetrievalServer(spy)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.url, spy
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield srv.url, spy
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def search_server(world):
+    with serving(world) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +111,19 @@ def grpo_act(tmp):
     path = tmp / "grpo_act_reward.py"
     path.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="grpo.py"))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def grpo_run(tmp, world, sft3, grpo_act):
+    """GRPO from stage 3, --sim-ratio 1 over 6 steps: 3 simulated, then 3 real against a live retrieval server that
+    counts what it receives (closed after the run), saving at step 3 (the end of RL-1) and step 6. One run for
+    tests/test_stages.py, which checks it, and tests/test_faults.py, which resumes it from step 3.
+    -> out, init, spy (the server's CountingSearch), args (all but --out and --search)."""
+    init = checkpoints.latest_checkpoint(sft3[0])
+    args = [grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--steps", 6, "--batch-size", 4,
+            "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3, "--save-every", 3,
+            "--trainable", "."]  # every weight
+    out = str(tmp / "rl")
+    with serving(world) as (url, spy):
+        run_script(*args, "--out", out, "--search", url)
+    return SimpleNamespace(out=out, init=init, spy=spy, args=args)

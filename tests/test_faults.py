@@ -235,27 +235,26 @@ def test_resume_matches_uninterrupted_pretrain(tmp, two_phase_world):
     assert lh[0]["loss"] != lh[15]["loss"]  # it trained
 
 
-def test_grpo_resume_matches_uninterrupted(tmp, world, sft3, grpo_act):
-    """GRPO cut after step 2 of 4 (its last checkpoint then) and resumed ends with exactly the weights and
+def test_grpo_resume_matches_uninterrupted(tmp, grpo_run, search_server):
+    """GRPO cut after step 3 of 6 (its last checkpoint then) and resumed ends with exactly the weights and
     per-step rewards of a run never cut: the prompts, the sampler's dice, the optimizer state, the frozen
-    reference and the real-call count all carry over (the cut falls where simulated steps turn real)."""
-    init = checkpoints.latest_checkpoint(sft3[0])
-    args = [grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--steps", 4, "--batch-size", 4,
-            "--group-size", 4, "--max-new-tokens", 48, "--save-every", 2, "--val-prompts", 0,
-            "--trainable", ".", "--lr", 3e-3]
-    full, cut = tmp / "rl_full", tmp / "rl_cut"
-    run_script(*args, "--out", full)
+    reference and the real-call count all carry over (the cut falls where simulated steps turn real). The run
+    never cut is tests/test_stages.py's (grpo_run); the resumed one searches a new server of the same corpus
+    (--search may change on a resume: checkpoints.RESUME_MAY_CHANGE)."""
+    url, _ = search_server
+    full, cut = grpo_run.out, tmp / "rl_cut"
     shutil.copytree(full, cut)
-    shutil.rmtree(cut / "step_000004")
-    (cut / "latest").write_text("step_000002")
-    p = run_script(*args, "--out", cut, "--resume")
-    assert f"[resume] {cut / 'step_000002'}" in p.stdout
-    a, b = weights(checkpoints.latest_checkpoint(full)), weights(checkpoints.latest_checkpoint(cut))
+    shutil.rmtree(cut / "step_000006")
+    (cut / "latest").write_text("step_000003")
+    p = run_script(*grpo_run.args, "--out", cut, "--search", url, "--resume")
+    assert f"[resume] {cut / 'step_000003'}" in p.stdout
+    a, b = weights(checkpoints.latest_checkpoint(full)), weights(checkpoints.latest_checkpoint(str(cut)))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], weights(init)[k]) for k in a)  # it trained
-    straight, resumed = last_per_step(metrics(full)), last_per_step(metrics(cut))
-    assert sorted(resumed) == list(range(4))
-    for s in range(4):
+    assert not all(torch.equal(a[k], weights(grpo_run.init)[k]) for k in a)  # it trained
+    steps = lambda out: last_per_step([r for r in metrics(out) if "mode" in r])  # noqa: E731 (not validation rows)
+    straight, resumed = steps(full), steps(cut)
+    assert sorted(resumed) == list(range(6))
+    for s in range(6):
         for k in ("reward", "real_search_calls", "length"):
             assert resumed[s][k] == straight[s][k], (s, k)
 

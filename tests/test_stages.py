@@ -339,19 +339,13 @@ def test_sft_coa_trains_the_workflow_model_from_its_file(tmp, world, base):
     assert_complete_checkpoint(checkpoints.latest_checkpoint(out), 15)
 
 
-def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
+def test_grpo_sim_then_real(grpo_run):
     """--sim-ratio 1 over 6 steps: 3 simulated, then 3 real, against a live retrieval server that counts
-    what it receives. What must hold exactly is checked (modes, call counts, checkpoints); whether a few
-    noisy steps raise the reward is not (it depends on the CPU's float sums): the direction of the update
-    is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
-    url, spy = search_server
-    out = str(tmp / "rl")
-    init = checkpoints.latest_checkpoint(sft3[0])
-    run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 6,
-               "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3,
-               "--save-every", 3, "--search", url, "--trainable", ".")  # every weight
-    rows = check_grpo_run(out, spy, init, 3, 6)
-    assert len(spy.queries) > 0  # the real steps did call the tool
+    what it receives (the run: grpo_run in tests/conftest.py). What must hold exactly is checked (modes, call
+    counts, checkpoints); whether a few noisy steps raise the reward is not (it depends on the CPU's float sums):
+    the direction of the update is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
+    rows = check_grpo_run(grpo_run.out, grpo_run.spy, grpo_run.init, 3, 6)
+    assert len(grpo_run.spy.queries) > 0  # the real steps did call the tool
     assert any(r["grad_norm"] > 0 for r in rows)
 
 
