@@ -144,11 +144,15 @@ def save_debris(out):
     return sorted(d for d in os.listdir(out) if d != ".lock" and (d.startswith(".") or d.endswith(".old")))
 
 
+@pytest.mark.slow  # 3 to 5 runs of sft_coa.py killed at random moments, then resumed: ~20 s
 def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
     """Save every step and SIGKILL the run: first while a save is half written (seen by its temporary
     directory; tried up to 3 times, should the save finish between seeing it and the kill), then at a random
     moment. `latest` must always name a complete checkpoint, and --resume must finish the run with exactly
-    the weights and losses of a run never killed."""
+    the weights and losses of a run never killed. In the slow set (pytest.ini): in the default one,
+    test_crash_mid_save_keeps_last_checkpoint stops a save at each of its steps, and the resume tests
+    (test_resume_matches_uninterrupted_pretrain, test_grpo_resume_matches_uninterrupted, tests/test_dcp.py)
+    check that a resume is exact."""
     out = str(tmp / "sft_killed")
     rng = random.Random(0)
     cmd = [sys.executable, "sft_coa.py", "--data", world, "--init", base, "--out", out, *map(str, SFT_RESUME),
