@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -80,17 +81,14 @@ def tiny(tmp_path_factory, world):
 
 @pytest.fixture(scope="module")
 def straight(tiny):
-    """ranks -> the --out of 4 uninterrupted SFT steps on that many ranks (checkpoints at steps 2 and 4)."""
+    """ranks -> the --out of 4 uninterrupted SFT steps on that many ranks (checkpoints at steps 2 and 4); the
+    run on 1 rank and the one on 2 start together."""
     data, init, root = tiny
-    runs = {}
-
-    def get(ranks):
-        if ranks not in runs:
-            out = str(root / f"straight{ranks}")
-            launch(ranks, "sft_coa.py", "--mask-obs", "--data", data, "--init", init, "--out", out, *STEPS)
-            runs[ranks] = out
-        return runs[ranks]
-    return get
+    runs = {ranks: str(root / f"straight{ranks}") for ranks in (1, 2)}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda ranks: launch(ranks, "sft_coa.py", "--mask-obs", "--data", data, "--init", init,
+                                           "--out", runs[ranks], *STEPS), runs))
+    return runs
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -99,7 +97,7 @@ def test_resume_is_bit_exact(tiny, straight, tmp_path, ranks):
     bit, and logs the same losses. The bf16 export of step 2 is not its masters: a resume that started from
     the export (as one that reloads only the HF weights would) could not be exact."""
     data, init, _ = tiny
-    full = straight(ranks)
+    full = straight[ranks]
     cut = str(tmp_path / "cut")
     shutil.copytree(full, cut)
     shutil.rmtree(os.path.join(cut, "step_000004"))
@@ -143,7 +141,7 @@ def test_train_state_moves_between_world_sizes(tiny, straight, tmp_path, saved, 
     saved again there, holds the same masters, moments and step counts, bit for bit: each rank of the
     new world read exactly its shards of what the old world wrote, and wrote them back."""
     src = str(tmp_path / "src")
-    shutil.copytree(straight(saved), src)
+    shutil.copytree(straight[saved], src)
     with open(os.path.join(src, "latest"), "w") as f:
         f.write("step_000002\n")
     dst = str(tmp_path / "dst")

@@ -32,7 +32,7 @@ import sft_contrastive
 from grpo import group_advantages, loss_sequences
 from sample import Rollout
 from stage_runs import (ENV, ROOT, TINY, assert_complete_checkpoint, check_grpo_run, free_port, last_per_step,
-                        latest_step, main_of, metrics, run_script, tiny_setup, weights)
+                        latest_step, main_of, metrics, run_script, run_scripts, tiny_setup, weights)
 
 
 # ============================================================================= 1. a crash mid-save
@@ -219,8 +219,8 @@ def test_resume_matches_uninterrupted_pretrain(tmp, two_phase_world):
     common_args = ["--data", two_phase_world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
                    "--steps", 8]
     full, half = str(tmp / "pre_full"), str(tmp / "pre_half")
-    run_script("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args)
-    run_script("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args)
+    run_scripts(("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args),
+                ("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args))
     assert latest_step(half)[1] == 12
     # a longer second phase is another --fresh-steps: --force-resume (exact here: the lr does not depend on it)
     run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", "--force-resume", *common_args)

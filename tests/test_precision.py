@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -55,8 +56,8 @@ def test_bf16_sft_trains_like_fp32(tiny, tmp_path):
     weight at 1.0) are kept. With bf16 weights they rounded away: about a quarter of the weights moved, none
     of the norms, and the loss fell a third as far as in fp32."""
     init = Qwen2.from_pretrained(tiny[1]).state_dict()
-    l32, w32 = sft(tiny, tmp_path / "fp32", "float32")
-    l16, w16 = sft(tiny, tmp_path / "bf16", "bfloat16")
+    with ThreadPoolExecutor(2) as pool:  # two independent runs at once (two cores)
+        (l32, w32), (l16, w16) = pool.map(lambda dtype: sft(tiny, tmp_path / dtype, dtype), ("float32", "bfloat16"))
     # The fp32 decrease is large against what bf16 compute alone changes (the first loss, same weights).
     d32, d16 = l32[0] - l32[-1], l16[0] - l16[-1]
     assert d32 > 50 * abs(l16[0] - l32[0]), (l32, l16)
