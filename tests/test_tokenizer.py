@@ -32,16 +32,23 @@ def dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, dirs, tok):
+def ours(dirs):
+    """Our loader's reading of each flavour's folder, once per module (a load of the 152k-token vocabulary takes
+    a moment): the tests compare it; none changes it."""
+    return {f: Tokenizer.from_pretrained(d) for f, d in dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, ours, tok):
     """Our saves that transformers reads back: each flavour saved to a tokenizer.json path (which means its
     folder), the base flavour (no template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded
     tokenizer saved to a folder."""
     out = {}
     for f in FLAVOURS:
         out[f] = str(tmp_path_factory.mktemp(f"saved-{f}"))
-        Tokenizer.from_pretrained(dirs[f]).save(os.path.join(out[f], "tokenizer.json"))
+        ours[f].save(os.path.join(out[f], "tokenizer.json"))
     out["base-folder"] = str(tmp_path_factory.mktemp("saved-base-folder"))
-    Tokenizer.from_pretrained(dirs["base"]).save(out["base-folder"])
+    ours["base"].save(out["base-folder"])
     out["embedded"] = str(tmp_path_factory.mktemp("saved-embedded"))
     tok.save(out["embedded"])
     return out
@@ -82,25 +89,25 @@ def test_embedded_chat_prompt_ids(tok):
 
 
 @pytest.mark.parametrize("flavour", ["r1", "chatml"])
-def test_template_matches_transformers(dirs, hf, flavour):
+def test_template_matches_transformers(dirs, ours, hf, flavour):
     """Our rendering of the checkpoint's template = apply_chat_template(add_generation_prompt=True), ids and
     all, for one user turn and for a conversation with a system turn and an answered turn."""
-    tok = Tokenizer.from_pretrained(dirs[flavour])
+    tok = ours[flavour]
     for name in ("inception", "conversation"):
         assert tok.encode(tok.apply_chat_template(ASKED[name])) == hf[dirs[flavour]]["ids"][name]
 
 
-def test_r1_facts(dirs, hf):
-    tok = Tokenizer.from_pretrained(dirs["r1"])
+def test_r1_facts(dirs, ours, hf):
+    tok = ours["r1"]
     ids = tok.encode(tok.agent_prompt("Who?", "Answer."))
     assert ids == hf[dirs["r1"]]["ids"]["who"]  # R1's prompt ends <think>\n
     assert ids[:2] == [151646, 151644] and ids[-3:] == [151645, 151648, 198] and tok.eos_id == 151643
 
 
-def test_chatml_facts(dirs, hf):
+def test_chatml_facts(dirs, ours, hf):
     """Qwen2.5-Instruct: the default system turn, no bos, eos <|im_end|>; the agent prompt is the template's
     generation prompt followed by `<think>\\n`."""
-    tok = Tokenizer.from_pretrained(dirs["chatml"])
+    tok = ours["chatml"]
     text = tok.agent_prompt("Who?", "Answer.")
     assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
                     "<|im_end|>\n<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
@@ -109,21 +116,21 @@ def test_chatml_facts(dirs, hf):
     assert ids[0] == 151644 and ids.count(151645) == 2 and tok.eos_id == 151645
 
 
-def test_base_plain_fallback_saved_for_transformers(dirs, saved, hf):
+def test_base_plain_fallback_saved_for_transformers(ours, saved, hf):
     """No template (a base model): PLAIN_TEMPLATE; saved (saved["base-folder"]), transformers renders the same
     prompt with it."""
-    tok = Tokenizer.from_pretrained(dirs["base"])
+    tok = ours["base"]
     assert tok.chat_template == PLAIN_TEMPLATE and tok.eos_id == 151643
     assert tok.agent_prompt("Who?", "Answer.") == "Answer.\nWho?\n\n<think>\n"
     assert tok.encode(tok.apply_chat_template(CONVERSATION)) == hf[saved["base-folder"]]["ids"]["conversation"]
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
-def test_saved_directory_reads_the_same_in_transformers(dirs, saved, hf, flavour):
+def test_saved_directory_reads_the_same_in_transformers(dirs, ours, saved, hf, flavour):
     """Saved (saved[flavour], to a tokenizer.json path): the same vocabulary (no token added), special tokens,
     template and generation config as the input checkpoint, in our loader and in AutoTokenizer."""
     before, after = hf[dirs[flavour]], hf[saved[flavour]]
-    assert after["len"] == before["len"] == Tokenizer.from_pretrained(dirs[flavour]).vocab_size
+    assert after["len"] == before["len"] == ours[flavour].vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         assert after[name] == before[name], name
     assert after["chat_template"] == (before["chat_template"] or PLAIN_TEMPLATE)
@@ -131,7 +138,7 @@ def test_saved_directory_reads_the_same_in_transformers(dirs, saved, hf, flavour
             open(os.path.join(saved[flavour], "generation_config.json")) as g:
         assert json.load(f) == json.load(g)
     again = Tokenizer.from_pretrained(saved[flavour])
-    assert again.agent_prompt("Q?", "I.") == Tokenizer.from_pretrained(dirs[flavour]).agent_prompt("Q?", "I.")
+    assert again.agent_prompt("Q?", "I.") == ours[flavour].agent_prompt("Q?", "I.")
 
 
 def test_embedded_save_and_reload(tok, saved, hf, tmp_path):
