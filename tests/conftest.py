@@ -26,6 +26,7 @@ import checkpoints  # noqa: E402
 import env  # noqa: E402
 import hf_oracle  # noqa: E402
 from data.build import build  # noqa: E402
+from qwen_standin import standin_job, tokenizer_dir  # noqa: E402
 from stage_runs import GRPO_ACT_REWARD, ROOT, TINY, CountingSearch, run_script  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
@@ -179,25 +180,27 @@ def search_server(world):
 
 @pytest.fixture(scope="session")
 def oracle(request, tmp_path_factory):
-    """{module name: {name: (job, result)}}, for the oracle_jobs of each module a selected test is in."""
-    modules = sorted({item.module for item in request.session.items if hasattr(item.module, "oracle_jobs")},
-                     key=lambda m: m.__name__)
+    """{module name: {name: (job, result)}}, for the oracle_jobs of each module a selected test is in; and under
+    "standins" the builds of the standins fixture below, if a selected test uses it."""
+    items = request.session.items
+    modules = sorted({item.module for item in items if hasattr(item.module, "oracle_jobs")}, key=lambda m: m.__name__)
     jobs = [(m.__name__, name, job) for m in modules
             for name, job in m.oracle_jobs(tmp_path_factory.mktemp(m.__name__)).items()]
+    if any("standins" in item.fixturenames for item in items):
+        jobs += [("standins", f, standin_job(tmp_path_factory.mktemp(f), f)) for f in ("r1", "chatml")]
     results = hf_oracle.batch([job for _, _, job in jobs])
-    out = {m.__name__: {} for m in modules}
+    out = {}
     for (module, name, job), result in zip(jobs, results):
-        out[module][name] = job, result
+        out.setdefault(module, {})[name] = job, result
     return out
 
 
 @pytest.fixture(scope="session")
-def standins(tmp_path_factory):
+def standins(oracle):
     """The R1-Distill and ChatML stand-ins of tests/qwen_standin.py (the real Qwen vocabulary, a tiny random model),
-    built by transformers in one oracle process: tests/test_real_path.py and tests/test_real_docs.py."""
-    from qwen_standin import standin_checkpoints
-    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
-    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
+    built by transformers (the oracle fixture), then given their tokenizer files: tests/test_real_path.py and
+    tests/test_real_docs.py."""
+    return {f: tokenizer_dir(job["out"], f) for f, (job, _) in oracle["standins"].items()}
 
 
 @pytest.fixture(scope="session")
