@@ -4,6 +4,8 @@ data/distill.py (the stand-in as a checkpoint teacher, and a scripted OpenAI-com
 correctly) -> SFT-1/2/3 -> GRPO (a simulated step, then a real one against `python env.py serve`) -> eval ->
 the result loads in transformers (in its own process: tests/hf_oracle.py) with the same chat template. One
 step of each: what is checked is the plumbing (formats, files, ids), not learning."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -122,15 +124,23 @@ def test_convert_keeps_one_corpus(servers):
     assert test[1]["gold_ids"] == ["hotpotqa-train-0", "hotpotqa-train-2"]
 
 
-def test_distill_and_import(servers, r1):
-    """Sampling from both teachers: the scripted one's right trajectory is kept with the real tool's exact
-    observation; stage-1 pairs oppose its search to the wrong recalls (its own and the stand-in's) from the
-    same (empty) prefix. Importing the kept rows as chat messages gives the same segments back."""
+@pytest.fixture(scope="module")
+def distilled(servers, r1):
+    """data/distill.py sample on train.jsonl from both teachers, the stand-in (a checkpoint teacher) and the scripted
+    one (a URL): the SFT files of the stages below."""
     data, teacher, _ = servers
     out = data / "distilled"
     distill.main(["sample", "--questions", str(data / "train.jsonl"), "--teacher", r1, "--teacher", teacher,
                   "--search", str(data / "corpus.jsonl"), "--out", str(out), "--samples", "2", "--branches", "1",
                   "--max-new-tokens", "12", "--temperature", "1.0", "--pairs-per-question", "4"])
+    return out
+
+
+def test_distill_and_import(servers, distilled):
+    """Sampling from both teachers: the scripted one's right trajectory is kept with the real tool's exact
+    observation; stage-1 pairs oppose its search to the wrong recalls (its own and the stand-in's) from the
+    same (empty) prefix. Importing the kept rows as chat messages gives the same segments back."""
+    data, out = servers[0], distilled
     stage2 = [json.loads(line) for line in open(out / "stage2.jsonl")]
     stage1 = [json.loads(line) for line in open(out / "stage1.jsonl")]
     meta = json.load(open(out / "distill.json"))
@@ -172,53 +182,74 @@ def test_distill_and_import(servers, r1):
         distill.import_chat(str(chat))
 
 
-def test_r1_pipeline_to_transformers(servers, r1, tmp_path, monkeypatch, capsys):
-    """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in; the result is an ordinary HF
-    checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt. One step
-    of each, so each runs as its main() in this process (stage_out): a Python start would cost more than the step.
-    (tests/test_real_docs.py, in the slow set, runs them as processes, as the doc's commands.)"""
+@pytest.fixture(scope="module")
+def trained(servers, standins, distilled, tmp_path_factory):
+    """One step of each stage on the stand-ins, each as its main() in this process (a Python start would cost more
+    than the step; tests/test_real_docs.py, in the slow set, runs them as processes): the R1 one through SFT-1 ->
+    SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval -> sample.py, the ChatML one through SFT-2 alone. Then what
+    transformers reads of both results, in one oracle process (ordinary_jobs).
+    -> {"dir": the runs' folder, "out": {step: what it printed}, "r1" and "chatml": (checkpoint, oracle results)}."""
     data, teacher, search = servers
-    d = data / "distilled"
-    if not (d / "stage2.jsonl").exists():
-        pytest.skip("needs test_distill_and_import's files")
+    d, tmp = distilled, tmp_path_factory.mktemp("trained")
     for f in ("rl", "dev", "test", "corpus"):
         (d / f"{f}.jsonl").write_bytes((data / f"{f}.jsonl").read_bytes())
     tiny = ["--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256, "--data", d]
-    n = len(open(d / "stage1.jsonl").readlines())
+    out = {}
 
-    def stage_out(module, *args):
-        stage(module, monkeypatch, *args)
-        return capsys.readouterr().out
-    out = stage_out(sft_contrastive, "--init", r1, "--out", tmp_path / "sft1", *tiny)
-    assert f"{n} pairs: search {n}, answer 0" in out
-    stage_out(sft_coa, "--mask-obs", "--init", tmp_path / "sft1", "--out", tmp_path / "sft2", *tiny)
-    stage_out(sft_coa, "--init", tmp_path / "sft2", "--out", tmp_path / "sft3", *tiny)
-    stage_out(grpo, "--init", tmp_path / "sft3", "--out", tmp_path / "rl", "--sim-ratio", 1, "--group-size", 2,
-              "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
-              "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
-    metrics = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
+    def run(name, module, *args):
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+            stage(module, mp, *args)
+        out[name] = printed.getvalue()
+    run("sft1", sft_contrastive, "--init", standins["r1"], "--out", tmp / "sft1", *tiny)
+    run("sft2", sft_coa, "--mask-obs", "--init", tmp / "sft1", "--out", tmp / "sft2", *tiny)
+    run("sft3", sft_coa, "--init", tmp / "sft2", "--out", tmp / "sft3", *tiny)
+    run("rl", grpo, "--init", tmp / "sft3", "--out", tmp / "rl", "--sim-ratio", 1, "--group-size", 2,
+        "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
+        "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
+    run("eval", eval_script, "--ckpt", tmp / "rl", "--data", d, "--search", search, "--limit", 2,
+        "--max-new-tokens", 16, "--out", tmp / "eval.jsonl")
+    run("sample", sample, "--ckpt", tmp / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
+        "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
+    run("chatml", sft_coa, "--mask-obs", "--init", standins["chatml"], "--data", d, "--out", tmp / "chatml-sft2",
+        "--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
+    ckpts = {"r1": checkpoints.latest_checkpoint(str(tmp / "rl")),
+             "chatml": checkpoints.latest_checkpoint(str(tmp / "chatml-sft2"))}
+    jobs = {k: ordinary_jobs(ckpt, standins[k]) for k, ckpt in ckpts.items()}
+    results = iter(hf_oracle.batch([job for k in jobs for job in jobs[k]]))
+    return {"dir": tmp, "out": out, **{k: (ckpt, [next(results) for _ in jobs[k]]) for k, ckpt in ckpts.items()}}
+
+
+def test_r1_pipeline_to_transformers(trained, distilled, r1):
+    """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in (trained); the result is an
+    ordinary HF checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt."""
+    n = len(open(distilled / "stage1.jsonl").readlines())
+    assert f"{n} pairs: search {n}, answer 0" in trained["out"]["sft1"]
+    metrics = [json.loads(line) for line in open(trained["dir"] / "rl" / "metrics.jsonl")]
     assert [m["mode"] for m in metrics if "mode" in m] == ["sim", "real"]
-    stage_out(eval_script, "--ckpt", tmp_path / "rl", "--data", d, "--search", search, "--limit", 2,
-              "--max-new-tokens", 16, "--out", tmp_path / "eval.jsonl")
-    assert len(open(tmp_path / "eval.jsonl").readlines()) == 2
-    out = stage_out(sample, "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
-                    "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
-    assert "=== " + HOTPOT[0]["question"] in out
-    ckpt = checkpoints.latest_checkpoint(str(tmp_path / "rl"))
-    assert_ordinary_checkpoint(ckpt, r1)
+    assert len(open(trained["dir"] / "eval.jsonl").readlines()) == 2
+    assert "=== " + HOTPOT[0]["question"] in trained["out"]["sample"]
+    assert_ordinary_checkpoint(*trained["r1"], r1)
 
 
-def assert_ordinary_checkpoint(ckpt, source):
+def ordinary_jobs(ckpt, source):
+    """What assert_ordinary_checkpoint asks transformers: AutoModelForCausalLM's logits on our agent prompt for ckpt,
+    and AutoTokenizer's reading of ckpt (rendering that prompt's messages) and of `source`."""
+    ours = Tokenizer.from_pretrained(ckpt)
+    prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
+    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
+    return [dict(task="logits", path=ckpt, ids=[[prompt]], dtype="float32"),
+            dict(task="tokenizer", path=ckpt, conversations={"agent": messages}),
+            dict(task="tokenizer", path=source)]
+
+
+def assert_ordinary_checkpoint(ckpt, results, source):
     """transformers reads ckpt with the ids, special tokens and template of `source`, and our prompt is its own;
-    AutoModelForCausalLM loads it and its logits on that prompt are ours. One oracle process."""
+    AutoModelForCausalLM loads it and its logits on that prompt are ours (results: of ordinary_jobs(ckpt, source))."""
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(ckpt, name)), name
     ours = Tokenizer.from_pretrained(ckpt)
     prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
-    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
-    model, theirs, orig = hf_oracle.batch([dict(task="logits", path=ckpt, ids=[[prompt]], dtype="float32"),
-                                           dict(task="tokenizer", path=ckpt, conversations={"agent": messages}),
-                                           dict(task="tokenizer", path=source)])
+    model, theirs, orig = results
     with torch.no_grad():
         logits = Qwen2.from_pretrained(ckpt, dtype=torch.float32).eval()(torch.tensor([prompt]))
     assert (logits - model["logits"][0]).abs().max().item() <= 1e-4
@@ -231,22 +262,16 @@ def assert_ordinary_checkpoint(ckpt, source):
         assert json.load(f) == json.load(g)
 
 
-def test_chatml_sft_to_transformers(servers, standins, tmp_path, monkeypatch):
-    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2 (one step: its main() in this process): trajectories end
-    with its eos, <|im_end|>, and the saved checkpoint keeps its template for transformers."""
-    data, _, _ = servers
-    d = data / "distilled"
-    if not (d / "stage2.jsonl").exists():
-        pytest.skip("needs test_distill_and_import's files")
+def test_chatml_sft_to_transformers(trained, distilled, standins):
+    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2 (trained): trajectories end with its eos, <|im_end|>, and
+    the saved checkpoint keeps its template for transformers."""
     src = standins["chatml"]
     tok = Tokenizer.from_pretrained(src)
-    row = json.loads(open(d / "stage2.jsonl").readline())
+    row = json.loads(open(distilled / "stage2.jsonl").readline())
     ids, mask = sft_coa.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
     assert ids[-1] == tok.token_id("<|im_end|>") == 151645 and mask[-1] == 1
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
-    stage(sft_coa, monkeypatch, "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
-          "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
-    assert_ordinary_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "sft2")), src)
+    assert_ordinary_checkpoint(*trained["chatml"], src)
 
 
 def test_init_without_data_is_an_error(r1, tmp_path, monkeypatch):
