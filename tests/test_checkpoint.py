@@ -5,8 +5,8 @@ that stay inside the checkpoint.
 
     python -m pytest -q tests/test_checkpoint.py
 
-Unit tests build a ~5k-parameter model in memory; the script tests run sft_coa.py as a user does, on a
-tiny world and a tiny base model (pretrain.py, 2 steps) built once per session.
+Unit tests build a ~5k-parameter model in memory; the script tests run sft_coa.py as a user does, on the
+session's tiny world and base model (tests/conftest.py).
 """
 import json
 import os
@@ -23,51 +23,13 @@ from safetensors.torch import load_file, save_file
 
 import checkpoints
 import common
-from data.build import build
+import sft_coa
 from model import CheckpointError, Qwen2, Qwen2Config
-from tokenizer import Tokenizer
+from stage_runs import main_of, run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOCOA_KERNELS": "torch"}
-TINY = ["--hidden", "16", "--intermediate", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
-        "--seq-len", "32", "--vocab-size", "300"]
 SFT = ["--mask-obs", "--batch-size", "4", "--warmup", "0", "--max-len", "512"]
-
-
-def run_script(*args):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-
-
-def ok(p):
-    assert p.returncode == 0, f"{p.args}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
-    return p
-
-
-def failure(p):
-    """The last line of a failed run's stderr: its error."""
-    assert p.returncode != 0, f"{p.args} should have failed\n{p.stdout[-2000:]}"
-    return p.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ckpt") / "world")
-    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
-    return out
-
-
-@pytest.fixture(scope="session")
-def base(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "base"
-    ok(run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 2, "--fresh-steps", 0, "--batch-size", 4))
-    return checkpoints.latest_checkpoint(str(out))
-
-
-@pytest.fixture(scope="session")
-def tok(base):
-    return Tokenizer.from_pretrained(base)
 
 
 def tiny_setup(tok):
@@ -153,13 +115,12 @@ def test_load_refuses_nan_or_inf_naming_the_tensor(ckpt, bad):
         Qwen2.from_pretrained(ckpt, dtype=torch.float32)
 
 
-def test_init_with_nan_weights_stops_before_training(tmp_path, world, base):
+def test_init_with_nan_weights_stops_before_training(tmp_path, world, base, monkeypatch):
     init = str(tmp_path / "init")
-    shutil.copytree(base, init)
+    shutil.copytree(checkpoints.latest_checkpoint(base), init)
     rewrite(init, "model.norm.weight", lambda t: t / 0 - t / 0)  # inf - inf: NaN everywhere
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", init, "--out", tmp_path / "out", *SFT,
-                             "--steps", 2))
-    assert "tensor model.norm.weight holds NaN or Inf" in msg and init in msg, msg
+    with pytest.raises(CheckpointError, match=re.escape(init) + r".*tensor model\.norm\.weight holds NaN or Inf"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", init, "--out", tmp_path / "out", *SFT, "--steps", 2)
     assert not os.path.exists(tmp_path / "out" / "latest")
 
 
@@ -241,30 +202,31 @@ def test_a_non_finite_loss_leaves_the_checkpoint_the_run_started_from(tmp_path, 
     assert checkpoints.latest_checkpoint(other) == start and step_dirs(other) == ["step_000001"]
 
 
-def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base):
+def test_huge_lr_never_leaves_latest_on_bad_weights(tmp_path, world, base, monkeypatch):
     """The reported runs: --lr 1e20 (step 0's update makes finite but 1e20-scale weights; step 1's loss is
     NaN) and --lr 3e38 (AdamW's update overflows). Resumed from a good 2-step run and saving every step,
     each must stop naming step_000002, leave `latest` on it with its weights unchanged and finite, and
-    keep no later step."""
+    keep no later step. (The runs that stop call sft_coa.main() in this process: stage_runs.main_of.)"""
     good_run = tmp_path / "good"
-    ok(run_script("sft_coa.py", "--data", world, "--init", base, "--out", good_run, *SFT, "--steps", 2,
-                  "--lr", 1e-3, "--save-every", 1))
+    run_script("sft_coa.py", "--data", world, "--init", base, "--out", good_run, *SFT, "--steps", 2, "--lr", 1e-3,
+               "--save-every", 1)
     before = Qwen2.from_pretrained(os.path.join(good_run, "step_000002")).state_dict()
     for lr, said in (("1e20", r"non-finite loss \S+ at step 3; removed \S+step_000003"),
                      ("3e38", r"the optimizer step of step 2 overflowed")):
         out = tmp_path / f"lr{lr}"
         shutil.copytree(good_run, out)
-        msg = failure(run_script("sft_coa.py", "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
-                                 "--save-every", 1, "--resume", "--force-resume"))  # a changed --lr, on purpose
-        assert re.search(said + r".*Last good checkpoint: " + re.escape(str(out / "step_000002")), msg), msg
+        with pytest.raises(FloatingPointError, match=said + r".*Last good checkpoint: " +
+                           re.escape(str(out / "step_000002"))):
+            main_of(sft_coa, monkeypatch, "--data", world, "--out", out, *SFT, "--steps", 8, "--lr", lr,
+                    "--save-every", 1, "--resume", "--force-resume")  # a changed --lr, on purpose
         assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")
         assert step_dirs(out)[-1] == "step_000002"  # (step_000001 went when step_000003 was saved, under 1e20)
         after = Qwen2.from_pretrained(str(out / "step_000002")).state_dict()
         assert all(torch.equal(after[k], before[k]) for k in before)
     # from the starting weights: nothing good was ever saved, and `latest` is not left on step 1
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT,
-                             "--steps", 4, "--lr", "1e20", "--save-every", 1))
-    assert "at step 1" in msg and "Last good checkpoint: none" in msg, msg
+    with pytest.raises(FloatingPointError, match=r"at step 1.*Last good checkpoint: none"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", base, "--out", tmp_path / "fresh", *SFT, "--steps", 4,
+                "--lr", "1e20", "--save-every", 1)
     assert checkpoints.latest_checkpoint(str(tmp_path / "fresh")) is None and step_dirs(tmp_path / "fresh") == []
 
 
@@ -322,24 +284,29 @@ def test_metrics_keep_one_row_per_step_after_a_resume(tmp_path):
     assert [r["loss"] for r in rows] == [1.0] * 4 + [2.0] * 3
 
 
-def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, base):
+def test_a_run_into_an_existing_out_needs_resume_or_overwrite(tmp_path, world, base, monkeypatch, capsys):
+    """After a first run (a process of its own), the others in this process (stage_runs.main_of)."""
     out = tmp_path / "out"
-    args = ["sft_coa.py", "--data", world, "--init", base, "--out", out, *SFT, "--lr", 1e-3]
-    ok(run_script(*args, "--steps", 3))
+    args = ["--data", world, "--init", base, "--out", out, *SFT, "--lr", 1e-3]
+    run_script("sft_coa.py", *args, "--steps", 3)
     (out / "rl1").mkdir()  # a nested run (GRPO's RL-1 checkpoints)
     (out / "rl1" / "latest").write_text("step_000003\n")
-    msg = failure(run_script(*args, "--steps", 2))
-    assert f"--out {out} already holds a run (latest, step_000003): pass --resume" in msg, msg
-    assert "--resume continues" in failure(run_script(*args, "--steps", 2, "--resume", "--overwrite"))
-    p = ok(run_script(*args, "--steps", 2, "--overwrite"))
-    assert f"deleted the run that was in {out}" in p.stdout
+    with pytest.raises(SystemExit, match=re.escape(f"--out {out} already holds a run (latest, step_000003): pass "
+                                                   "--resume")):
+        main_of(sft_coa, monkeypatch, *args, "--steps", 2)
+    with pytest.raises(SystemExit, match="--resume continues"):
+        main_of(sft_coa, monkeypatch, *args, "--steps", 2, "--resume", "--overwrite")
+    capsys.readouterr()
+    main_of(sft_coa, monkeypatch, *args, "--steps", 2, "--overwrite")
+    assert f"deleted the run that was in {out}" in capsys.readouterr().out
     assert step_dirs(out) == ["step_000002"] and not (out / "rl1").exists()
     with open(out / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [0, 1]  # the deleted run's rows are gone
     # --overwrite never deletes the checkpoint the run starts from
-    msg = failure(run_script("sft_coa.py", "--data", world, "--init", out / "step_000002", "--out", out, *SFT,
-                             "--steps", 2, "--overwrite"))
-    assert "lies inside --out" in msg and (out / "step_000002").is_dir(), msg
+    with pytest.raises(SystemExit, match="lies inside --out"):
+        main_of(sft_coa, monkeypatch, "--data", world, "--init", out / "step_000002", "--out", out, *SFT, "--steps", 2,
+                "--overwrite")
+    assert (out / "step_000002").is_dir()
 
 
 HOLD = """import sys
@@ -377,7 +344,8 @@ def test_two_runs_never_share_an_out(tmp_path):
     assert (tmp_path / "out" / ".lock").read_text() == f"{os.getpid()}\n"
     checkpoints.claim_out(run, args)  # this process holds it already: a second main() in one process goes on
     # a stage script, as a user starts it, while this process holds the --out: refused at once, exit status 1
-    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out)
+    p = run_script("sft_coa.py", "--mask-obs", "--data", tmp_path, "--init", tmp_path / "none", "--out", out,
+                   check=False)
     assert p.returncode == 1 and f"--out {out} is in use by another run (pid {os.getpid()} holds" in p.stderr, p.stderr
 
 
@@ -413,12 +381,12 @@ def test_check_resume_args_lists_every_change_that_breaks_exactness(tmp_path, ca
         checkpoints.check_resume_args(now, path)
 
 
-def test_resume_with_changed_arguments(tmp_path, world, base):
+def test_resume_with_changed_arguments(tmp_path, world, base, monkeypatch):
     """The reported fault: --resume with another --batch-size ran on silently. Now it stops before the first
     step, naming the flag; --force-resume goes on, saying so; a change that computes nothing else goes on."""
     full = tmp_path / "full"
     args = ["sft_coa.py", "--data", world, "--init", base, *SFT, "--lr", 1e-3, "--steps", 4, "--save-every", 2]
-    ok(run_script(*args, "--out", full))
+    run_script(*args, "--out", full)
 
     def cut(name):
         out = tmp_path / name
@@ -426,18 +394,21 @@ def test_resume_with_changed_arguments(tmp_path, world, base):
         shutil.rmtree(out / "step_000004")
         (out / "latest").write_text("step_000002\n")
         return out
-    out = cut("refused")
-    msg = failure(run_script(*args, "--out", out, "--resume", "--batch-size", 8))
-    assert msg.startswith(f"--resume: --batch-size 4 -> 8 (against {out / 'step_000002'}/args.json)"), msg
+    out = cut("refused")  # refused before it trains: in this process (stage_runs.main_of)
+    with pytest.raises(SystemExit, match="^" + re.escape(f"--resume: --batch-size 4 -> 8 (against "
+                                                         f"{out / 'step_000002'}/args.json)")):
+        main_of(sft_coa, monkeypatch, *args[1:], "--out", out, "--resume", "--batch-size", 8)
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000002")  # nothing trained, nothing saved
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [0, 1, 2, 3]  # the log untouched
-    out = cut("forced")
-    p = ok(run_script(*args, "--out", out, "--resume", "--batch-size", 8, "--force-resume"))
+    forced, allowed = run_scripts(
+        (*args, "--out", cut("forced"), "--resume", "--batch-size", 8, "--force-resume"),
+        # other save and log intervals, threads, micro-batches; --init left out
+        (*[a for a in args if a not in ("--init", base)], "--out", cut("allowed"), "--resume", "--save-every", 1,
+         "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
+    out, p = tmp_path / "forced", forced
     assert "[resume] warning: --force-resume with --batch-size 4 -> 8" in p.stdout
     assert checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
-    out = cut("allowed")  # other save and log intervals, threads, micro-batches; --init left out
-    p = ok(run_script(*[a for a in args if a not in ("--init", base)], "--out", out, "--resume", "--save-every", 1,
-                      "--log-every", 2, "--threads", 1, "--micro-tokens", 1024))
+    out, p = tmp_path / "allowed", allowed
     assert "warning" not in p.stdout and checkpoints.latest_checkpoint(str(out)) == str(out / "step_000004")
 
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -71,26 +72,23 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, world):
     """(data dir with 8 stage-2 trajectories, a random tiny Qwen2 saved in bf16 with the world's tokenizer)."""
     root = tmp_path_factory.mktemp("dcp")
-    data, init = tiny_sft(root, torch.bfloat16)
+    data, init = tiny_sft(root, world, torch.bfloat16)
     return data, init, root
 
 
 @pytest.fixture(scope="module")
 def straight(tiny):
-    """ranks -> the --out of 4 uninterrupted SFT steps on that many ranks (checkpoints at steps 2 and 4)."""
+    """ranks -> the --out of 4 uninterrupted SFT steps on that many ranks (checkpoints at steps 2 and 4); the
+    run on 1 rank and the one on 2 start together."""
     data, init, root = tiny
-    runs = {}
-
-    def get(ranks):
-        if ranks not in runs:
-            out = str(root / f"straight{ranks}")
-            launch(ranks, "sft_coa.py", "--mask-obs", "--data", data, "--init", init, "--out", out, *STEPS)
-            runs[ranks] = out
-        return runs[ranks]
-    return get
+    runs = {ranks: str(root / f"straight{ranks}") for ranks in (1, 2)}
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda ranks: launch(ranks, "sft_coa.py", "--mask-obs", "--data", data, "--init", init,
+                                           "--out", runs[ranks], *STEPS), runs))
+    return runs
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -99,7 +97,7 @@ def test_resume_is_bit_exact(tiny, straight, tmp_path, ranks):
     bit, and logs the same losses. The bf16 export of step 2 is not its masters: a resume that started from
     the export (as one that reloads only the HF weights would) could not be exact."""
     data, init, _ = tiny
-    full = straight(ranks)
+    full = straight[ranks]
     cut = str(tmp_path / "cut")
     shutil.copytree(full, cut)
     shutil.rmtree(os.path.join(cut, "step_000004"))
@@ -125,8 +123,8 @@ sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 import checkpoints
 import common
-args = SimpleNamespace(resume=True, out={src!r}, init=None, data="unused", device="cpu", dtype="bfloat16", seed=0,
-                       threads=None, lr=1e-3, weight_decay=0.0)
+args = SimpleNamespace(resume=True, out={src!r}, init=None, data={data!r}, device="cpu", dtype="bfloat16", seed=0,
+                       threads=None, lr=1e-3, weight_decay=0.0)  # the saved run's (checkpoints.check_resume_args)
 run = common.Run(args)
 path, state = checkpoints.resume_or_init(run, args, default_init=None)
 model, tok = common.load_model(path, run)
@@ -143,12 +141,12 @@ def test_train_state_moves_between_world_sizes(tiny, straight, tmp_path, saved, 
     saved again there, holds the same masters, moments and step counts, bit for bit: each rank of the
     new world read exactly its shards of what the old world wrote, and wrote them back."""
     src = str(tmp_path / "src")
-    shutil.copytree(straight(saved), src)
+    shutil.copytree(straight[saved], src)
     with open(os.path.join(src, "latest"), "w") as f:
         f.write("step_000002\n")
     dst = str(tmp_path / "dst")
     script = tmp_path / "resave.py"
-    script.write_text(RESAVE.format(root=ROOT, src=src, dst=dst))
+    script.write_text(RESAVE.format(root=ROOT, src=src, dst=dst, data=tiny[0]))
     launch(loaded, script)
     a, b = train_state(os.path.join(src, "step_000002"), tmp_path), train_state(os.path.join(dst, "step_000002"),
                                                                                  tmp_path)

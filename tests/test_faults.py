@@ -24,11 +24,15 @@ import torch
 import checkpoints
 import common
 import env
+import eval as eval_script
+import grpo
 import model as model_mod
+import sample
+import sft_contrastive
 from grpo import group_advantages, loss_sequences
 from sample import Rollout
 from stage_runs import (ENV, ROOT, TINY, assert_complete_checkpoint, check_grpo_run, free_port, last_per_step,
-                        latest_step, metrics, run_script, tiny_setup, weights)
+                        latest_step, main_of, metrics, run_script, run_scripts, tiny_setup, weights)
 
 
 # ============================================================================= 1. a crash mid-save
@@ -140,11 +144,15 @@ def save_debris(out):
     return sorted(d for d in os.listdir(out) if d != ".lock" and (d.startswith(".") or d.endswith(".old")))
 
 
+@pytest.mark.slow  # 3 to 5 runs of sft_coa.py killed at random moments, then resumed: ~20 s
 def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
     """Save every step and SIGKILL the run: first while a save is half written (seen by its temporary
     directory; tried up to 3 times, should the save finish between seeing it and the kill), then at a random
     moment. `latest` must always name a complete checkpoint, and --resume must finish the run with exactly
-    the weights and losses of a run never killed."""
+    the weights and losses of a run never killed. In the slow set (pytest.ini): in the default one,
+    test_crash_mid_save_keeps_last_checkpoint stops a save at each of its steps, and the resume tests
+    (test_resume_matches_uninterrupted_pretrain, test_grpo_resume_matches_uninterrupted, tests/test_dcp.py)
+    check that a resume is exact."""
     out = str(tmp / "sft_killed")
     rng = random.Random(0)
     cmd = [sys.executable, "sft_coa.py", "--data", world, "--init", base, "--out", out, *map(str, SFT_RESUME),
@@ -189,15 +197,30 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
 
 # ============================================================================= 2. resume == uninterrupted
 
-def test_resume_matches_uninterrupted_pretrain(tmp, world):
+@pytest.fixture(scope="session")
+def two_phase_world(tmp, world):
+    """The world with 40 of base.jsonl's second-phase rows (of thousands): the second phase still has texts of its
+    own, and packing them into windows takes a moment instead of a minute per run (pretrain.pack)."""
+    out = tmp / "world_two_phase"
+    shutil.copytree(world, out)
+    rows = common.read_jsonl(os.path.join(world, "base.jsonl"))
+    second = [i for i, r in enumerate(rows) if r.get("phase") == 2]
+    assert second and len(second) < len(rows), "the test needs rows of both phases"
+    dropped = set(second[40:])
+    with open(out / "base.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in dropped)
+    return str(out)
+
+
+def test_resume_matches_uninterrupted_pretrain(tmp, two_phase_world):
     """pretrain from scratch (tokenizer and init included), 8 steps of each phase: straight vs stopped 4
     steps into the second phase, then --resume. --warmup 16 makes each phase's lr independent of its
     length, so the shorter run is the first part of the other."""
-    common_args = ["--data", world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
+    common_args = ["--data", two_phase_world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
                    "--steps", 8]
     full, half = str(tmp / "pre_full"), str(tmp / "pre_half")
-    run_script("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args)
-    run_script("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args)
+    run_scripts(("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args),
+                ("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args))
     assert latest_step(half)[1] == 12
     # a longer second phase is another --fresh-steps: --force-resume (exact here: the lr does not depend on it)
     run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", "--force-resume", *common_args)
@@ -216,27 +239,26 @@ def test_resume_matches_uninterrupted_pretrain(tmp, world):
     assert lh[0]["loss"] != lh[15]["loss"]  # it trained
 
 
-def test_grpo_resume_matches_uninterrupted(tmp, world, sft3, grpo_act):
-    """GRPO cut after step 2 of 4 (its last checkpoint then) and resumed ends with exactly the weights and
+def test_grpo_resume_matches_uninterrupted(tmp, grpo_run, search_server):
+    """GRPO cut after step 3 of 6 (its last checkpoint then) and resumed ends with exactly the weights and
     per-step rewards of a run never cut: the prompts, the sampler's dice, the optimizer state, the frozen
-    reference and the real-call count all carry over (the cut falls where simulated steps turn real)."""
-    init = checkpoints.latest_checkpoint(sft3[0])
-    args = [grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--steps", 4, "--batch-size", 4,
-            "--group-size", 4, "--max-new-tokens", 48, "--save-every", 2, "--val-prompts", 0,
-            "--trainable", ".", "--lr", 3e-3]
-    full, cut = tmp / "rl_full", tmp / "rl_cut"
-    run_script(*args, "--out", full)
+    reference and the real-call count all carry over (the cut falls where simulated steps turn real). The run
+    never cut is tests/test_stages.py's (grpo_run); the resumed one searches a new server of the same corpus
+    (--search may change on a resume: checkpoints.RESUME_MAY_CHANGE)."""
+    url, _ = search_server
+    full, cut = grpo_run.out, tmp / "rl_cut"
     shutil.copytree(full, cut)
-    shutil.rmtree(cut / "step_000004")
-    (cut / "latest").write_text("step_000002")
-    p = run_script(*args, "--out", cut, "--resume")
-    assert f"[resume] {cut / 'step_000002'}" in p.stdout
-    a, b = weights(checkpoints.latest_checkpoint(full)), weights(checkpoints.latest_checkpoint(cut))
+    shutil.rmtree(cut / "step_000006")
+    (cut / "latest").write_text("step_000003")
+    p = run_script(*grpo_run.args, "--out", cut, "--search", url, "--resume")
+    assert f"[resume] {cut / 'step_000003'}" in p.stdout
+    a, b = weights(checkpoints.latest_checkpoint(full)), weights(checkpoints.latest_checkpoint(str(cut)))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], weights(init)[k]) for k in a)  # it trained
-    straight, resumed = last_per_step(metrics(full)), last_per_step(metrics(cut))
-    assert sorted(resumed) == list(range(4))
-    for s in range(4):
+    assert not all(torch.equal(a[k], weights(grpo_run.init)[k]) for k in a)  # it trained
+    steps = lambda out: last_per_step([r for r in metrics(out) if "mode" in r])  # noqa: E731 (not validation rows)
+    straight, resumed = steps(full), steps(cut)
+    assert sorted(resumed) == list(range(6))
+    for s in range(6):
         for k in ("reward", "real_search_calls", "length"):
             assert resumed[s][k] == straight[s][k], (s, k)
 
@@ -264,22 +286,20 @@ def test_check_finite_and_clip_and_step_stop_on_nan(tmp_path, tok):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1):
+def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1, monkeypatch):
     """Resume a copy of the stage-1 run (latest = step 20) with a huge lr: step 20 itself is computed on
-    good weights, its update blows them up, and step 21's loss is non-finite. The run must exit non-zero
-    naming step 21 and step_000020, write nothing after it, and leave step_000020 loadable and finite."""
+    good weights, its update blows them up, and step 21's loss is non-finite. The run must stop with a
+    FloatingPointError naming step 21 and step_000020, write nothing after it, and leave step_000020 loadable
+    and finite. (sft_contrastive.main() in this process: a run that stops at an error, stage_runs.main_of.)"""
     out = str(tmp / "sft1_diverge")
     shutil.copytree(sft1, out)
     before = weights(checkpoints.latest_checkpoint(out))
-    p = run_script("sft_contrastive.py", "--data", world, "--out", out, "--resume", "--force-resume", "--steps", 40,
-                   "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100,
-                   check=False)
-    assert p.returncode != 0
-    good = os.path.join(out, "step_000020")
-    msg = re.search(r"FloatingPointError: (.*)", p.stderr)
-    assert msg, p.stderr[-2000:]
-    assert re.search(r"non-finite (loss|gradient norm) \S+ at step 21;", msg.group(1)), msg.group(1)
-    assert f"Last good checkpoint: {good}" in msg.group(1)
+    with pytest.raises(FloatingPointError) as stop:
+        main_of(sft_contrastive, monkeypatch, "--data", world, "--out", out, "--resume", "--force-resume", "--steps",
+                40, "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100)
+    good, msg = os.path.join(out, "step_000020"), str(stop.value)
+    assert re.search(r"non-finite (loss|gradient norm) \S+ at step 21;", msg), msg
+    assert f"Last good checkpoint: {good}" in msg
     path, step = latest_step(out)
     assert (path, step) == (good, 20)
     w, _ = assert_complete_checkpoint(path, 20)
@@ -327,13 +347,16 @@ def test_torchrun_fsdp2_grpo(tmp, world, sft3, grpo_act, search_server):
     assert all(torch.equal(before[k], after[k]) for k in before if k != "model.norm.weight")
 
 
-def test_grpo_trainable_errors(tmp, world, sft3):
-    """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why."""
+def test_grpo_trainable_errors(tmp, world, sft3, monkeypatch, capsys):
+    """--trainable that is not a regex, or that matches no weight, stops before any rollout and says why
+    (argparse's error: exit status 2). A start-up error: grpo.main() in this process."""
     init = checkpoints.latest_checkpoint(sft3[0])
     for pattern, said in (("(", "not a regular expression"), ("^no_such_weight$", "matches no parameter name")):
-        p = run_script("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern,
-                       check=False)
-        assert p.returncode == 2 and said in p.stderr, p.stderr[-2000:]
+        with pytest.raises(SystemExit) as stop:
+            main_of(grpo, monkeypatch, "--data", world, "--init", init, "--out", tmp / "rl_bad", "--trainable", pattern)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err, err[-2000:]
+    assert not os.path.exists(tmp / "rl_bad" / "metrics.jsonl")
 
 
 UNEVEN_FORWARDS = """import os
@@ -425,46 +448,48 @@ def test_group_advantages_leave_out_rollouts_that_saw_a_failed_search():
     torch.testing.assert_close(group_advantages(r, 4, torch.ones(8, dtype=torch.bool)), group_advantages(r, 4))
 
 
-def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted):
+def test_runs_refuse_to_start_on_a_dead_search_server(tmp, world, sft3, scripted, monkeypatch):
     """A server that answers 500: eval, GRPO and the sampler's CLI each stop at their start-up check, saying
     which server and why, before any work (only the check's 3 attempts reach the server)."""
     url, log = scripted(lambda n, queries: 500)
     init = checkpoints.latest_checkpoint(sft3[0])
     said = f"search server {url} failed its start-up check: HTTPStatusError: HTTP 500"
-    runs = [("eval.py", "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
+    runs = [(eval_script, "--ckpt", init, "--data", world, "--policy", "rag", "--search", url, "--limit", 2,
              "--out", tmp / "eval_dead" / "x.jsonl"),
-            ("grpo.py", "--data", world, "--init", init, "--out", tmp / "rl_dead", "--search", url),
-            ("sample.py", "--ckpt", init, "--prompt", "Who is Reget Nadit?", "--search-url", url)]
-    for args in runs:
-        p = run_script(*args, check=False)
-        assert p.returncode != 0 and said in p.stderr, (args[0], p.stderr[-2000:])
+            (grpo, "--data", world, "--init", init, "--out", tmp / "rl_dead", "--search", url),
+            (sample, "--ckpt", init, "--prompt", "Who is Reget Nadit?", "--search-url", url)]
+    for module, *args in runs:
+        with pytest.raises(env.SearchError, match=re.escape(said)):
+            main_of(module, monkeypatch, *args)
     assert len(log) == 3 * len(runs)
     assert not os.path.exists(tmp / "eval_dead" / "x.jsonl") and not os.path.exists(tmp / "rl_dead" / "metrics.jsonl")
 
 
-def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted):
+def test_eval_stops_when_a_batch_of_searches_fails(tmp, world, sft3, scripted, monkeypatch):
     """The check passes, then the server answers 500: the first batch's searches all fail, and eval stops
     with the count, the limit and the last error instead of scoring "Retrieval failed." as answers."""
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "eval_failing" / "x.jsonl"
-    p = run_script("eval.py", "--ckpt", checkpoints.latest_checkpoint(sft3[0]), "--data", world, "--policy", "rag",
-                   "--search", url, "--limit", 4, "--batch-size", 4, "--out", out, check=False)
-    assert p.returncode != 0 and ("[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures "
-                                  "0.1; last error: HTTPStatusError: HTTP 500") in p.stderr, p.stderr[-2000:]
+    with pytest.raises(env.SearchError, match=re.escape(
+            "[eval rag] questions 1-4: 4 of 4 searches failed, more than --max-search-failures 0.1; last error: "
+            "HTTPStatusError: HTTP 500")):
+        main_of(eval_script, monkeypatch, "--ckpt", checkpoints.latest_checkpoint(sft3[0]), "--data", world,
+                "--policy", "rag", "--search", url, "--limit", 4, "--batch-size", 4, "--out", out)
     assert [s for s, _ in log] == [200, 500, 500, 500] and not os.path.exists(out)  # one call, 3 attempts
 
 
-def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted):
+def test_grpo_stops_when_a_step_of_searches_fails(tmp, world, sft3, scripted, monkeypatch):
     url, log = scripted(lambda n, queries: 500 if n > 0 else None)
     out = tmp / "rl_failing"
-    p = run_script("grpo.py", "--sim-ratio", 0, "--data", world, "--init", checkpoints.latest_checkpoint(sft3[0]),
-                   "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
-                   "--val-prompts", 0, "--search", url, check=False)
+    with pytest.raises(env.SearchError) as stop:
+        main_of(grpo, monkeypatch, "--sim-ratio", 0, "--data", world, "--init", checkpoints.latest_checkpoint(sft3[0]),
+                "--out", out, "--steps", 3, "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48,
+                "--val-prompts", 0, "--search", url)
     # the first step in which the sampled rollouts searched at all stops the run (which step that is depends
     # on what the tiny model samples)
     found = re.search(r"\[grpo\] step (\d+): (\d+) of (\d+) searches failed, more than --max-search-failures 0\.1; "
-                      r"last error: HTTPStatusError: HTTP 500", p.stderr)
-    assert p.returncode != 0 and found and found[2] == found[3], p.stderr[-2000:]
+                      r"last error: HTTPStatusError: HTTP 500", str(stop.value))
+    assert found and found[2] == found[3], str(stop.value)
     assert int(found[2]) == sum(len(q) for s, q in log if s == 500) // 3  # each failed call: 3 attempts
     assert checkpoints.latest_checkpoint(out) is None  # stopped before the update: nothing trained on the failures
 

@@ -36,19 +36,40 @@ def hf_model(out, tied, n_kv_groups, head_dim, theta, seed=0, dtype="float32", i
                 ids=[x.tolist() for x in ids])
 
 
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    """Every transformers model of this module, built, saved and run in one oracle process: each of CONFIGS
-    in fp32 with its logits at every length of LENGTHS, one in bf16, and the two sources of the save test.
-    {key: {"path": its folder, "logits": [its logits on each input]}}."""
-    root = tmp_path_factory.mktemp("hf")
-    jobs = {("fp32", *c): hf_model(root / f"fp32-{i}", *c, ids=[tokens(2, T, T) for T in LENGTHS])
+def perturbed(tied, seed=1):
+    """Our Qwen2 in a shape hf_model builds (2 query heads per kv head, head_dim 64), every parameter perturbed as
+    the oracle's build does (the default init, zero biases and unit norms, would hide a tensor saved under another
+    tensor's name): the save test's source."""
+    cfg = Qwen2Config(vocab_size=V, hidden_size=256, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, rope_theta=1e4, tie_word_embeddings=tied, rms_norm_eps=1e-6)
+    m = Qwen2(cfg).init_weights(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():  # a tied embedding is one parameter: perturbed once
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return m.eval()
+
+
+def oracle_jobs(folder):
+    """Everything this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules'):
+    each of CONFIGS built in fp32 with its logits at every length of LENGTHS, one built in bf16, and for each of
+    SAVES our model (perturbed) saved by us, tied or not, sharded or not, read by AutoModelForCausalLM, with its
+    logits on tokens(3, 7, 2)."""
+    jobs = {("fp32", *c): hf_model(folder / f"fp32-{i}", *c, ids=[tokens(2, T, T) for T in LENGTHS])
             for i, c in enumerate(CONFIGS)}
-    jobs["bf16"] = hf_model(root / "bf16", False, 2, 64, 1e6, dtype="bfloat16", ids=[tokens(2, 33, 0)])
-    for tied in (True, False):
-        jobs["source", tied] = hf_model(root / f"source-{tied}", tied, 2, 64, 1e4, seed=1)
-    results = hf_oracle.batch(list(jobs.values()))
-    return {k: {"path": job["out"], "logits": r["logits"]} for (k, job), r in zip(jobs.items(), results)}
+    jobs["bf16"] = hf_model(folder / "bf16", False, 2, 64, 1e6, dtype="bfloat16", ids=[tokens(2, 33, 0)])
+    for tied, shard in SAVES:
+        saved = folder / f"ours-{tied}-{shard}"
+        perturbed(tied).save_pretrained(str(saved), max_shard_bytes=200_000 if shard else 2**30)
+        jobs["saved", tied, shard] = dict(task="logits", path=str(saved), ids=[tokens(3, 7, 2).tolist()])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def hf(oracle):
+    """{key of oracle_jobs: {"path": the folder, "logits": [transformers' logits on each input]}}."""
+    return {k: {"path": job.get("out", job.get("path")), "logits": r["logits"]} for k, (job, r) in
+            oracle[__name__].items()}
 
 
 @pytest.mark.parametrize("tied,groups,hd,theta", CONFIGS)
@@ -70,26 +91,11 @@ def test_logits_match_transformers_bf16(hf):
     assert (a - b).abs().max().item() <= 2e-2 * b.abs().max().item()
 
 
-@pytest.fixture(scope="module")
-def saved_by_us(hf, tmp_path_factory):
-    """For each of SAVES: our model loaded from the transformers-built source (tied or not), saved by us
-    (sharded or not), and transformers' logits on tokens(3, 7, 2) from AutoModelForCausalLM.from_pretrained
-    of what we saved, all read in one oracle process. {(tied, shard): (ours, folder, their logits)}."""
-    root = tmp_path_factory.mktemp("ours")
-    saved = {}
-    for tied, shard in SAVES:
-        ours = Qwen2.from_pretrained(hf["source", tied]["path"]).eval()
-        folder = root / f"{tied}-{shard}"
-        ours.save_pretrained(str(folder), max_shard_bytes=200_000 if shard else 2**30)
-        saved[tied, shard] = ours, folder
-    jobs = [dict(task="logits", path=str(folder), ids=[tokens(3, 7, 2).tolist()]) for _, folder in saved.values()]
-    return {k: (ours, folder, r["logits"][0]) for (k, (ours, folder)), r in zip(saved.items(), hf_oracle.batch(jobs))}
-
-
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("shard", [False, True])
-def test_save_pretrained_loads_in_transformers(saved_by_us, tied, shard):
-    ours, folder, theirs = saved_by_us[tied, shard]
+def test_save_pretrained_loads_in_transformers(hf, tied, shard):
+    saved = hf["saved", tied, shard]
+    ours, folder, theirs = perturbed(tied), saved["path"], saved["logits"][0]  # (perturbed is seeded: what was saved)
     assert ("model.safetensors.index.json" in os.listdir(folder)) == shard
     x = tokens(3, 7, 2)
     with torch.no_grad():

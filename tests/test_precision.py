@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -31,10 +32,10 @@ def run_script(*args):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, world):
     """(data dir with 8 stage-2 trajectories, a random tiny Qwen2 saved in fp32 with the world's tokenizer)."""
     root = tmp_path_factory.mktemp("precision")
-    data, init = tiny_sft(root, torch.float32)
+    data, init = tiny_sft(root, world, torch.float32)
     return data, init
 
 
@@ -55,8 +56,8 @@ def test_bf16_sft_trains_like_fp32(tiny, tmp_path):
     weight at 1.0) are kept. With bf16 weights they rounded away: about a quarter of the weights moved, none
     of the norms, and the loss fell a third as far as in fp32."""
     init = Qwen2.from_pretrained(tiny[1]).state_dict()
-    l32, w32 = sft(tiny, tmp_path / "fp32", "float32")
-    l16, w16 = sft(tiny, tmp_path / "bf16", "bfloat16")
+    with ThreadPoolExecutor(2) as pool:  # two independent runs at once (two cores)
+        (l32, w32), (l16, w16) = pool.map(lambda dtype: sft(tiny, tmp_path / dtype, dtype), ("float32", "bfloat16"))
     # The fp32 decrease is large against what bf16 compute alone changes (the first loss, same weights).
     d32, d16 = l32[0] - l32[-1], l16[0] - l16[-1]
     assert d32 > 50 * abs(l16[0] - l32[0]), (l32, l16)
@@ -102,7 +103,12 @@ def test_forward_under_autocast_computes_log_probs_in_fp32():
 
 # ============================================================================= bench/memory_plan.py
 
-def test_memory_plan_counts_parameters_by_hand(tmp_path, capsys):
+def oracle_jobs(folder):
+    """What this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules')."""
+    return {"7b": dict(task="count_parameters", config=memory_plan.PRESETS["7b"])}
+
+
+def test_memory_plan_counts_parameters_by_hand(tmp_path, capsys, oracle):
     """R1-Distill-Qwen-7B, counted by hand: per block, q 3584*3584 + 3584, k and v 3584*512 + 512 each,
     o 3584*3584, MLP 3*3584*18944, two norms 2*3584: 233,057,792; 28 blocks 6,525,618,176; embedding and
     lm_head 152064*3584 each (untied) and the final norm 3584: 7,615,616,512 in all (the "7B" is 7.6e9).
@@ -111,8 +117,7 @@ def test_memory_plan_counts_parameters_by_hand(tmp_path, capsys):
     assert block == 233_057_792 and 28 * block + root == 7_615_616_512
     block, root = memory_plan.param_counts(Qwen2Config(**memory_plan.PRESETS["1.5b"]))
     assert 28 * block + root == 1_777_088_000  # R1-Distill-Qwen-1.5B: "1.78B"
-    from hf_oracle import call  # transformers, in a process of its own (tests/hf_oracle.py)
-    assert call("count_parameters", config=memory_plan.PRESETS["7b"]) == 7_615_616_512
+    assert oracle[__name__]["7b"][1] == 7_615_616_512  # transformers' count (oracle_jobs)
     # a config.json gives what the preset gives; the entries are the formulas of the docstring
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**memory_plan.PRESETS["7b"], "torch_dtype": "bfloat16", "rope_theta": 10000.0}))

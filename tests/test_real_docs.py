@@ -25,7 +25,6 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 import checkpoints
-from qwen_standin import standin_checkpoints
 from test_real_path import ENV, HOTPOT, MORE, ROOT, ScriptedTeacher
 
 TINY = {  # appended to each line of the doc, by what it runs
@@ -51,12 +50,6 @@ def doc_block():
 def tiny(line):
     script = next(k for k in TINY if re.search(rf"python (-m )?{re.escape(k)}\b", line))
     return TINY[script](line)
-
-
-@pytest.fixture(scope="module")
-def standins(tmp_path_factory):
-    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
-    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +81,13 @@ def test_doc_lines_are_whole_commands():
     assert all(tiny(line) is not None for line in lines)
 
 
+@pytest.mark.slow  # ~11 Python starts with the real 152k-token vocabulary, per kind: ~30 s each
 @pytest.mark.parametrize("kind", ["r1", "chatml"])
 def test_doc_sequence_runs(kind, standins, teacher, tmp_path):
     """The whole sequence from a fresh clone; then what each stage made is where the doc says, the embedded world
-    was never built, and no line needed more than the files the lines before it made."""
+    was never built, and no line needed more than the files the lines before it made. In the slow set
+    (pytest.ini): tests/test_real_path.py runs the same stages on the same stand-ins in the default set; this
+    checks that the doc's lines, as written, still make that sequence."""
     cwd = clone(tmp_path)
     env = dict(ENV, CKPT=standins[kind], TEACHER=teacher, PATH=os.path.dirname(sys.executable) + os.pathsep +
                ENV["PATH"])

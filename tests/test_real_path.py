@@ -4,6 +4,8 @@ data/distill.py (the stand-in as a checkpoint teacher, and a scripted OpenAI-com
 correctly) -> SFT-1/2/3 -> GRPO (a simulated step, then a real one against `python env.py serve`) -> eval ->
 the result loads in transformers (in its own process: tests/hf_oracle.py) with the same chat template. One
 step of each: what is checked is the plumbing (formats, files, ids), not learning."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -23,11 +25,11 @@ import env
 import eval as eval_script
 import grpo
 import hf_oracle
+import sample
 import sft_coa
 import sft_contrastive
 from data import convert, distill
 from model import Qwen2
-from qwen_standin import standin_checkpoints
 from tokenizer import EMBEDDED_TEMPLATE, Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,13 +57,6 @@ MORE = [  # two more, for files of four questions (tests/test_real_docs.py)
 ]
 QUERY = {r["question"]: r["supporting_facts"][0][0] for r in HOTPOT + MORE}
 ANSWER = {r["question"]: r["answer"] for r in HOTPOT + MORE}
-
-
-def run(*args, timeout=300):
-    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(map(str, args))}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout
 
 
 class ScriptedTeacher(BaseHTTPRequestHandler):
@@ -117,14 +112,7 @@ def servers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory):
-    """The R1-Distill and the ChatML stand-ins, built by transformers in one oracle process."""
-    paths = [(str(tmp_path_factory.mktemp(f)), f) for f in ("r1", "chatml")]
-    return dict(zip(("r1", "chatml"), standin_checkpoints(paths)))
-
-
-@pytest.fixture(scope="module")
-def r1(standins):
+def r1(standins):  # standins: tests/conftest.py
     return standins["r1"]
 
 
@@ -136,15 +124,23 @@ def test_convert_keeps_one_corpus(servers):
     assert test[1]["gold_ids"] == ["hotpotqa-train-0", "hotpotqa-train-2"]
 
 
-def test_distill_and_import(servers, r1):
-    """Sampling from both teachers: the scripted one's right trajectory is kept with the real tool's exact
-    observation; stage-1 pairs oppose its search to the wrong recalls (its own and the stand-in's) from the
-    same (empty) prefix. Importing the kept rows as chat messages gives the same segments back."""
+@pytest.fixture(scope="module")
+def distilled(servers, r1):
+    """data/distill.py sample on train.jsonl from both teachers, the stand-in (a checkpoint teacher) and the scripted
+    one (a URL): the SFT files of the stages below."""
     data, teacher, _ = servers
     out = data / "distilled"
     distill.main(["sample", "--questions", str(data / "train.jsonl"), "--teacher", r1, "--teacher", teacher,
                   "--search", str(data / "corpus.jsonl"), "--out", str(out), "--samples", "2", "--branches", "1",
                   "--max-new-tokens", "12", "--temperature", "1.0", "--pairs-per-question", "4"])
+    return out
+
+
+def test_distill_and_import(servers, distilled):
+    """Sampling from both teachers: the scripted one's right trajectory is kept with the real tool's exact
+    observation; stage-1 pairs oppose its search to the wrong recalls (its own and the stand-in's) from the
+    same (empty) prefix. Importing the kept rows as chat messages gives the same segments back."""
+    data, out = servers[0], distilled
     stage2 = [json.loads(line) for line in open(out / "stage2.jsonl")]
     stage1 = [json.loads(line) for line in open(out / "stage1.jsonl")]
     meta = json.load(open(out / "distill.json"))
@@ -186,47 +182,74 @@ def test_distill_and_import(servers, r1):
         distill.import_chat(str(chat))
 
 
-def test_r1_pipeline_to_transformers(servers, r1, tmp_path):
-    """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in; the result is an ordinary HF
-    checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt."""
+@pytest.fixture(scope="module")
+def trained(servers, standins, distilled, tmp_path_factory):
+    """One step of each stage on the stand-ins, each as its main() in this process (a Python start would cost more
+    than the step; tests/test_real_docs.py, in the slow set, runs them as processes): the R1 one through SFT-1 ->
+    SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval -> sample.py, the ChatML one through SFT-2 alone. Then what
+    transformers reads of both results, in one oracle process (ordinary_jobs).
+    -> {"dir": the runs' folder, "out": {step: what it printed}, "r1" and "chatml": (checkpoint, oracle results)}."""
     data, teacher, search = servers
-    d = data / "distilled"
-    if not (d / "stage2.jsonl").exists():
-        pytest.skip("needs test_distill_and_import's files")
+    d, tmp = distilled, tmp_path_factory.mktemp("trained")
     for f in ("rl", "dev", "test", "corpus"):
         (d / f"{f}.jsonl").write_bytes((data / f"{f}.jsonl").read_bytes())
     tiny = ["--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256, "--data", d]
-    n = len(open(d / "stage1.jsonl").readlines())
-    out = run("sft_contrastive.py", "--init", r1, "--out", tmp_path / "sft1", *tiny)
-    assert f"{n} pairs: search {n}, answer 0" in out
-    run("sft_coa.py", "--mask-obs", "--init", tmp_path / "sft1", "--out", tmp_path / "sft2", *tiny)
-    run("sft_coa.py", "--init", tmp_path / "sft2", "--out", tmp_path / "sft3", *tiny)
-    run("grpo.py", "--init", tmp_path / "sft3", "--out", tmp_path / "rl", "--sim-ratio", 1, "--group-size", 2,
+    out = {}
+
+    def run(name, module, *args):
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+            stage(module, mp, *args)
+        out[name] = printed.getvalue()
+    run("sft1", sft_contrastive, "--init", standins["r1"], "--out", tmp / "sft1", *tiny)
+    run("sft2", sft_coa, "--mask-obs", "--init", tmp / "sft1", "--out", tmp / "sft2", *tiny)
+    run("sft3", sft_coa, "--init", tmp / "sft2", "--out", tmp / "sft3", *tiny)
+    run("rl", grpo, "--init", tmp / "sft3", "--out", tmp / "rl", "--sim-ratio", 1, "--group-size", 2,
         "--max-new-tokens", 16, "--val-prompts", 0, "--search", search, "--trainable", ".", "--lr", "1e-4",
         "--steps", 2, "--batch-size", 2, "--threads", 1, "--data", d)
-    metrics = [json.loads(line) for line in open(tmp_path / "rl" / "metrics.jsonl")]
+    run("eval", eval_script, "--ckpt", tmp / "rl", "--data", d, "--search", search, "--limit", 2,
+        "--max-new-tokens", 16, "--out", tmp / "eval.jsonl")
+    run("sample", sample, "--ckpt", tmp / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
+        "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
+    run("chatml", sft_coa, "--mask-obs", "--init", standins["chatml"], "--data", d, "--out", tmp / "chatml-sft2",
+        "--steps", 1, "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
+    ckpts = {"r1": checkpoints.latest_checkpoint(str(tmp / "rl")),
+             "chatml": checkpoints.latest_checkpoint(str(tmp / "chatml-sft2"))}
+    jobs = {k: ordinary_jobs(ckpt, standins[k]) for k, ckpt in ckpts.items()}
+    results = iter(hf_oracle.batch([job for k in jobs for job in jobs[k]]))
+    return {"dir": tmp, "out": out, **{k: (ckpt, [next(results) for _ in jobs[k]]) for k, ckpt in ckpts.items()}}
+
+
+def test_r1_pipeline_to_transformers(trained, distilled, r1):
+    """SFT-1 -> SFT-2 -> SFT-3 -> GRPO (sim, then real) -> eval on the R1 stand-in (trained); the result is an
+    ordinary HF checkpoint: AutoModelForCausalLM and AutoTokenizer read it, and its chat template renders our prompt."""
+    n = len(open(distilled / "stage1.jsonl").readlines())
+    assert f"{n} pairs: search {n}, answer 0" in trained["out"]["sft1"]
+    metrics = [json.loads(line) for line in open(trained["dir"] / "rl" / "metrics.jsonl")]
     assert [m["mode"] for m in metrics if "mode" in m] == ["sim", "real"]
-    run("eval.py", "--ckpt", tmp_path / "rl", "--data", d, "--search", search, "--limit", 2, "--max-new-tokens", 16,
-        "--out", tmp_path / "eval.jsonl")
-    assert len(open(tmp_path / "eval.jsonl").readlines()) == 2
-    out = run("sample.py", "--ckpt", tmp_path / "rl", "--prompt", HOTPOT[0]["question"], "--search-url", search,
-              "--max-new-tokens", 4)  # --ckpt follows the `latest` pointer, as the stages do
-    assert "=== " + HOTPOT[0]["question"] in out
-    ckpt = checkpoints.latest_checkpoint(str(tmp_path / "rl"))
-    assert_ordinary_checkpoint(ckpt, r1)
+    assert len(open(trained["dir"] / "eval.jsonl").readlines()) == 2
+    assert "=== " + HOTPOT[0]["question"] in trained["out"]["sample"]
+    assert_ordinary_checkpoint(*trained["r1"], r1)
 
 
-def assert_ordinary_checkpoint(ckpt, source):
+def ordinary_jobs(ckpt, source):
+    """What assert_ordinary_checkpoint asks transformers: AutoModelForCausalLM's logits on our agent prompt for ckpt,
+    and AutoTokenizer's reading of ckpt (rendering that prompt's messages) and of `source`."""
+    ours = Tokenizer.from_pretrained(ckpt)
+    prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
+    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
+    return [dict(task="logits", path=ckpt, ids=[[prompt]], dtype="float32"),
+            dict(task="tokenizer", path=ckpt, conversations={"agent": messages}),
+            dict(task="tokenizer", path=source)]
+
+
+def assert_ordinary_checkpoint(ckpt, results, source):
     """transformers reads ckpt with the ids, special tokens and template of `source`, and our prompt is its own;
-    AutoModelForCausalLM loads it and its logits on that prompt are ours. One oracle process."""
+    AutoModelForCausalLM loads it and its logits on that prompt are ours (results: of ordinary_jobs(ckpt, source))."""
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(ckpt, name)), name
     ours = Tokenizer.from_pretrained(ckpt)
     prompt = ours.encode(ours.agent_prompt(HOTPOT[0]["question"], env.INSTRUCTION))
-    messages = [{"role": "user", "content": f"{env.INSTRUCTION}\n{HOTPOT[0]['question']}"}]
-    model, theirs, orig = hf_oracle.batch([dict(task="logits", path=ckpt, ids=[[prompt]], dtype="float32"),
-                                           dict(task="tokenizer", path=ckpt, conversations={"agent": messages}),
-                                           dict(task="tokenizer", path=source)])
+    model, theirs, orig = results
     with torch.no_grad():
         logits = Qwen2.from_pretrained(ckpt, dtype=torch.float32).eval()(torch.tensor([prompt]))
     assert (logits - model["logits"][0]).abs().max().item() <= 1e-4
@@ -239,28 +262,21 @@ def assert_ordinary_checkpoint(ckpt, source):
         assert json.load(f) == json.load(g)
 
 
-def test_chatml_sft_to_transformers(servers, standins, tmp_path):
-    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2: trajectories end with its eos, <|im_end|>, and the
-    saved checkpoint keeps its template for transformers."""
-    data, _, _ = servers
-    d = data / "distilled"
-    if not (d / "stage2.jsonl").exists():
-        pytest.skip("needs test_distill_and_import's files")
+def test_chatml_sft_to_transformers(trained, distilled, standins):
+    """A ChatML (Qwen2.5-Instruct) stand-in through SFT-2 (trained): trajectories end with its eos, <|im_end|>, and
+    the saved checkpoint keeps its template for transformers."""
     src = standins["chatml"]
     tok = Tokenizer.from_pretrained(src)
-    row = json.loads(open(d / "stage2.jsonl").readline())
+    row = json.loads(open(distilled / "stage2.jsonl").readline())
     ids, mask = sft_coa.encode_trajectory(tok, row, mask_obs=True, max_len=10_000)
     assert ids[-1] == tok.token_id("<|im_end|>") == 151645 and mask[-1] == 1
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are Qwen")
-    run("sft_coa.py", "--mask-obs", "--init", src, "--data", d, "--out", tmp_path / "sft2", "--steps", 1,
-        "--batch-size", 2, "--warmup", 1, "--threads", 1, "--max-len", 256)
-    assert_ordinary_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "sft2")), src)
+    assert_ordinary_checkpoint(*trained["chatml"], src)
 
 
-def test_init_without_data_is_an_error(r1, tmp_path):
-    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--out", str(tmp_path / "x")], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and f"--init {r1} needs --data" in p.stderr
+def test_init_without_data_is_an_error(r1, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="^" + re.escape(f"--init {r1} needs --data")):
+        stage(sft_coa, monkeypatch, "--init", r1, "--out", tmp_path / "x")
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -429,14 +445,16 @@ def test_steps_from_epochs_and_warmup_within_them(capsys):
     assert args.steps == 5  # --steps given: kept
 
 
-def test_a_real_run_trains_its_epochs(r1, real, tmp_path):
+def test_a_real_run_trains_its_epochs(r1, real, tmp_path, monkeypatch, capsys):
     """sft_coa.py on real data with no --steps: 1 epoch of 2 trajectories at batch 2 is 1 step, printed and saved
-    (args.json), the warm-up cut to it; --steps with --epochs is refused."""
-    out = run("sft_coa.py", "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
-              "--batch-size", 2, "--threads", 1, "--max-len", 256)
+    (args.json), the warm-up cut to it; --steps with --epochs is refused. (Its main() in this process: one step.)"""
+    stage(sft_coa, monkeypatch, "--mask-obs", "--init", r1, "--data", real, "--out", tmp_path / "s2", "--epochs", 1,
+          "--batch-size", 2, "--threads", 1, "--max-len", 256)
+    out = capsys.readouterr().out
     assert "[schedule] --steps 1: 1 epochs of 2 trajectories at --batch-size 2" in out
     saved = json.load(open(os.path.join(checkpoints.latest_checkpoint(str(tmp_path / "s2")), "args.json")))
     assert (saved["steps"], saved["warmup"], saved["lr"]) == (1, 1, 5e-5)
-    p = subprocess.run([sys.executable, "sft_coa.py", "--init", r1, "--data", str(real), "--steps", "3", "--epochs",
-                        "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "--steps and --epochs both set the run's length: pass one of them" in p.stderr
+    with pytest.raises(SystemExit) as stop:  # argparse's error: refused before anything starts
+        stage(sft_coa, monkeypatch, "--init", r1, "--data", real, "--steps", 3, "--epochs", 1)
+    assert stop.value.code == 2 and "--steps and --epochs both set the run's length: pass one of them" in \
+        capsys.readouterr().err

@@ -121,12 +121,20 @@ def runs(r):
 
 # ----------------------------------------------------------------------------- against transformers
 
-def test_greedy_matches_transformers_generate(tmp_path, tok, model):
-    from hf_oracle import call  # transformers' generate, in a process of its own (tests/hf_oracle.py)
-    model.save_pretrained(str(tmp_path))
-    prompts = prompts_of([5, 1, 12, 8])
-    theirs = call("generate", path=str(tmp_path), prompts=prompts, max_new_tokens=20, eos_token_id=tok.eos_id,
-                  pad_token_id=tok.eos_id)
+def oracle_jobs(folder):
+    """What this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules'):
+    greedy generate from the module's model (tiny_model, saved to folder) on four prompts."""
+    tok = make_tokenizer()
+    tiny_model(tok.vocab_size).save_pretrained(str(folder))
+    return {"generate": dict(task="generate", path=str(folder), prompts=prompts_of([5, 1, 12, 8]), max_new_tokens=20,
+                             eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)}
+
+
+def test_greedy_matches_transformers_generate(tok, model, oracle):
+    job, theirs = oracle[__name__]["generate"]
+    saved = Qwen2.from_pretrained(job["path"]).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # the oracle's model is this one
+    prompts = job["prompts"]
     ours = sample(model, tok, prompts, mode="none", greedy=True, max_new_tokens=20)
     for p, r, out in zip(prompts, ours, theirs, strict=True):
         assert r.completion == out[len(p):]

