@@ -191,7 +191,7 @@ def held_out_leaks(world, files):
 # ----------------------------------------------------------------------------- build
 
 def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_dev=200, n_rl=500, n_tool=1500,
-          n_cot=300, n_pairs=600, n_recall=1000, n_reading=4800, page_repeats=30, known_share=0.2):
+          n_cot=300, n_pairs=600, n_recall=1000, n_reading=1600, reading_repeats=3, page_repeats=30, known_share=0.2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict. known_share: the
     share of test and dev questions about known entities only (the rest need a held-out fact)."""
     # -------------------------------------------------------------------- world and splits
@@ -262,11 +262,12 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
         response = "".join(s["text"] for s in trajectory(world, q, observe, search="none"))
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "recall",
                      "question": q.question, "response": response, "instruction": False})
-    # tool-use traces from parallel worlds, about one per fact: only copying the value out of the result can
-    # predict it
+    # tool-use traces from parallel worlds: only copying the value out of the result can predict it. Each
+    # trace is read reading_repeats times: a tiny model learns to copy sooner from a text it meets again
     base += [row for w in range(-(-n_reading // PER_PARALLEL_WORLD))
              for row in reading_traces(world, seed + 1_000_003 + w, min(PER_PARALLEL_WORLD, n_reading - w * PER_PARALLEL_WORLD),
-                                       brng, sizes, topk)]
+                                       brng, sizes, topk)
+             for _ in range(reading_repeats)]
     brng.shuffle(base)
 
     # -------------------------------------------------------------------- the reading checks
@@ -332,14 +333,15 @@ def main():
     ap.add_argument("--n-pairs", type=int, default=600, help="stage-1 decision pairs (half each way)")
     ap.add_argument("--n-recall", type=int, default=1000, help="questions about known entities answered from memory "
                                                                "in base.jsonl")
-    ap.add_argument("--n-reading", type=int, default=4800, help="parallel-world tool-use traces in base.jsonl")
+    ap.add_argument("--n-reading", type=int, default=1600, help="parallel-world tool-use traces in base.jsonl")
+    ap.add_argument("--reading-repeats", type=int, default=3, help="copies of each tool-use trace in base.jsonl")
     ap.add_argument("--page-repeats", type=int, default=30, help="copies of each known page in base.jsonl, each in "
                                                                  "another layout")
     args = ap.parse_args()
     print(vars(args))
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.topk, args.n_test,
-                 args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_recall, args.n_reading,
+                 args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_recall, args.n_reading, args.reading_repeats,
                  args.page_repeats, args.known_share)
     print(json.dumps(meta, indent=1))
 

@@ -39,8 +39,8 @@ def tmp(tmp_path_factory):
 @pytest.fixture(scope="session")
 def world(tmp):
     out = str(tmp / "world")
-    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_traces=20, n_reading=10)
+    build(out, seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 4},
+          n_test=10, n_dev=10, n_rl=10, n_tool=20, n_cot=4, n_pairs=16, n_recall=20, n_reading=10, page_repeats=2)
     return out
 
 
@@ -48,7 +48,7 @@ def world(tmp):
 
 def make_base(tmp, world, made):
     out = str(tmp / "base")
-    run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 30, "--fresh-steps", 0,
+    run_script("pretrain.py", "--data", world, "--out", out, *TINY, "--steps", 30,
                "--batch-size", 8, "--lr", 1e-2, "--warmup", 0, "--save-every", 100)
     return out
 

@@ -48,8 +48,8 @@ def model(tok):
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    build(str(out), seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 6}, n_distractors=4,
-          n_test=10, n_dev=10, n_rl=5, n_tool=10, n_cot=4, n_pairs=4, n_traces=4, n_reading=4)
+    build(str(out), seed=0, sizes={"person": 12, "org": 6, "city": 6, "country": 3, "book": 6},
+          n_test=10, n_dev=10, n_rl=5, n_tool=10, n_cot=4, n_pairs=4, n_recall=4, n_reading=4, page_repeats=2)
     return str(out)
 
 

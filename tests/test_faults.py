@@ -198,34 +198,29 @@ def test_sigkill_mid_run_then_resume(tmp, world, base, sft_straight):
 # ============================================================================= 2. resume == uninterrupted
 
 @pytest.fixture(scope="session")
-def two_phase_world(tmp, world):
-    """The world with 40 of base.jsonl's second-phase rows (of thousands): the second phase still has texts of its
-    own, and packing them into windows takes a moment instead of a minute per run (pretrain.pack)."""
-    out = tmp / "world_two_phase"
+def small_world(tmp, world):
+    """The world with 40 of base.jsonl's rows: packing them into windows takes a moment, not a minute per run."""
+    out = tmp / "world_small_base"
     shutil.copytree(world, out)
     rows = common.read_jsonl(os.path.join(world, "base.jsonl"))
-    second = [i for i, r in enumerate(rows) if r.get("phase") == 2]
-    assert second and len(second) < len(rows), "the test needs rows of both phases"
-    dropped = set(second[40:])
+    assert len(rows) > 40
     with open(out / "base.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in dropped)
+        f.writelines(json.dumps(r) + "\n" for r in rows[:40])
     return str(out)
 
 
-def test_resume_matches_uninterrupted_pretrain(tmp, two_phase_world):
-    """pretrain from scratch (tokenizer and init included), 8 steps of each phase: straight vs stopped 4
-    steps into the second phase, then --resume. --warmup 16 makes each phase's lr independent of its
-    length, so the shorter run is the first part of the other."""
-    common_args = ["--data", two_phase_world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4,
-                   "--steps", 8]
+def test_resume_matches_uninterrupted_pretrain(tmp, small_world):
+    """pretrain from scratch (tokenizer and init included), 8 steps straight vs 4 steps, then --resume to 8.
+    --warmup 16 makes the lr independent of the run's length, so the shorter run is the first part of the other."""
+    common_args = ["--data", small_world, *TINY, "--batch-size", 4, "--lr", 1e-2, "--warmup", 16, "--save-every", 4]
     full, half = str(tmp / "pre_full"), str(tmp / "pre_half")
-    run_scripts(("pretrain.py", "--out", full, "--fresh-steps", 8, *common_args),
-                ("pretrain.py", "--out", half, "--fresh-steps", 4, *common_args))
-    assert latest_step(half)[1] == 12
-    # a longer second phase is another --fresh-steps: --force-resume (exact here: the lr does not depend on it)
-    run_script("pretrain.py", "--out", half, "--fresh-steps", 8, "--resume", "--force-resume", *common_args)
+    run_scripts(("pretrain.py", "--out", full, "--steps", 8, *common_args),
+                ("pretrain.py", "--out", half, "--steps", 4, *common_args))
+    assert latest_step(half)[1] == 4
+    # a longer run is another --steps: --force-resume (exact here: the lr does not depend on it)
+    run_script("pretrain.py", "--out", half, "--steps", 8, "--resume", "--force-resume", *common_args)
     (pf, sf), (ph, sh) = latest_step(full), latest_step(half)
-    assert sf == sh == 16
+    assert sf == sh == 8
     a, b = weights(pf), weights(ph)
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     with open(os.path.join(pf, "tokenizer.json")) as f, open(os.path.join(ph, "tokenizer.json")) as g:
