@@ -362,8 +362,8 @@ def restore(model, opt, state):
     run continues exactly."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
-    if "args" in state:  # here, not at resume_or_init: a stage may settle a flag after loading (pretrain.py's
-        check_resume_args(state["args"], state["path"])  # --fresh-steps 0 on data without a second phase)
+    if "args" in state:  # here, not at resume_or_init: a stage may settle a flag after loading
+        check_resume_args(state["args"], state["path"])
     sd = train_state(model, opt)  # this run's layout: its shards, its parameter names
     dcp.load(sd, checkpoint_id=os.path.join(state["path"], "train_state"), no_dist=not dist.is_initialized())
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])

@@ -419,7 +419,7 @@ def _logged_before(line, start):
 # "name?" is optional (null counts as absent); [spec] is a non-empty list of spec; {...} an object. Other
 # fields are allowed and ignored.
 BASE_ROWS = {"text": str, "question?": str, "response?": str, "instruction?": bool,  # pretrain.py: base.jsonl
-             "phase?": int}
+             "segments?": [{"text": str, "tool": bool}]}
 PAIR_ROWS = {"question": str, "prefix": str, "chosen": str, "rejected": str,  # sft_contrastive.py: stage1.jsonl
              "direction?": str}
 TRAJECTORY_ROWS = {"question": str, "segments": [{"text": str, "tool": bool}],  # sft_coa.py: stage2, workflow

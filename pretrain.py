@@ -3,18 +3,12 @@
 The paper starts from DeepSeek-R1-Distill-Qwen-7B, which can reason in `<think>` and, given the tool's
 instructions in its prompt, write a search call and read what comes back, but was never trained to
 decide when to. Our stand-in cannot follow instructions, so it learns those abilities from the world's
-base text (data/build.py, base.jsonl): the pages of the KNOWN entities (its parametric knowledge;
-unknown entities it never sees), pure reasoning traces that answer questions about known entities from
-memory (half of them with the tool's instruction in the prompt, half without), and traces from a
-parallel world (names it never meets again) that, given the tool's instruction, search every fact and
-read it out of the result; all in the R1 chat format. When to act is what SFT stage 1 then teaches.
-
-Two phases. The first goes over that text several times (--steps), and a model this small can then
-remember the parallel world's values as well as copy them out of the results: some seeds learn to
-remember, and their agents cannot read the tool. The second (--fresh-steps, the lr schedule restarted)
-swaps those traces for fresh ones from many more parallel worlds, each fact read about once, where only
-copying lowers the loss (data/build.py; `python probe.py --ckpt runs/base --copy 1000 --split test`
-measures the copying).
+base text (data/build.py, base.jsonl; data/README.md): the pages of the KNOWN entities (its parametric
+knowledge; unknown entities it never sees), reasoning traces that answer questions about known entities
+from memory, and tool-use traces from parallel worlds (names it never meets again) that search every fact
+and read it out of the result. Only copying can predict what such a trace reads, so the model learns to
+read; `python probe.py --ckpt runs/base --copy 300 --split dev` measures it, relation by relation. When to
+act is what SFT stage 1 then teaches.
 
     python pretrain.py                              # the embedded world's base model (runs/world -> runs/base)
     python pretrain.py --resume                     # continue from runs/base/latest

@@ -16,7 +16,8 @@ from tokenizers import Tokenizer as HFTokenizer
 import env
 import eval as ev
 from data.build import build
-from data.trajectories import read
+from data.trajectories import act, need, query_for, read, recall, year_check
+from data.trajectories import recall as recall_line
 from data.world import fact_sentence
 from env import TAGS
 from model import Qwen2, Qwen2Config
@@ -176,8 +177,8 @@ def test_when_to_act_by_hand():
     def rec(text, known, name="Lopi Fiben"):
         first = None if known is None else (name, known)
         return ev.record({"question": "q", "answers": ["a"], "hops": 1}, "agent", R(text), first)
-    search = f"I need the country of Lopi Fiben. I will search for it. {env.TAGS.search_open} Lopi Fiben country"
-    recall = f"I need the country of Lopi Fiben. I remember that it is Farut.\nLater: {env.TAGS.search_open} x"
+    search = need("Lopi Fiben", "country") + act("Lopi Fiben", "country")
+    recall = need("Lopi Fiben", "country") + recall_line("Lopi Fiben", "country", "Farut") + f"{env.TAGS.search_open} x"
     records = [rec(search, False), rec(search, False, "Dule Mumo"), rec(recall, False),  # unknown: searched 2 of 3
                rec(recall, True), rec(search, True),                                    # known: searched 1 of 2
                rec(search, None)]                                                       # not judged
@@ -194,43 +195,40 @@ def test_when_to_act_by_hand():
 
 def test_comparison_steps_by_hand():
     """eval.comparison_steps on hand-written decision lines in data/trajectories.py's format."""
-    q = "Who was born later, Lopi Fiben or Dule Mumo?"
-    read_a = "The search result says that the birth year of Lopi Fiben is 1850.\n"
-    recall_b = "I need the birth year of Dule Mumo. I remember that the birth year of Dule Mumo is 1862.\n"
-    read_b = "The search result says that the birth year of Dule Mumo is 1862.\n"
+    q = "Who was born earlier, Lopi Fiben or Dule Mumo?"
+    read_a = read("Lopi Fiben", "birth year", 1850)
+    recall_b = need("Dule Mumo", "birth year") + recall("Dule Mumo", "birth year", 1862)
+    read_b = read("Dule Mumo", "birth year", 1862)
 
     def rec(text, question=q, type_="comparison"):
         return {"question": question, "type": type_, "text": text}
     records = [
-        # all right, both years read: Is 1850 later than 1862? No -> the second name
-        rec(read_a + read_b + "Is 1850 later than 1862? 1 = 1, 8 = 8, 5 < 6, later: No, so it is Dule Mumo.\n"),
-        # B recalled; the question's word miscopied ("earlier"), yes/no right for that line, the name follows it
-        rec(read_a + recall_b + "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6, earlier: Yes, so it is Lopi "
-                                "Fiben.\n"),
-        # A's year miscopied (1805), wrong yes/no for the line, and the name does not follow it
-        rec(read_a + read_b + "Is 1805 later than 1862? 1 = 1, 8 = 8, 0 < 6, later: Yes, so it is Dule Mumo.\n"),
+        # all right, both years read: Is 1850 earlier than 1862? Yes -> the first name
+        rec(read_a + read_b + f"{year_check(1850, 1862)}, so it is Lopi Fiben.\n"),
+        # B recalled, not read; the rest right
+        rec(read_a + recall_b + f"{year_check(1850, 1862)}, so it is Lopi Fiben.\n"),
+        # A's year miscopied (1875): the years are wrong, Yes is wrong for the line, the name follows Yes
+        rec(read_a + read_b + "Is 1875 earlier than 1862? 1 = 1, 8 = 8, 7 > 6: Yes, so it is Lopi Fiben.\n"),
+        # the right decision, then the other name
+        rec(read_a + read_b + f"{year_check(1850, 1862)}, so it is Dule Mumo.\n"),
         rec(read_a + "So the answer is \\boxed{Dule Mumo}."),          # no decision line: not counted
-        rec("Is 1 later than 2? later: No, so it is x.\n", "What is the birthplace of Lopi Fiben?", "composition"),
+        rec(f"{year_check(1, 2)}, so it is x.\n", "What is Lopi Fiben's birthplace?", "composition"),
     ]
+    assert year_check(1850, 1862) == "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes"
     steps = ev.comparison_steps(records)
-    assert steps == {"n": 3, "years": pytest.approx(2 / 3), "word": pytest.approx(2 / 3),
-                     "decision": pytest.approx(2 / 3), "name": pytest.approx(2 / 3), "searched": pytest.approx(2 / 3)}
-    assert ev.comparison_steps(records[3:]) is None
-    # each step on its own: the second record gets the years, the decision and the name right only
-    assert ev.comparison_steps(records[1:2]) == {"n": 1, "years": 1.0, "word": 0.0, "decision": 1.0, "name": 1.0,
-                                                 "searched": 0.0}
-    assert ev.comparison_steps(records[2:3]) == {"n": 1, "years": 0.0, "word": 1.0, "decision": 0.0, "name": 0.0,
-                                                 "searched": 1.0}
-    table = ev.format_table([ev.score([{**r, "em": 0.0, "f1": 0.0, "hops": 2, "n_actions": 2, "n_tool_calls": 2}
-                                       for r in records], "m")])
-    assert table.split("\n")[-2].split() == ["m"] + ["66.7%"] * 5
+    assert steps == {"n": 4, "years": 0.75, "decision": 0.75, "name": 0.75, "searched": 0.75}
+    assert ev.comparison_steps(records[4:]) is None
+    # each step on its own
+    assert ev.comparison_steps(records[1:2]) == {"n": 1, "years": 1.0, "decision": 1.0, "name": 1.0, "searched": 0.0}
+    assert ev.comparison_steps(records[2:3]) == {"n": 1, "years": 0.0, "decision": 0.0, "name": 1.0, "searched": 1.0}
+    assert ev.comparison_steps(records[3:4]) == {"n": 1, "years": 1.0, "decision": 1.0, "name": 0.0, "searched": 1.0}
 
 
 def test_reading_by_hand():
     """eval.reading: a reading line counts when the whole result above it states its entity's relation; it
     copies when the value is the result's."""
-    result = ("\n\n<search_result> result 1: \"Lopi Fiben\" Lopi Fiben is a person. Lopi Fiben was born in Dule "
-              "Mumo. The birth year of Lopi Fiben is 1850. </search_result>\n\n")
+    page = fact_sentence("Lopi Fiben", "birthplace", "Dule Mumo") + " " + fact_sentence("Lopi Fiben", "birth year", 1850)
+    result = f"\n\n<search_result> result 1: \"Lopi Fiben\" {page} </search_result>\n\n"
 
     def line(rel, name, value):
         return read(name, rel, value)  # data/trajectories.py: "The search result says that ...\n"
@@ -266,9 +264,9 @@ def test_record_scores_the_boxed_answer_after_think_and_zero_without_one():
 def test_workflow_trigger_matches_a_whole_decision_sentence_only():
     import re
     t = re.compile(ev.WORKFLOW_TRIGGER)
-    assert t.search("I need the birth year of Dorin Kalvet.") and t.search(" I need the mayor of Lo Ba.\n")
-    assert not t.search("I need the mayor of Lo Ba. I remember")
-    assert not t.search("So I need the mayor of Lo Ba.") and not t.search("I need the mayor of Lo")
+    assert t.search(need("Dorin Kalvet", "birth year")) and t.search(f" {need('Lo Ba', 'mayor')}\n")
+    assert not t.search(need("Lo Ba", "mayor") + " I remember")
+    assert not t.search("So " + need("Lo Ba", "mayor")) and not t.search(need("Lo Ba", "mayor")[:-4])
 
 
 # ----------------------------------------------------------------------------- policies end to end
@@ -277,12 +275,12 @@ def test_workflow_trigger_matches_a_whole_decision_sentence_only():
 def test_agent_policy_scripted_search_is_scored(tok, model, rows, world, bm25):
     row = question(rows, world, hops=1)
     (name, rel, value, _), = chain(world, row)
-    plan = [f"I need the {rel} of {name}. I will search for it. {TAGS.search_open} {name} {rel} {TAGS.search_close}",
+    plan = [f"{need(name, rel)} I will search for it. {TAGS.search_open} {query_for(name, rel)} {TAGS.search_close}",
             f"The search result says that {said(name, rel, value)}\n{ending(value)}"]
     tool = RecordingTool(bm25)
     s, recs = ev.evaluate(model, tok, [row], "agent", tool, max_new_tokens=600, topk=1, world=world,
                           logits_processor=Script(tok, {row["question"]: plan}))
-    assert tool.calls == [[f"{name} {rel}"]]
+    assert tool.calls == [[query_for(name, rel)]]
     known = next(e["known"] for e in world["entities"] if e["name"] == name)
     assert recs[0]["first_step_search"] and recs[0]["first_step_names"] and recs[0]["first_known"] == known
     assert s["when_to_act"]["accuracy"] == (0.0 if known else 1.0)
@@ -300,20 +298,20 @@ def test_workflow_searches_once_per_decision_sentence(tok, model, rows, world, b
     one, two = question(rows, world, hops=1), question(rows, world, hops=2)
     (x, r0, y, _), = chain(world, one)
     (a, r1, b, _), (_, r2, c, _) = chain(world, two)
-    plans = {one["question"]: [f"I need the {r0} of {x}.",
+    plans = {one["question"]: [f"{need(x, r0)}",
                                f"The search result says that {said(x, r0, y)}\n{ending(y)}"],
-             two["question"]: [f"I need the {r1} of {a}. This never gets written: the controller acts at the period",
-                               f"The search result says that {said(a, r1, b)}\nI need the {r2} of {b}.",
+             two["question"]: [f"{need(a, r1)} This never gets written: the controller acts at the period",
+                               f"The search result says that {said(a, r1, b)}\n{need(b, r2)}",
                                f"The search result says that {said(b, r2, c)}\n{ending(c)}"]}
     tool = RecordingTool(bm25)
     prompts = [ev.common.encode_prompt(tok, q["question"]) for q in (one, two)]
     questions = [one["question"], two["question"]]
     kw = dict(max_new_tokens=900, topk=1, logits_processor=Script(tok, plans))
     r_one, r_two = ev.run_policy("workflow", model, tok, prompts, questions, tool, **kw)
-    decisions = [f"I need the {r1} of {a}.", f"I need the {r2} of {b}."]
+    decisions = [f"{need(a, r1)}", f"{need(b, r2)}"]
     # one search per decision sentence, the sentence as the query; rows whose sentences end at the same
     # step (as many tokens) share the sampler's one batched call of that step
-    first = sorted([f"I need the {r0} of {x}.", decisions[0]], key=lambda q: len(tok.encode(q)))
+    first = sorted([f"{need(x, r0)}", decisions[0]], key=lambda q: len(tok.encode(q)))
     same_step = len(tok.encode(first[0])) == len(tok.encode(first[1]))
     assert tool.calls == ([first] if same_step else [first[:1], first[1:]]) + [decisions[1:]]
     assert r_one.n_actions == r_one.n_tool_calls == 1 and env.extract_answer(r_one.text) == str(y)

@@ -226,9 +226,8 @@ def test_resume_matches_uninterrupted_pretrain(tmp, small_world):
     with open(os.path.join(pf, "tokenizer.json")) as f, open(os.path.join(ph, "tokenizer.json")) as g:
         assert f.read() == g.read()
     lf, lh = metrics(full), metrics(half)
-    assert [r["step"] for r in lh] == list(range(16))
-    assert lf[8]["lr"] == lf[0]["lr"] < lf[7]["lr"]  # the second phase restarts its warm-up
-    for rf, rh in zip(lf[12:], lh[12:]):  # the resumed steps
+    assert [r["step"] for r in lh] == list(range(8))
+    for rf, rh in zip(lf[4:], lh[4:]):  # the resumed steps
         assert rh["loss"] == pytest.approx(rf["loss"], rel=1e-6)
         assert rh["lr"] == rf["lr"] and rh["grad_norm"] == pytest.approx(rf["grad_norm"], rel=1e-5)
     assert lh[0]["loss"] != lh[15]["loss"]  # it trained

@@ -24,7 +24,7 @@ import env
 from bench import grpo_signal
 from grpo import group_advantages, policy_loss, validate
 from model import Qwen2, Qwen2Config
-from pretrain import in_phase, pack
+from pretrain import pack
 from sft_coa import encode_trajectory, masked_nll
 from sft_contrastive import contrastive_loss, mean_logprob
 from stage_runs import (GRPO_ACT_REWARD, ROOT, assert_complete_checkpoint, assert_loss_down, check_grpo_run, main_of,
@@ -253,11 +253,6 @@ def test_policy_loss_ignores_masked_tokens():
     lb[0].backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert (a.grad[~m] == 0).all() and (a.grad[m] != 0).any()
-
-
-def test_in_phase_by_hand():
-    rows = [{"text": "a", "phase": 1}, {"text": "b", "phase": 2}, {"text": "c"}]
-    assert [[r["text"] for r in rows if in_phase(r, p)] for p in (1, 2)] == [["a", "c"], ["b", "c"]]
 
 
 def test_pack_keeps_texts_whole_by_hand():

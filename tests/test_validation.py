@@ -244,9 +244,6 @@ def test_pretrain_checks_base_text_before_the_tokenizer(tmp_path, data, monkeypa
     d = data({"base.jsonl": lambda rows: rows + [{"text": "x", "response": "y"}]})
     with pytest.raises(ValueError, match=r"base.jsonl:\d+: a reasoning trace \('response'\) needs its 'question'"):
         run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base")
-    d = data({"base.jsonl": lambda rows: rows + [{"text": "x", "phase": 3}]})
-    with pytest.raises(ValueError, match=r"base.jsonl:\d+: 'phase' is 3: 1 \(first phase only\) or 2"):
-        run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base")
 
 
 def test_plain_text_rows_are_enough_for_pretrain(tmp_path, monkeypatch):
@@ -259,7 +256,7 @@ def test_plain_text_rows_are_enough_for_pretrain(tmp_path, monkeypatch):
     run_main(pretrain, monkeypatch, "--data", d, "--out", tmp_path / "base", "--hidden", 16, "--intermediate", 32,
              "--layers", 1, "--heads", 2, "--kv-heads", 1, "--seq-len", 16, "--vocab-size", 300, "--steps", 1,
              "--batch-size", 2)
-    assert checkpoints.step_of(os.path.basename(checkpoints.latest_checkpoint(str(tmp_path / "base")))) == 1  # no phase 2 rows
+    assert checkpoints.step_of(os.path.basename(checkpoints.latest_checkpoint(str(tmp_path / "base")))) == 1
 
 
 def test_sft_coa_checks_segments_before_loading(tmp_path, ckpt, data, monkeypatch, no_model):
