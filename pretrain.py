@@ -93,7 +93,7 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1000, batch_size=8)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1500, batch_size=8)
     ap.add_argument("--vocab-size", type=int, default=4096,
                     help="BPE vocabulary size cap; large enough that every word of an entity's name is one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")
@@ -102,7 +102,6 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
-    ap.add_argument("--mask-obs", action="store_true", help="no loss on the tool's text in tool-use traces")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 
@@ -151,8 +150,8 @@ def main():
     # whole texts, each ending with end-of-sentence, packed into windows of seq_len + 1 tokens
     encoded = []
     for r, text in zip(rows, texts):
-        if r.get("segments") and args.mask_obs:  # the tool's text gets no loss, as in SFT stage 2
-            ids, mask = tok.encode(chat_prompt(r["question"], env.INSTRUCTION)), None
+        if r.get("segments"):  # a tool-use trace: the tool's text (what only the tool knows) gets no loss, as in
+            ids = tok.encode(chat_prompt(r["question"], env.INSTRUCTION))  # SFT stage 2
             mask = [1] * len(ids)
             for seg in r["segments"]:
                 t = tok.encode(seg["text"])

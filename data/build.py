@@ -314,9 +314,39 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     return meta
 
 
+def examples(seed=0):
+    """The examples of data/README.md, rendered from the code (tests/test_data.py keeps the two equal): a page,
+    a question of each stratum, the right trajectory of a question that needs a search and a recall, and the
+    decision pair at its first step."""
+    world = make_world(seed)
+    strata = make_questions(world, random.Random(f"build-{seed}"))
+    prng = random.Random(f"pages-{seed}")
+    corpus = [{"id": e.id, "contents": page(e.name, e.facts, prng)} for e in world.entities]
+    observe = searcher([row for row, e in zip(corpus, world.entities) if not e.held_out], TOPK)
+    mixed, comparison = (next(q for q in strata[k] if world.split_of(q) == "train"  # what stage 2 trains on
+                              and [world.by_name[n].known for n, _ in q.lookups] == pattern)
+                         for k, pattern in ((("composition", 2), [False, True]), (("comparison", 2), [True, False])))
+    first = world.by_name[mixed.lookups[0][0]]
+    lines = ["A page (corpus.jsonl's `contents`):", "```", corpus[world.entities.index(first)]["contents"], "```",
+             "Questions, one per stratum, with their answers:", "```"]
+    lines += [f"{strata[k][0].question}  ->  {strata[k][0].answer}" for k in sorted(strata)]
+    lines += ["```", "The right trajectory (stage2.jsonl; tool segments are the lines between the result tags):",
+              "```", mixed.question, "".join(s["text"] for s in trajectory(world, mixed, observe)), "```",
+              "and one for a comparison:", "```", comparison.question,
+              "".join(s["text"] for s in trajectory(world, comparison, observe)), "```"]
+    name, rel = mixed.lookups[0]
+    wrong = next(e.name for e in world.of_type(RELATIONS[rel][1]) if e.known and e.name != world.fact(name, rel))
+    pair = decision_pair(world, mixed, 0, observe, lambda *_: wrong)  # a recall of a fact never read: a wrong value
+    lines += ["The decision pair at its first step (stage1.jsonl, direction search):", "```",
+              f"prefix:   ...{pair['prefix'][-60:]}", f"chosen:   {pair['chosen'].rstrip()}", f"rejected: {pair['rejected'].rstrip()}",
+              "```"]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/world", help="output directory")
+    ap.add_argument("--examples", action="store_true", help="print data/README.md's examples instead of building")
     ap.add_argument("--seed", type=int, default=0, help="world seed; same seed -> byte-identical files")
     for t, flag in PLURALS.items():
         ap.add_argument(f"--{flag}", type=int, default=DEFAULT_SIZES[t], help=f"number of {t} entities")
@@ -338,6 +368,9 @@ def main():
     ap.add_argument("--page-repeats", type=int, default=30, help="copies of each known page in base.jsonl, each in "
                                                                  "another layout")
     args = ap.parse_args()
+    if args.examples:
+        print(examples(args.seed))
+        return
     print(vars(args))
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.topk, args.n_test,

@@ -116,8 +116,7 @@ def workflow_trajectory(world, q, observe):
 
 def decision_pair(world, q, k, observe, wrong_value):
     """Stage 1's pair at lookup k of q: the right trajectory up to that decision point (its observations
-    included) as the prefix, ending with "I need the R of X."; chosen = the right step, rejected = its
-    opposite: a recall of a known fact is preferred to a needless search of it (direction "answer"), a search
+    included) as the prefix; chosen = the right step, rejected = its opposite: a recall of a known fact is preferred to a needless search of it (direction "answer"), a search
     of an unknown one to a recall, which can only state a made-up value, wrong_value(name, relation)
     (direction "search"). The prefix ends with "I need X's R.". -> dict(prefix, chosen, rejected, direction)."""
     segments = trajectory(world, q, observe)

@@ -365,3 +365,12 @@ def test_observed_answer_follows_the_rollouts_own_results(files):
                    [(a["name"], "birth year"), (b["name"], "birth year")])
     years = [f"{a['name']}'s birth year is 1500.", f"{b['name']}'s birth year is 1499."]
     assert observed_answer(world, cmp, years) == b["name"] and observed_answer(world, cmp, years[:1]) is None
+
+
+def test_readme_examples_are_rendered_from_the_code():
+    """data/README.md's examples are `python -m data.build --examples` for seed 0, verbatim."""
+    from data.build import examples
+    with open(os.path.join(os.path.dirname(__file__), "..", "data", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- examples: begin -->\n")[1].split("<!-- examples: end -->")[0]
+    assert block == examples(0) + "\n"
