@@ -232,8 +232,8 @@ def comparison_steps(records):
 
 
 def reading(records):
-    """How faithfully the reasoning copies what it reads: of the lines "The search result says that <the R
-    of X is V>." that follow a result stating the R of X, the share whose V is the result's value (a model
+    """How faithfully the reasoning copies what it reads: of the lines "The search result says that X's R is
+    V." that follow a result stating X's R, the share whose V is the result's value (a model
     that names the right entity and relation, then writes another value, remembers or guesses instead of
     copying). None when no line qualifies."""
     n = copied = 0

@@ -165,7 +165,7 @@ def copy_probe(model, tok, cases, batch_size=64, tool=True):
         batch = cases[i:i + batch_size]
         seqs, spans = [], []
         for question, text, value, _ in batch:
-            head = common.encode_prompt(tok, question, tool) + tok.encode(text)  # "... the R of X is"
+            head = common.encode_prompt(tok, question, tool) + tok.encode(text)  # "... X's R is"
             ids = head + tok.encode(" " + value)  # as the model writes it after the line's head
             seqs.append(ids)
             spans.append((len(head), len(ids)))
