@@ -55,12 +55,7 @@ def train_tokenizer(data, texts, vocab_size):
 
 
 def pack(encoded, L, pad_id, seed=0):
-    """encoded: [(ids, mask)] per text (mask 1 where the token is trained)."""
-    return _pack(encoded, L, pad_id, seed)
-
-
-def _pack(encoded, L, pad_id, seed=0):
-    """Whole texts packed into windows of L tokens, first fit in decreasing length; the rest of a window is
+    """encoded: [(ids, mask)] per text (mask 1 where the token is trained). Whole texts packed into windows of L tokens, first fit in decreasing length; the rest of a window is
     padding, masked out of the loss. A text that fits a window is never cut in two, so a tool-use trace's
     "The search result says that ..." line always has its search result in the same window and copying
     the value is what lowers the loss (a stream cut at fixed offsets starts windows between a result and
@@ -68,7 +63,7 @@ def _pack(encoded, L, pad_id, seed=0):
     order: in decreasing order the short texts (pages, recall traces) would never start a window, and a
     prompt that starts the context, as at run time, would look like none of them. A text longer than a
     window is cut into window-sized pieces (the default window holds every text of the embedded world).
-    Returns (windows, masks), (n_windows, L) each."""
+    Returns (windows, masks), (n_windows, L) each: each text's mask where it lies, 0 over the padding."""
     pieces = [(ids[k:k + L], m[k:k + L]) for ids, m in encoded for k in range(0, len(ids), L)]
     bins, free = [], []  # the pieces in each window and the room left in it
     for piece in sorted(pieces, key=lambda p: len(p[0]), reverse=True):

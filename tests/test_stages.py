@@ -117,13 +117,13 @@ def token_spans(tok, ids):
     return list(zip([0] + ends[:-1], ends))
 
 
-HAND_ROW = {"question": "What is the employer of Reget Nadit?", "segments": [
-    {"text": "I need the employer of Reget Nadit. I will search for it. <begin_search> Reget Nadit employer "
+HAND_ROW = {"question": "What is Reget Nadit's employer?", "segments": [
+    {"text": "I need Reget Nadit's employer. I will search for it. <begin_search> Reget Nadit's employer "
              "</end_search>", "tool": False},
-    {"text": "\n\n<search_result> result 1: \"Reget Nadit\" Reget Nadit is a person. Reget Nadit works for Neta "
-             "Poras. </search_result>\n\n", "tool": True},
-    {"text": "The search result says that Reget Nadit works for Neta Poras.\nSo the answer is Neta "
-             "Poras.\n</think>\n\nThe answer is \\boxed{Neta Poras}", "tool": False}]}
+    {"text": "\n\n<search_result> result 1: \"Reget Nadit\" Reget Nadit's birth year is 1850. Reget Nadit's employer "
+             "is Neta Poras. </search_result>\n\n", "tool": True},
+    {"text": "The search result says that Reget Nadit's employer is Neta Poras.\nSo the answer is \\boxed{Neta "
+             "Poras}.\n</think>\n\nThe answer is \\boxed{Neta Poras}", "tool": False}]}
 
 
 @pytest.mark.parametrize("mask_obs", [True, False])
@@ -131,7 +131,8 @@ def test_encode_trajectory_masks_exactly_the_tool_tokens(tok, world, mask_obs):
     """Decode the ids back to text, find each token's character span, and derive the expected mask from
     where the prompt and the tool segments lie in that text: 0 over the prompt (and the tool's text when
     mask_obs), 1 everywhere else, including the closing end-of-sentence."""
-    rows = [HAND_ROW] + [r for r in common.read_jsonl(os.path.join(world, "stage2.jsonl"))][:6]
+    stage2 = common.read_jsonl(os.path.join(world, "stage2.jsonl"))
+    rows = [HAND_ROW] + [r for r in stage2 if r["kind"] == "tool"][:5] + [r for r in stage2 if r["kind"] == "cot"][:1]
     assert any(s["tool"] for r in rows[1:] for s in r["segments"]) and any(r["kind"] == "cot" for r in rows[1:])
     for row in rows:
         ids, mask = encode_trajectory(tok, row, mask_obs, max_len=10_000)
@@ -259,12 +260,14 @@ def test_pack_keeps_texts_whole_by_hand():
     # texts of 5, 3, 4, 2, 7 and 10 tokens in windows of 8, first fit in decreasing length: the 10 is cut
     # into 8 + 2; pieces 8, 7, 5, 4, 3, 2, 2 -> [8] [7] [5 3] [4 2 2]
     # (then each window's texts in a seeded random order, so a short text also starts windows)
-    texts = [[t] * n for t, n in zip(range(1, 7), (5, 3, 4, 2, 7, 10))]
+    texts = [([t] * n, [1] * n) for t, n in zip(range(1, 7), (5, 3, 4, 2, 7, 10))]
+    texts[1] = (texts[1][0], [1, 0, 1])  # a text's own mask goes with it (the tool's text in a trace)
     windows, masks = pack(texts, 8, pad_id=0)
     runs = [[(t, sum(1 for _ in g)) for t, g in itertools.groupby(w)] for w in windows.tolist()]
     assert runs[:2] == [[(6, 8)], [(5, 7), (0, 1)]]
     assert sorted(runs[2]) == [(1, 5), (2, 3)] and sorted(runs[3]) == [(3, 4), (4, 2), (6, 2)]
-    assert masks.sum(1).tolist() == [8, 7, 8, 8] and masks[1].tolist() == [1] * 7 + [0]
+    assert masks.sum(1).tolist() == [8, 7, 7, 8] and masks[1].tolist() == [1] * 7 + [0]
+    assert [m for w, m in zip(windows[2].tolist(), masks[2].tolist()) if w == 2] == [1, 0, 1]
     firsts = {w[0] for seed in range(20) for w in pack(texts, 8, pad_id=0, seed=seed)[0].tolist()[2:]}
     assert firsts == {1, 2, 3, 4, 6}  # every text of a shared window starts it under some seed
 
