@@ -155,7 +155,7 @@ def jobs(plan, limit, batch_size, skip_train, only=None):
             continue
         cmd = plan.command(name)
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
-        needs = ["world"] if name == "base" else [STAGES[name][1]] if STAGES[name][1] else []
+        needs = [] if name == "world" else ["world"] + ([STAGES[name][1]] if STAGES[name][1] else [])
         out.append((name, cmd + ["--overwrite"] if name != "world" else cmd, needs))
     scheduled = {k for k, *_ in out}
     out = [(k, cmd, [n for n in needs if n in scheduled]) for k, cmd, needs in out]

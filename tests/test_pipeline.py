@@ -43,6 +43,11 @@ def test_plan_commands_read_and_write_under_runs_with_the_seeds():
     assert shared.command("sft1")[shared.command("sft1").index("--init") + 1] == "runs/base"
     assert shared.path("corpus_cf") == "runs/s2/world/corpus_cf.jsonl"
     assert shared.eval_file("SFT-1&2, shuffled pages") == "runs/s2/eval/SFT-1+2_shuffled_pages.jsonl"
+    # with a base model given, no base job, and every job still waits for the world its data comes from
+    todo = pipeline.jobs(shared, limit=None, batch_size=8, skip_train=False)
+    needs = {key: n for key, _, n in todo}
+    assert "base" not in needs and needs["world"] == [] and needs["sft1"] == ["world"]
+    assert all("world" in n for key, n in needs.items() if key != "world")
 
 
 def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
