@@ -33,6 +33,18 @@ ROWS = [
 ]
 
 
+def serve_each(listener, handle):
+    """Accept connections on listener until the test closes it, each handled by handle(conn) on a thread."""
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
 def index():
     return BM25Search(ROWS)
@@ -332,14 +344,7 @@ def trickle_server(interval):
             except OSError:  # the client gave up: what it should do
                 pass
 
-    def accept():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed by the test
-                return
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    serve_each(listener, drip)
     return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
@@ -377,14 +382,7 @@ def flood_server(content_length):
                 pass
         sent.append(n)
 
-    def accept():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed by the test
-                return
-            threading.Thread(target=flood, args=(conn,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    serve_each(listener, flood)
     return listener, f"http://127.0.0.1:{listener.getsockname()[1]}", sent
 
 
