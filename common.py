@@ -79,7 +79,12 @@ def parse_args(ap, embedded, argv=None):
     checkpoint (it has --init) given --data other than the default world and no --init, since the world's
     checkpoints (checkpoints.DEFAULT_OUTPUTS) are no start for other data."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    required = [a for a in ap._actions if a.required]  # --help alone must not stop at a missing --ckpt
+    for a in required:
+        a.required = False
     pre, _ = ap.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    for a in required:
+        a.required = True
     data = pre.data
     if data is None and not getattr(pre, "init", None) and world_checkpoint(getattr(pre, "ckpt", None), True):
         data = checkpoints.default_path(checkpoints.WORLD)  # no --init, or eval's --ckpt is the world's

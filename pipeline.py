@@ -43,6 +43,7 @@ import sys
 import time
 
 import checkpoints
+import common
 import eval as eval_lib
 import jsonl
 from data.build import PERTURBATIONS
@@ -380,7 +381,7 @@ def table(results, checks=(), pairs=(), probe=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     ap.add_argument("--runs", default="runs", help="where every output goes: RUNS/world, RUNS/base, ..., RUNS/eval")
     ap.add_argument("--seed", type=int, default=0, help="seed of every training stage after the base model")
     ap.add_argument("--base-seed", type=int, default=0, help="seed of the base model's pretraining")

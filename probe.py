@@ -195,7 +195,7 @@ def format_probe(summary):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     ap.add_argument("--ckpt", required=True, help="checkpoint directory, or a stage's --out (its latest checkpoint)")
     ap.add_argument("--data", default="runs/world", help="directory with world.json, corpus.jsonl, <split>.jsonl")
     ap.add_argument("--split", default="dev", help="questions file in --data")

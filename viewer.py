@@ -126,7 +126,7 @@ def terminal(r, decode, color):
 
 def main(argv=None):
     from tokenizer import Tokenizer
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     ap.add_argument("records", help="eval.py's trajectories JSONL")
     ap.add_argument("--ckpt", required=True, help="the checkpoint (or a stage's --out) whose tokenizer wrote them")
     ap.add_argument("--out", required=True, help="HTML file to write")

@@ -1,8 +1,14 @@
 """pipeline.py: the stages' commands and graph, the scheduler (dependency order, every core for a job that runs
 alone, the first failure named), and its tables rendered by hand."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a job: fail unless the files of the jobs it needs exist, then write its OMP_NUM_THREADS to a file of its name
 JOB = ("import os, sys; assert all(os.path.exists(n) for n in sys.argv[2:]), 'started too early'; "
@@ -103,3 +109,12 @@ def test_table_rows_by_hand():
             "of 8 values (75.0%); fewest by relation: author 1/2, mayor 5/6") in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])
+def test_help_shows_the_defaults_that_will_run(script):
+    """--help works with nothing else given (probe.py's required --ckpt included) and shows each default."""
+    p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())
+    assert {"pretrain.py": "optimizer steps (default: 1500)", "probe.py": "(default: dev)"}[script] in text
