@@ -39,8 +39,8 @@ def train_tokenizer(data, texts, vocab_size):
     """Byte-level BPE on the world's own text (corpus pages + base text), so every name is cheap to spell."""
     corpus = [r["contents"] for r in common.read_jsonl(os.path.join(data, "corpus.jsonl"))]
     tk = HFTokenizer(models.BPE())
-    # digits two by two: a year is two of a hundred frequent tokens, not one of two thousand rare ones (which
-    # copy badly), nor four digits (whose copy needs more than the last token to know where it is: "2621")
+    # digits two by two, the space joined to the first pair (" 18", "50"): a year is copied like a two-word name
+    # (RESULTS.md, "Why the base text looks the way it does")
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?\d\d| ?\d"), "isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tk.decoder = decoders.ByteLevel()

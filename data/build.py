@@ -263,7 +263,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
         base.append({"text": f"{q.question}\n{env.TAGS.think_open}\n{response}", "kind": "recall",
                      "question": q.question, "response": response, "instruction": False})
     # tool-use traces from parallel worlds: only copying the value out of the result can predict it. Each
-    # trace is read reading_repeats times: a tiny model learns to copy sooner from a text it meets again
+    # trace is read reading_repeats times, which makes the base model copy sooner (RESULTS.md)
     base += [row for w in range(-(-n_reading // PER_PARALLEL_WORLD))
              for row in reading_traces(world, seed + 1_000_003 + w, min(PER_PARALLEL_WORLD, n_reading - w * PER_PARALLEL_WORLD),
                                        brng, sizes, topk)

@@ -278,7 +278,7 @@ def test_stage1_pairs_are_a_decision_against_its_opposite(files):
     """prefix: the right trajectory up to a decision point, ending "I need X's R."; direction search (X
     unknown): chosen searches X R, rejected recalls a wrong value; answer (X known): chosen recalls the true
     value, rejected searches. Half each way, at every depth of the chains."""
-    by_name, stage2 = files["by_name"], {}
+    by_name = files["by_name"]
     directions, depths = [], set()
     for r in files["stage1"]:
         subject, rel = re.search(rf"I need ({NAME})'s ([a-z ]+?)\.$", r["prefix"]).groups()
