@@ -86,7 +86,7 @@ ROWS = [  # (name, checkpoint, eval policy, the stage that makes the checkpoint 
 # subject, or by where it stands?); and SFT-1&2&3 with its own observations in place of the tool.
 READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1",
                                               "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", "SFT-1&2&3 + RL-2")]
-LAYOUT_LIMIT = 400  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
+LAYOUT_LIMIT = 200  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
 CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by, ["--split", "test_cf", "--search", "corpus_cf"])
           for name, ckpt, policy, made_by in READERS]
 CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(LAYOUT_LIMIT)])

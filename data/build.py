@@ -42,7 +42,7 @@ PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "coun
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
 TOPK = 1  # documents per search (the paper's code returns 3; see data/README.md); the stages read it from meta.json
 PER_PARALLEL_WORLD = 400  # tool-use traces drawn from each parallel world: about one per fact
-PERTURBATIONS = ("shuffled", "prose", "split", "foreign")
+PERTURBATIONS = ("shuffled", "prose", "split", "foreign", "merged")
 
 
 def stratified(groups, n, rng):
@@ -106,27 +106,41 @@ def perturbed(world, corpus, kind, rng):
       shuffled  each page's facts in a new order;
       prose     the same, joined into one sentence ("X's birthplace is Y; X's employer is Z, and ...");
       split     each page cut in two documents with the same title, its facts dealt between them;
-      foreign   two true facts of other entities of the same type inserted in each page at random places."""
+      foreign   two true facts of other entities of the same type inserted in each page at random places;
+      merged    the pages of two entities of a type in one document, titled with the first one's name."""
     by_id = {e.id: e for e in world.entities}
     out = []
+    if kind == "merged":  # pages of two entities of a type in one document, under the first one's title
+        for t in TYPES:
+            ents = world.of_type(t)
+            for a, b in zip(ents[0::2], ents[1::2] + ([None] if len(ents) % 2 else [])):
+                sentences = [fact_sentence(e.name, r, v) for e in (a, b) if e for r, v in e.facts.items()]
+                rng.shuffle(sentences)
+                out.append({"id": a.id, "contents": f'"{a.name}"\n' + " ".join(sentences)})
+        return out
     for row in corpus:
         e = by_id[row["id"]]
-        sentences = [fact_sentence(e.name, r, v) for r, v in e.facts.items()]
-        rng.shuffle(sentences)
-        if kind == "foreign":
-            for other in rng.sample([x for x in world.of_type(e.type) if x is not e], 2):
-                r = rng.choice(sorted(other.facts))
-                sentences.insert(rng.randrange(len(sentences) + 1), fact_sentence(other.name, r, other.facts[r]))
-        if kind == "split" and len(sentences) > 1:
-            half = rng.randrange(1, len(sentences))
-            out += [{"id": f"{e.id}a", "contents": f'"{e.name}"\n' + " ".join(sentences[:half])},
-                    {"id": f"{e.id}b", "contents": f'"{e.name}"\n' + " ".join(sentences[half:])}]
-            continue
-        if kind == "prose" and len(sentences) > 1:
-            joins = [rng.choice(("; ", ", and ", ", ")) for _ in sentences[1:]]
-            sentences = ["".join(s[:-1] + j for s, j in zip(sentences, joins)) + sentences[-1]]
-        out.append({"id": row["id"], "contents": f'"{e.name}"\n' + " ".join(sentences)})
+        texts = written(e, world, rng, mentions=2 * (kind == "foreign"), parts=1 + (kind == "split"),
+                        prose=kind == "prose")
+        out += [{"id": row["id"] + ("ab"[k] if len(texts) > 1 else ""), "contents": t} for k, t in enumerate(texts)]
     return out
+
+
+def written(e, world, rng, mentions=0, parts=1, prose=False):
+    """Entity e's page as a writer might lay it out -> the contents of 1 or `parts` documents titled with its
+    name: its facts in a drawn order, `mentions` facts of other entities of its type at drawn places, dealt
+    over `parts` documents at a drawn cut, the sentences of each run together ("X's R is V; X's S is W,
+    and ...") where prose. Every fact is kept."""
+    sentences = [fact_sentence(e.name, r, v) for r, v in e.facts.items()]
+    rng.shuffle(sentences)
+    for other in rng.sample([x for x in world.of_type(e.type) if x is not e], mentions):
+        r = rng.choice(sorted(other.facts))
+        sentences.insert(rng.randrange(len(sentences) + 1), fact_sentence(other.name, r, other.facts[r]))
+    cuts = sorted(rng.sample(range(1, len(sentences)), min(parts, len(sentences)) - 1))
+    docs = [sentences[a:b] for a, b in zip([0] + cuts, cuts + [len(sentences)])]
+    if prose:
+        docs = [["".join(s[:-1] + rng.choice(("; ", ", and ", ", ")) for s in d[:-1]) + d[-1]] for d in docs]
+    return [f'"{e.name}"\n' + " ".join(d) for d in docs]
 
 
 def retrieval_hits(rows, world, lookups):
@@ -144,22 +158,25 @@ def retrieval_hits(rows, world, lookups):
 def reading_traces(world, world_seed, n, rng, sizes, topk):
     """n tool-use traces from a parallel world (made with world_seed: names from `world`'s word pool but none
     of its names, no page of it in the base text), under the tool's instruction: every fact is searched, then
-    copied out of the result. The result holds the fact's page among topk pages, at a place drawn at random
-    (so the right page is found by its name, not by its rank). With the pages and the answers from memory of
+    copied out of the result. Each entity's page is written in a way drawn for it (`written`: run together,
+    spread over two documents, beside facts of other entities, or plainly), so a value is found by its subject
+    and relation alone; the result holds the document that states the fact among topk, at a place drawn at
+    random (so the right page is found by its name, not by its rank). With the pages and the answers from memory of
     the known entities, they make the base model what R1-Distill is: it answers from memory when asked
     plainly, and when the prompt offers the tool it searches and reads; nothing taught it WHEN a search is
     needed (SFT stage 1)."""
     other = make_world(world_seed, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, words=world.words,
                        avoid=[e.name for e in world.entities])
     prng = random.Random(f"pages-{world_seed}")
-    corpus = [{"id": e.id, "contents": page(e.name, e.facts, prng)} for e in other.entities]
-    search = env.BM25Search(corpus)
-    pages = {e.name: row for e, row in zip(other.entities, corpus)}
+    docs_of = {e.name: [{"id": f"{e.id}{k}", "contents": text} for k, text in enumerate(
+        written(e, other, prng, mentions=prng.choice((0, 1, 2, 3)), parts=prng.choice((1, 1, 2)),
+                prose=prng.random() < 0.5))] for e in other.entities}
+    search = env.BM25Search([d for docs in docs_of.values() for d in docs])
 
-    def observe(query):  # the trajectory's templated query, "<name> <relation>"
-        name = next(query[:-len(r) - 3] for r in RELATIONS if query.endswith(f"'s {r}"))
-        hits = [d for d in search.search([query], topk=topk + 1)[0] if d["id"] != pages[name]["id"]][:topk - 1]
-        docs = hits + [pages[name]]
+    def observe(query):  # the trajectory's templated query, "X's R": the document of X that states it
+        right = next(d for d in docs_of[query.split("'s ")[0]] if f"{query} is " in d["contents"])
+        hits = [d for d in search.search([query], topk=topk + 1)[0] if d["id"] != right["id"]][:topk - 1]
+        docs = hits + [right]
         rng.shuffle(docs)
         return env.format_observation(docs), [d["id"] for d in docs]
 

@@ -16,7 +16,7 @@ import pytest
 
 import env
 from data.build import PERTURBATIONS, build
-from data.world import observed_answer, parse_facts, Question
+from data.world import RELATIONS, RELATIONS_OF, observed_answer, parse_facts, Question
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"person": 160, "org": 60, "city": 50, "country": 6, "book": 60}
@@ -160,7 +160,7 @@ def test_layouts_keep_every_fact(files):
     """Each reading check's corpus states every fact of every entity (the gold answers are unchanged) in
     another layout: shuffled, the same sentences in another order; foreign, with facts of other entities
     of the same type mixed in; split, one entity's facts dealt between two documents of the same title; prose,
-    one sentence."""
+    one sentence; merged, two entities of a type in one document under one title."""
     by_name = files["by_name"]
     truth = {(rel, e["name"], str(v)) for e in files["world"]["entities"] for rel, v in e["facts"].items()}
     real = {r["id"]: r["contents"] for r in files["corpus"]}
@@ -180,6 +180,10 @@ def test_layouts_keep_every_fact(files):
             assert all(by_name[x]["type"] == by_name[t]["type"] for t, s in zip(titles, subjects) for x in s)
         if kind == "split":
             assert all(s == {t} for t, s in zip(titles, subjects)) and len(rows) > len(real)
+        if kind == "merged":  # two entities' facts under one title: each entity in one document
+            assert all(t in s and len(s) <= 2 for t, s in zip(titles, subjects)) and len(rows) < 0.6 * len(real)
+            assert all(len({by_name[x]["type"] for x in s}) == 1 for s in subjects)
+            assert sorted(x for s in subjects for x in s) == sorted(by_name)
     meta = files["meta"]["retrieval"]
     assert meta["corpus"]["top1"] > 0.95 and all(meta[k]["top3"] > 0.99 for k in PERTURBATIONS)
 
@@ -303,8 +307,9 @@ def test_stage1_pairs_are_a_decision_against_its_opposite(files):
 def test_base_text(files):
     """pages: the known entities' pages only, each copy in its own layout; recall: questions about known
     entities answered from memory without the tool, every fact true; reading: parallel worlds (no name of this
-    world), under the tool's instruction, every fact searched and read from a result that holds its page
-    at any rank."""
+    world), under the tool's instruction, every fact searched and read from a result that states it, at any
+    rank, in pages written many ways (run together, the entity's other facts in another document, facts of
+    other entities beside its own, or plainly)."""
     by_name = files["by_name"]
     pages = [r for r in files["base"] if r["kind"] == "page"]
     known = {e["name"] for e in files["world"]["entities"] if e["known"]}
@@ -319,16 +324,27 @@ def test_base_text(files):
         assert all(by_name[s]["known"] for _, s, _ in parse_facts(r["response"]))
     reading = [r for r in files["base"] if r["kind"] == "reading"]
     assert reading and all(r["instruction"] is True for r in reading)
-    ranks = set()
+    ranks, ranks_seen, ways = set(), [], {"prose": 0, "partial": 0, "mentions": 0, "plain": 0}
     for r in reading:
         text = r["response"]
         assert text.count(T.result_open) == text.count(T.search_open) == text.count("I need ") \
             == text.count("The search result says that") and "I remember" not in text
-        for read, obs in zip(re.findall(r"The search result says that (.+?)\.\n", text),
+        for read, obs in zip(re.findall(r"The search result says that (.+?)\n", text),
                              re.findall(re.escape(T.result_open) + r"(.+?)" + re.escape(T.result_close), text, re.S)):
             results = re.split(r"result \d: ", obs)[1:]
-            ranks.add(next(i for i, d in enumerate(results) if f"{read}." in d))
+            fact = parse_facts(read)[0]
+            rank = next(i for i, d in enumerate(results) if fact in parse_facts(d))
+            ranks.add(rank)
+            ranks_seen.append(rank)
+            doc = results[rank]
+            title, facts = doc.split('"')[1], parse_facts(doc)
+            own = [rel for rel, subject, _ in facts if subject == title]
+            ways["prose"] += ";" in doc or ", and" in doc
+            ways["mentions"] += len(own) < len(facts)
+            ways["partial"] += len(own) < len(RELATIONS_OF[RELATIONS[fact[0]][0]])  # its other facts elsewhere
+            ways["plain"] += doc.count(".") == len(facts) == len(own) == len(RELATIONS_OF[RELATIONS[fact[0]][0]])
     assert ranks == set(range(files["meta"]["topk"]))  # with several results, the right page is at any rank
+    assert min(ways.values()) > 0.05 * len(ranks_seen), ways  # pages written many ways
     text = "\n".join(r["text"] for r in reading)
     assert not [n for n in by_name if n in text]  # the parallel worlds teach reading, nothing about this world
     assert {r["kind"] for r in files["base"]} == {"page", "recall", "reading"}
