@@ -6,18 +6,18 @@ where every answer-bearing sentence is known: for questions that need a search (
 about an entity the model was not taught), run the agent with the real tool; at each of its actions, cut
 the rollout right after the action and let the model write the observation itself, from the same prefix
 (sample.sample(mode="sim", from_action=True): the sampler injects the opening tag exactly as in RL stage 1).
-Each predicted observation either states the answer-bearing fact "The <relation> of <Name> is <value>."
-(right), the same sentence with another value (wrong), or neither (absent); "real has fact" is how often the tool's
+Each predicted observation either states the answer-bearing fact "<Name>'s <relation> is <value>." (right),
+the same sentence with another value (wrong), or neither (absent); "real has fact" is how often the tool's
 observation held it. Actions are grouped by the split of the entity they ask about (world.json's
 entities[].split: known / train / dev / test; a world without splits: known / unknown).
 
-Greedy throughout (the model's best guess, as eval.py). Simplified: only templated queries "<Name>
+Greedy throughout (the model's best guess, as eval.py). Simplified: only templated queries "<Name>'s
 <relation>" are judged; any other query counts as unparsed.
 
     python probe.py --ckpt runs/sft3                       # dev split of runs/world, its corpus
     python probe.py --ckpt runs/rl --split test --limit 100
-    python probe.py --ckpt runs/base --years 300           # the comparison arithmetic alone
     python probe.py --ckpt runs/base --copy 1000 --split test   # copying a value out of a held-out page
+    python probe.py --ckpt runs/sft2 --decision 300        # does the first decision depend on the entity?
     python -m pytest -q tests/test_probe.py
 Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.json.
 """
@@ -181,6 +181,61 @@ def copy_probe(model, tok, cases, batch_size=64, tool=True):
     return {"values": len(cases), "copied": copied, "by_relation": dict(sorted(by_relation.items()))}
 
 
+def decision_cases(world, n):
+    """Up to n (split, question, prefix text, search text, recall text) per entity split (known, train, test),
+    evenly spaced over its entities' facts: a one-hop question under the tool's instruction and its first
+    decision point "I need X's R.", with the two ways on (data/trajectories.py)."""
+    cases = []
+    for split in ("known", "train", "test"):
+        facts = [(e, rel, v) for e in world["entities"] if group_of(e) == split for rel, v in e["facts"].items()]
+        cases += [(split, composition_text(e["name"], [rel]), need(e["name"], rel), act(e["name"], rel),
+                   recall(e["name"], rel, v)) for e, rel, v in common.evenly_spaced(facts, n)]
+    return cases
+
+
+def linear_probe(x, labels, steps=300):
+    """Logistic regression on the rows of x (standardised), fitted with balanced class weights on every other
+    row and scored on the rest -> balanced accuracy (0.5: no direction in x separates the labels)."""
+    y = torch.tensor([float(v) for v in labels])
+    fit, held = torch.arange(0, len(y), 2), torch.arange(1, len(y), 2)
+    x = (x - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+    w = torch.zeros(x.shape[1] + 1, requires_grad=True)
+    weight = torch.where(y[fit] > 0, 0.5 / y[fit].mean(), 0.5 / (1 - y[fit].mean()))
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        z = x[fit] @ w[:-1] + w[-1]
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y[fit], reduction="none") * weight).mean()
+        (loss + 1e-3 * w[:-1].square().sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        said, truth = (x[held] @ w[:-1] + w[-1]) > 0, y[held] > 0
+    return (((said & truth).sum() / truth.sum() + (~said & ~truth).sum() / (~truth).sum()) / 2).item()
+
+
+def decision_probe(model, tok, cases, steps=300):
+    """Does the first decision depend on whether the entity is known? Per split: the share of cases where the
+    token that starts the search outscores the one that starts the recall, and the mean logit margin; and
+    how well a linear probe finds "known" in the last layer's normed state there (linear_probe)."""
+    states, margins = [], []
+    for split, question, prefix, search, remember in cases:
+        head = common.encode_prompt(tok, question)
+        a, b = tok.encode(prefix + search), tok.encode(prefix + remember)
+        cut = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # the first token the two ways differ in
+        ids = torch.tensor([head + a[:cut]], device=next(model.parameters()).device)
+        with torch.no_grad():
+            h = model(ids, return_hidden=True)[0, -1].float()
+            logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
+        states.append(h.cpu())
+        margins.append((logits[a[cut]] - logits[b[cut]]).item())
+    splits = [c[0] for c in cases]
+    out = {s: {"cases": splits.count(s), "searches": sum(m > 0 for m, x in zip(margins, splits) if x == s) / splits.count(s),
+               "margin": sum(m for m, x in zip(margins, splits) if x == s) / splits.count(s)}
+           for s in dict.fromkeys(splits)}
+    out["linear_probe_balanced_accuracy"] = linear_probe(torch.stack(states), [s == "known" for s in splits], steps)
+    return out
+
+
 def format_probe(summary):
     lines = [f"world-model probe: {summary['questions']} questions; actions whose query is not "
              f"'<Name> <relation>': {summary['unparsed']}",
@@ -208,6 +263,8 @@ def main(argv=None):
                     help="instead: teacher-forced copying of N held-out facts out of their pages (copy_probe)")
     ap.add_argument("--recall", type=int, metavar="N",
                     help="instead: teacher-forced recall of N known facts, asked without the tool (recall_cases)")
+    ap.add_argument("--decision", type=int, metavar="N",
+                    help="instead: the first decision for N facts per entity split (decision_probe)")
     # greedy, the model's best guess: no temperature or top-p
     add_sampling_args(ap, only=("max_new_tokens", "max_actions", "topk", "obs_max_tokens"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -223,10 +280,20 @@ def main(argv=None):
     with open(world_path, encoding="utf-8") as f:
         world = json.load(f)
     name = os.path.basename(os.path.normpath(args.ckpt))
-    kind = "copy" if args.copy else "recall" if args.recall else "probe"
-    out = args.out or f"runs/eval/{name}-{args.split if kind != 'recall' else 'known'}-{kind}.jsonl"
+    kind = "copy" if args.copy else "recall" if args.recall else "decision" if args.decision else "probe"
+    out = args.out or f"runs/eval/{name}-{args.split if kind in ('probe', 'copy') else kind == 'recall' and 'known' or 'all'}-{kind}.jsonl"
     base = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if args.decision:
+        model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
+        r = decision_probe(model, Tokenizer.from_pretrained(ckpt), decision_cases(world, args.decision))
+        with open(base + ".summary.json", "w") as f:
+            json.dump({"args": vars(args), "checkpoint": ckpt, "decision": r}, f, indent=1)
+        print(f"[probe] {ckpt}: first decision, searches / mean margin (search - recall): "
+              + ", ".join(f"{s} {100 * v['searches']:.1f}% / {v['margin']:+.2f}" for s, v in r.items() if s in GROUPS)
+              + f"; linear probe for 'known', balanced accuracy {r['linear_probe_balanced_accuracy']:.3f}; "
+              f"wrote {base}.summary.json")
+        return
     if args.copy or args.recall:
         if args.copy:
             tool = env.make_search_tool(args.search or os.path.join(args.data, "corpus.jsonl"))

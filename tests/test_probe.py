@@ -121,3 +121,33 @@ def test_cli_copy_and_recall_write_their_summaries(tmp_path, tok, model, world_d
                 "--device", "cpu"])
     recall_ = json.load(open(tmp_path / "r.summary.json"))["recall"]
     assert recall_["split"] == "known" and recall_["values"] == 3 and 0 <= recall_["copied"] <= 3
+
+
+def test_linear_probe_finds_a_direction_only_where_there_is_one():
+    """Labels that a coordinate decides: balanced accuracy near 1; labels independent of the states: near 0.5."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=g)
+    assert probe.linear_probe(x, (x[:, 3] > 0).tolist()) > 0.95
+    coin = (torch.rand(400, generator=g) < 0.3).tolist()
+    assert abs(probe.linear_probe(x, coin) - 0.5) < 0.1
+
+
+def test_decision_probe_margin_is_the_two_ways_first_token(tok, model, world):
+    """One case per split; each margin is the logit of the search's first own token minus the recall's, read
+    off a plain forward pass of the prompt and the decision line; searches is the share with margin > 0."""
+    import torch
+    cases = probe.decision_cases(world, 1)
+    assert [c[0] for c in cases] == ["known", "train", "test"]
+    out = probe.decision_probe(model, tok, cases * 4, steps=5)
+    for split, question, prefix, search, remember in cases:
+        a, b = tok.encode(prefix + search), tok.encode(prefix + remember)
+        cut = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        assert tok.decode(a[cut:]).strip().startswith(("I will", "will")) and tok.decode(b[cut:]).strip()
+        ids = torch.tensor([probe.common.encode_prompt(tok, question) + a[:cut]])
+        with torch.no_grad():
+            logits = model(ids)[0, -1]
+        margin = (logits[a[cut]] - logits[b[cut]]).item()
+        assert abs(out[split]["margin"] - margin) < 1e-4 and out[split]["searches"] == float(margin > 0)
+        assert out[split]["cases"] == 4
+    assert 0.0 <= out["linear_probe_balanced_accuracy"] <= 1.0
