@@ -169,7 +169,7 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
                        avoid=[e.name for e in world.entities])
     prng = random.Random(f"pages-{world_seed}")
     docs_of = {e.name: [{"id": f"{e.id}{k}", "contents": text} for k, text in enumerate(
-        written(e, other, prng, mentions=prng.choice((0, 1, 2, 3)), parts=prng.choice((1, 1, 2)),
+        written(e, other, prng, mentions=prng.choice((0, 0, 1, 2)), parts=prng.choice((1, 1, 2)),
                 prose=prng.random() < 0.5))] for e in other.entities}
     search = env.BM25Search([d for docs in docs_of.values() for d in docs])
 
