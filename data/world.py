@@ -357,11 +357,13 @@ def make_questions(world, rng, max_hops=4):
 def answer_with(facts, q):
     """q's answer when the world's facts are `facts` ({name: {relation: value}}): the chain is followed again,
     so a changed fact can lead to other entities. None if there is none (the chain breaks, or a comparison's
-    two years are equal)."""
+    two years are missing, not years, or equal)."""
     if q.type == "comparison":
         (a, rel), (b, _) = q.lookups
         ya, yb = facts.get(a, {}).get(rel), facts.get(b, {}).get(rel)
-        return None if ya is None or yb is None or ya == yb else (a if ya < yb else b)
+        if not (isinstance(ya, int) and isinstance(yb, int)) or ya == yb:  # a year missing, or not a year
+            return None
+        return a if ya < yb else b
     cur = q.lookups[0][0]
     for _, rel in q.lookups:
         if rel not in facts.get(cur, {}):
