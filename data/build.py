@@ -168,8 +168,8 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
     other = make_world(world_seed, sizes, {"known": 1.0, "dev": 0.0, "test": 0.0}, words=world.words,
                        avoid=[e.name for e in world.entities])
     prng = random.Random(f"pages-{world_seed}")
-    # drawn per page: 0-2 facts of other entities (mean 0.75; with 0-3 the base did not learn to copy in 1,500
-    # steps, RESULTS.md), a third of the pages over two documents, half of them run together
+    # drawn per page: 0-2 facts of other entities (more delayed copying past the schedule: RESULTS.md), a
+    # third of the pages over two documents, half of them run together
     docs_of = {e.name: [{"id": f"{e.id}{k}", "contents": text} for k, text in enumerate(
         written(e, other, prng, mentions=prng.choice((0, 0, 1, 2)), parts=prng.choice((1, 1, 2)),
                 prose=prng.random() < 0.5))] for e in other.entities}
