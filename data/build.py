@@ -250,14 +250,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     by_question = {q.question: q for qs in pool.values() for q in qs}
     workflow = [{**{k: r[k] for k in ("question", "answers", "hops", "type")}, "kind": "workflow",
                  "segments": workflow_trajectory(world, by_question[r["question"]], observe)} for r in stage2]
-    names_of = {t: [e.name for e in world.of_type(t) if not e.held_out] for t in TYPES}
     pair_rng = random.Random(f"pairs-{seed}")
-
-    def wrong_value(name, rel):  # what a recall of a fact it never read states: another value of the right kind
-        value, obj = world.fact(name, rel), RELATIONS[rel][1]
-        if obj == "year":
-            return value + pair_rng.choice((-1, 1)) * pair_rng.randint(1, 60)
-        return pair_rng.choice([x for x in names_of[obj] if x != value])
 
     # stage 1: decision points of training questions, half where the fact is known (recall is right), half
     # where it is not (search is right), at every depth of the chains
@@ -265,7 +258,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     for q in stratified(pool, sum(map(len, pool.values())), rng):
         for k, (name, _) in enumerate(q.lookups):
             points["answer" if world.by_name[name].known else "search"].append((q, k))
-    stage1 = [{"question": q.question, **decision_pair(world, q, k, observe, wrong_value), "hops": q.hops}
+    stage1 = [{"question": q.question, **decision_pair(world, q, k, observe), "hops": q.hops}
               for direction in ("search", "answer") for q, k in pair_rng.sample(points[direction], n_pairs // 2)]
     rng.shuffle(stage2)
     rng.shuffle(stage1)
@@ -353,9 +346,7 @@ def examples(seed=0):
               "```", mixed.question, "".join(s["text"] for s in trajectory(world, mixed, observe)), "```",
               "and one for a comparison:", "```", comparison.question,
               "".join(s["text"] for s in trajectory(world, comparison, observe)), "```"]
-    name, rel = mixed.lookups[0]
-    wrong = next(e.name for e in world.of_type(RELATIONS[rel][1]) if e.known and e.name != world.fact(name, rel))
-    pair = decision_pair(world, mixed, 0, observe, lambda *_: wrong)  # a recall of a fact never read: a wrong value
+    pair = decision_pair(world, mixed, 0, observe)
     lines += ["The decision pair at its first step (stage1.jsonl, direction search):", "```",
               f"prefix:   ...{pair['prefix'][-60:]}", f"chosen:   {pair['chosen'].rstrip()}", f"rejected: {pair['rejected'].rstrip()}",
               "```"]

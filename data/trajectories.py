@@ -8,15 +8,15 @@ A question is resolved one lookup at a time. Every lookup is one step that opens
       " I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"          (tool segment)
       "The search result says that X's birthplace is Y.\\n"
-A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes, so it is A.",
+A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 5 vs 6 <: Yes, so it is A.",
 and every response ends "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS.
 
 The paper samples its SFT data from a strong model and keeps the runs whose answer is right. Here the
 teacher is this file: it writes the right trajectory, which recalls exactly the known facts and searches
 every other one, so no fact a trajectory states is made up. Stage 1's pairs are its decisions against
-their opposites at the same decision point (`decision_pair`): a needless search of a known fact, or a
-confident recall of an unknown one (which states a wrong value). Observations come from the caller's
+their opposites at the same decision point (`decision_pair`): a needless search of a known fact, or a recall
+of an unknown one, each cut where it would state the fact. Observations come from the caller's
 `observe(query) -> (observation text, retrieved doc ids)`: the real search tool, so training observations
 are what the sampler injects at run time.
 """
@@ -50,12 +50,13 @@ def read(name, relation, value):
 
 
 def year_check(ya, yb):
-    """Is ya earlier than yb, in steps a small model can take one at a time: the digits compared at the same
-    place up to the first that differs, then the answer, which follows from that last comparison alone:
-    "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes"."""
+    """Is ya earlier than yb, in steps a small model can take one at a time: the digits at the same place up to
+    the first that differs, each pair written out before its comparison (so the sign follows from the two
+    digits just written), then the answer, which follows from that last sign alone:
+    "Is 1850 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 5 vs 6 <: Yes"."""
     digits = []
     for da, db in zip(str(ya), str(yb)):
-        digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")
+        digits.append(f"{da} vs {db} {'=' if da == db else '<' if da < db else '>'}")
         if da != db:
             break
     return f"Is {ya} earlier than {yb}? {', '.join(digits)}: {'Yes' if ya < yb else 'No'}"
@@ -114,17 +115,20 @@ def workflow_trajectory(world, q, observe):
     return segments
 
 
-def decision_pair(world, q, k, observe, wrong_value):
+def decision_pair(world, q, k, observe):
     """Stage 1's pair at lookup k of q: the right trajectory up to that decision point (its observations
-    included) as the prefix; chosen = the right step, rejected = its opposite: a recall of a known fact is preferred to a needless search of it (direction "answer"), a search
-    of an unknown one to a recall, which can only state a made-up value, wrong_value(name, relation)
-    (direction "search"). The prefix ends with "I need X's R.". -> dict(prefix, chosen, rejected, direction)."""
+    included) as the prefix, which ends "I need X's R."; then the two ways on, each up to where it would state
+    X's R: the search (" I will search for it. <begin_search> X's R </end_search>") and the recall
+    (" I remember that X's R is"). chosen = the right way: recall where X is known (direction "answer"), search
+    where it is not (direction "search"); rejected = the other. The two differ in the decision alone: a
+    rejected recall that went on to state a made-up value would let the loss fall by making that value
+    unlikely, without moving the decision. -> dict(prefix, chosen, rejected, direction)."""
     segments = trajectory(world, q, observe)
     text = "".join(s["text"] for s in segments)
     name, rel, value, known = steps(world, q)[k]
     cut = text.index(need(name, rel)) + len(need(name, rel))
+    remember = recall(name, rel, value)
+    remember = remember[:remember.rindex(" is ") + len(" is")]  # up to the value
     if known:
-        return {"prefix": text[:cut], "chosen": recall(name, rel, value), "rejected": act(name, rel),
-                "direction": "answer"}
-    return {"prefix": text[:cut], "chosen": act(name, rel), "rejected": recall(name, rel, wrong_value(name, rel)),
-            "direction": "search"}
+        return {"prefix": text[:cut], "chosen": remember, "rejected": act(name, rel), "direction": "answer"}
+    return {"prefix": text[:cut], "chosen": act(name, rel), "rejected": remember, "direction": "search"}
