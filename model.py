@@ -226,7 +226,10 @@ class Trunk(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        if not self.embed_tokens.weight.is_meta:  # nn.Embedding's own init, but on the meta device load_pretrained
+            nn.init.normal_(self.embed_tokens.weight)  # builds on, where normal_ would import torch._dynamo (seconds)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

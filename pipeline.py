@@ -33,7 +33,8 @@ Jobs run as separate processes, --jobs at a time (default 2, one per core of the
 each on one CPU thread, and each as soon as the jobs it needs are done: the default chain (world -> base ->
 SFT-1 -> SFT-2 -> SFT-3 -> 5:1 RL) goes first, the other Table-1 runs and the evaluations fill the other core.
 A job that starts alone with nothing else ready (the base model, which every other job needs) gets every
-core's thread. Each job's output is in RUNS/logs/<job>.log.
+core's thread. The RL runs skip their own validation (--val-prompts 0): every model is evaluated on the test
+split here. Each job's output is in RUNS/logs/<job>.log.
 """
 import argparse
 import json
@@ -87,7 +88,8 @@ ROWS = [  # (name, checkpoint, eval policy, the stage that makes the checkpoint 
 READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1",
                                               "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", "SFT-1&2&3 + RL-2")]
 LAYOUT_LIMIT = 200  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
-CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by, ["--split", "test_cf", "--search", "corpus_cf"])
+CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by,
+           ["--split", "test_cf", "--search", "corpus_cf", "--limit", str(2 * LAYOUT_LIMIT)])
           for name, ckpt, policy, made_by in READERS]
 CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(LAYOUT_LIMIT)])
            for layout in PERTURBATIONS for name, ckpt, policy, made_by in READERS]
@@ -155,6 +157,7 @@ def jobs(plan, limit, batch_size, skip_train, only=None):
             print(f"[pipeline] {plan.path(name)}: already done, skipping")
             continue
         cmd = plan.command(name)
+        cmd += ["--val-prompts", "0"] if cmd[0] == "grpo.py" else []  # every RL model is evaluated below
         # --overwrite: an output without a complete checkpoint may still hold a killed run's step directories
         needs = [] if name == "world" else ["world"] + ([STAGES[name][1]] if STAGES[name][1] else [])
         out.append((name, cmd + ["--overwrite"] if name != "world" else cmd, needs))

@@ -73,6 +73,8 @@ def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
     keys = [k for k, _, _ in todo]
     assert len(keys) == len(set(keys)) == 10 + len(pipeline.ROWS) + len(pipeline.CHECKS) + 3
     assert all(set(needs) <= set(keys[:keys.index(k)]) for k, _, needs in todo)
+    rl = [k for k in keys if k == "rl" or k.startswith("rl2")]  # every RL model is evaluated: no validation run
+    assert len(rl) == 4 and all(cmd[cmd.index("--val-prompts") + 1] == "0" for k, cmd, _ in todo if k in rl)
     layout = next(cmd for k, cmd, _ in todo if k == "eval SFT-2, split pages")
     assert layout[layout.index("--search") + 1] == "runs/world/corpus_split.jsonl" and "--limit" in layout
 
