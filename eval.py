@@ -404,7 +404,7 @@ def main(argv=None):
                     "world, required for any other")
     ap.add_argument("--search", help="corpus JSONL (BM25) or retrieval server URL (None: DATA/corpus.jsonl)")
     ap.add_argument("--limit", type=int, help="evaluate N questions evenly spaced over the split (all strata)")
-    ap.add_argument("--out", help="trajectories JSONL; .summary.json and .png beside it "
+    ap.add_argument("--out", help="trajectories JSONL; .summary.json and .png (--no-plot: none) beside it "
                                   "(None: runs/eval/<name>-<split>.jsonl)")
     ap.add_argument("--name", help="label of this checkpoint in tables (None: the --ckpt folder's name)")
     ap.add_argument("--batch-size", type=int, default=16, help="questions sampled together")
@@ -416,6 +416,8 @@ def main(argv=None):
                                                                 "makes the controller search")
     ap.add_argument("--report", nargs="+", metavar="SUMMARY", help="only merge .summary.json files: table + plot")
     ap.add_argument("--html", metavar="FILE", help="also write the evaluated trajectories as a page (viewer.py)")
+    ap.add_argument("--no-plot", action="store_true", help="no .png of EM by hops beside --out (pipeline.py: its "
+                                                            "table has every figure)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="None: bfloat16 on CUDA, float32 on CPU")
     add_sampling_args(ap, temperature=0.0)  # EM of the greedy trajectory, the model's best guess (all policies)
@@ -473,7 +475,8 @@ def main(argv=None):
     with open(base + ".summary.json", "w") as f:
         json.dump({"args": vars(args), "checkpoint": ckpt, "summaries": summaries}, f, indent=1)
     print(format_table(summaries))
-    plot(summaries, base + ".png")
+    if not args.no_plot:
+        plot(summaries, base + ".png")
     if args.html:
         viewer.write_html(args.html, records, tok, title=f"{name} on {split}")
     print(f"[eval] wrote {out} and {base}.summary.json" + (f" and {args.html}" if args.html else ""))

@@ -171,7 +171,7 @@ def jobs(plan, limit, batch_size, skip_train, only=None):
             continue
         extra = [plan.path(x) if x.startswith("corpus_") else x for x in extra]
         cmd = ["eval.py", "--ckpt", plan.path(ckpt), "--data", plan.path("world"), "--policy", policy, "--name", name,
-               "--out", plan.eval_file(name), "--batch-size", str(batch_size)] + extra
+               "--out", plan.eval_file(name), "--batch-size", str(batch_size), "--no-plot"] + extra
         cmd += ["--limit", str(limit)] if limit and "--limit" not in extra else []
         out.append((f"eval {name}", cmd, [n for n in (made_by, "world") if n in scheduled]))
     world = ["--data", plan.path("world")]

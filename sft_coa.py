@@ -59,7 +59,7 @@ def masked_nll(lp, m):
 
 # The paper's settings are the defaults (lr 5e-5, batch 32, 2 epochs: its 6k trajectories give 375 steps);
 # the embedded world's tiny model uses these instead (common.parse_args: on the world's data).
-EMBEDDED = dict(lr=1e-3, steps=200, batch_size=16)
+EMBEDDED = dict(lr=1e-3, steps=150, batch_size=16)
 
 
 def main():
