@@ -8,7 +8,7 @@ A question is resolved one lookup at a time. Every lookup is one step that opens
       " I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"          (tool segment)
       "The search result says that X's birthplace is Y.\\n"
-A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 5 vs 6 <: Yes, so it is A.",
+A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes, so it is A.",
 and every response ends "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS.
 
@@ -50,13 +50,12 @@ def read(name, relation, value):
 
 
 def year_check(ya, yb):
-    """Is ya earlier than yb, in steps a small model can take one at a time: the digits at the same place up to
-    the first that differs, each pair written out before its comparison (so the sign follows from the two
-    digits just written), then the answer, which follows from that last sign alone:
-    "Is 1850 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 5 vs 6 <: Yes"."""
+    """Is ya earlier than yb, in steps a small model can take one at a time: the digits compared at the same
+    place up to the first that differs, then the answer, which follows from that last comparison alone:
+    "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes"."""
     digits = []
     for da, db in zip(str(ya), str(yb)):
-        digits.append(f"{da} vs {db} {'=' if da == db else '<' if da < db else '>'}")
+        digits.append(f"{da} {'=' if da == db else '<' if da < db else '>'} {db}")
         if da != db:
             break
     return f"Is {ya} earlier than {yb}? {', '.join(digits)}: {'Yes' if ya < yb else 'No'}"

@@ -208,13 +208,13 @@ def test_comparison_steps_by_hand():
         # B recalled, not read; the rest right
         rec(read_a + recall_b + f"{year_check(1850, 1862)}, so it is Lopi Fiben.\n"),
         # A's year miscopied (1875): the years are wrong, Yes is wrong for the line, the name follows Yes
-        rec(read_a + read_b + "Is 1875 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 7 vs 6 >: Yes, so it is Lopi Fiben.\n"),
+        rec(read_a + read_b + "Is 1875 earlier than 1862? 1 = 1, 8 = 8, 7 > 6: Yes, so it is Lopi Fiben.\n"),
         # the right decision, then the other name
         rec(read_a + read_b + f"{year_check(1850, 1862)}, so it is Dule Mumo.\n"),
         rec(read_a + "So the answer is \\boxed{Dule Mumo}."),          # no decision line: not counted
         rec(f"{year_check(1, 2)}, so it is x.\n", "What is Lopi Fiben's birthplace?", "composition"),
     ]
-    assert year_check(1850, 1862) == "Is 1850 earlier than 1862? 1 vs 1 =, 8 vs 8 =, 5 vs 6 <: Yes"
+    assert year_check(1850, 1862) == "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes"
     steps = ev.comparison_steps(records)
     assert steps == {"n": 4, "years": 0.75, "decision": 0.75, "name": 0.75, "searched": 0.75}
     assert ev.comparison_steps(records[4:]) is None
