@@ -204,6 +204,17 @@ def ckpt(tmp_path):
     return tmp_path / "ck"
 
 
+def test_loading_a_checkpoint_builds_no_random_init_and_imports_no_compiler(ckpt):
+    """load_pretrained builds the model on the meta device; nn.Embedding's own normal_ init there would import
+    torch._dynamo in every process that loads a checkpoint (each evaluation, each stage). A fresh process, so
+    that nothing imported it before."""
+    code = ("import sys, model; m = model.Qwen2.from_pretrained(sys.argv[1]); "
+            "assert not any(p.is_meta for p in m.parameters()); "
+            "assert 'torch._dynamo' not in sys.modules, 'loading imported torch._dynamo'")
+    p = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
 def rewrite(path, fn):
     from safetensors.torch import load_file, save_file
     sd = load_file(str(path / "model.safetensors"))
