@@ -94,6 +94,7 @@ CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by,
 CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(LAYOUT_LIMIT)])
            for layout in PERTURBATIONS for name, ckpt, policy, made_by in READERS]
 CHECKS += [("SFT-1&2&3, own observations", "sft3", "agent", "sft3", ["--mode", "sim"])]
+DECIDERS = [("base", "base"), ("SFT-1", "sft1"), ("SFT-2", "sft2_only"), ("SFT-1&2", "sft2"), ("SFT-1&2&3", "sft3")]
 # Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
 PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
          ("SFT-1&2&3 + RL-1", "SFT-1&2&3"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
@@ -179,6 +180,10 @@ def jobs(plan, limit, batch_size, skip_train, only=None):
                                    str(batch_size)] + (["--limit", str(limit)] if limit else []), "sft3", "probe"),
               ("copy base", ["probe.py", "--ckpt", plan.path("base"), "--copy", "1000", "--split", "test"], "base", "copy"),
               ("recall base", ["probe.py", "--ckpt", plan.path("base"), "--recall", "1000"], "base", "recall")]
+    # the decision word at the first step, teacher-forced: stage 1's contribution to "when to act", and each
+    # later stage's (probe.py --decision)
+    probes += [(f"decision {name}", ["probe.py", "--ckpt", plan.path(ckpt), "--decision", "300"], ckpt,
+                f"decision-{ckpt}") for name, ckpt in DECIDERS]
     for key, cmd, made_by, kind in probes:
         out.append((key, cmd + world + ["--out", plan.probe_file(kind)], [n for n in (made_by, "world") if n in scheduled]))
     return out
@@ -272,11 +277,11 @@ def collect(plan):
     pairs = [{"a": a, "b": b, **eval_lib.paired(records[a], records[b])} for a, b in PAIRS
              if a in records and b in records]
     probe = {}
-    for key in ("probe", "copy", "recall"):
+    for key in ("probe", "copy", "recall") + tuple(f"decision-{ckpt}" for _, ckpt in DECIDERS):
         summary_file = os.path.join(ROOT, plan.probe_file(key)[:-len(".jsonl")] + ".summary.json")
         if os.path.isfile(summary_file):
             with open(summary_file) as f:
-                probe[key] = json.load(f)[key]
+                probe[key] = json.load(f)[key.split("-")[0]]
     return results, checks, pairs, probe
 
 
@@ -326,6 +331,16 @@ def table(results, checks=(), pairs=(), probe=None):
             known = s.get("by_held_out", {}).get("known only")
             searches = f"{known['searches']:.2f}" if known else "-"
             lines.append(f"| {s['name']} | {pct(w['search_known'])}% | {pct(w['search_unknown'])}% | {searches} |")
+    decisions = [(name, probe[f"decision-{ckpt}"]) for name, ckpt in DECIDERS if probe.get(f"decision-{ckpt}")]
+    if decisions:  # probe.py --decision: teacher-forced at the first step's decision word
+        lines += ["", "| decision word at the first step (probe.py --decision 300) | greedy writes 'missing': known "
+                  "/ train / test entities | 'missing' over the fact's value | mean logit margin, missing - value "
+                  "| linear probe for 'known' |", "|---|---|---|---|---|"]
+        for name, d in decisions:
+            lines.append(f"| {name} | " + " / ".join(f"{pct(d[g]['greedy'])}%" for g in ("known", "train", "test"))
+                         + " | " + " / ".join(f"{pct(d[g]['searches'])}%" for g in ("known", "train", "test"))
+                         + " | " + " / ".join(f"{d[g]['margin']:+.2f}" for g in ("known", "train", "test"))
+                         + f" | {d['linear_probe_balanced_accuracy']:.2f} |")
     layouts = [c for c in checks if c.get("layout")]
     if layouts:  # does the model find a fact by its relation and subject? the same questions, pages laid out otherwise
         names = list(dict.fromkeys(c["model"] for c in layouts))

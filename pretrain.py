@@ -88,7 +88,7 @@ def main():
     # -------------------------------------------------------------------------
     # arguments
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
-    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=1500, batch_size=8)
+    common.add_common_args(ap, out="runs/base", lr=3e-3, steps=2000, batch_size=8)
     ap.add_argument("--vocab-size", type=int, default=4096,
                     help="BPE vocabulary size cap; large enough that every word of an entity's name is one token")
     ap.add_argument("--hidden", type=int, default=128, help="hidden size")

@@ -31,7 +31,7 @@ import torch
 import checkpoints
 import common
 import env
-from data.trajectories import act, need, query_for, read, recall
+from data.trajectories import MISSING, act, memory, need, query_for, read, recall
 from data.world import composition_text, fact_sentence, phrase
 from model import Qwen2
 from sample import add_sampling_args, sample, sampling_kwargs
@@ -184,12 +184,13 @@ def copy_probe(model, tok, cases, batch_size=64, tool=True):
 def decision_cases(world, n):
     """Up to n (split, question, prefix text, search text, recall text) per entity split (known, train, test),
     evenly spaced over its entities' facts: a one-hop question under the tool's instruction and its first
-    decision point "I need X's R.", with the two ways on (data/trajectories.py)."""
+    decision point "I need X's R. From memory, X's R is", with the two words on, " missing." and the value
+    (data/trajectories.py)."""
     cases = []
     for split in ("known", "train", "test"):
         facts = [(e, rel, v) for e in world["entities"] if group_of(e) == split for rel, v in e["facts"].items()]
-        cases += [(split, composition_text(e["name"], [rel]), need(e["name"], rel), act(e["name"], rel),
-                   recall(e["name"], rel, v)) for e, rel, v in common.evenly_spaced(facts, n)]
+        cases += [(split, composition_text(e["name"], [rel]), need(e["name"], rel) + memory(e["name"], rel),
+                   f" {MISSING}.", f" {v}.") for e, rel, v in common.evenly_spaced(facts, n)]
     return cases
 
 
@@ -215,9 +216,11 @@ def linear_probe(x, labels, steps=300):
 
 def decision_probe(model, tok, cases, steps=300):
     """Does the first decision depend on whether the entity is known? Per split: the share of cases where the
-    token that starts the search outscores the one that starts the recall, and the mean logit margin; and
-    how well a linear probe finds "known" in the last layer's normed state there (linear_probe)."""
-    states, margins = [], []
+    token that starts the search outscores the one that starts the recall (the fact's own value: "searches"),
+    the mean logit margin, and the share where the search's token is the most likely of all ("greedy": what
+    greedy decoding writes there); and how well a linear probe finds "known" in the last layer's normed
+    state there (linear_probe)."""
+    states, margins, greedy = [], [], []
     for split, question, prefix, search, remember in cases:
         head = common.encode_prompt(tok, question)
         a, b = tok.encode(prefix + search), tok.encode(prefix + remember)
@@ -228,10 +231,11 @@ def decision_probe(model, tok, cases, steps=300):
             logits = model.lm_head(h.to(model.lm_head.weight.dtype)).float()
         states.append(h.cpu())
         margins.append((logits[a[cut]] - logits[b[cut]]).item())
+        greedy.append(int(logits.argmax()) == a[cut])
     splits = [c[0] for c in cases]
-    out = {s: {"cases": splits.count(s), "searches": sum(m > 0 for m, x in zip(margins, splits) if x == s) / splits.count(s),
-               "margin": sum(m for m, x in zip(margins, splits) if x == s) / splits.count(s)}
-           for s in dict.fromkeys(splits)}
+    mean = lambda xs, s: sum(v for v, x in zip(xs, splits) if x == s) / splits.count(s)  # noqa: E731
+    out = {s: {"cases": splits.count(s), "searches": mean([m > 0 for m in margins], s), "margin": mean(margins, s),
+               "greedy": mean(greedy, s)} for s in dict.fromkeys(splits)}
     out["linear_probe_balanced_accuracy"] = linear_probe(torch.stack(states), [s == "known" for s in splits], steps)
     return out
 
@@ -289,8 +293,9 @@ def main(argv=None):
         r = decision_probe(model, Tokenizer.from_pretrained(ckpt), decision_cases(world, args.decision))
         with open(base + ".summary.json", "w") as f:
             json.dump({"args": vars(args), "checkpoint": ckpt, "decision": r}, f, indent=1)
-        print(f"[probe] {ckpt}: first decision, searches / mean margin (search - recall): "
-              + ", ".join(f"{s} {100 * v['searches']:.1f}% / {v['margin']:+.2f}" for s, v in r.items() if s in GROUPS)
+        print(f"[probe] {ckpt}: first decision, 'missing' / mean margin (missing - value): "
+              + ", ".join(f"{s} {100 * v['searches']:.1f}% / {v['margin']:+.2f} (greedy 'missing' {100 * v['greedy']:.1f}%)"
+                          for s, v in r.items() if s in GROUPS)
               + f"; linear probe for 'known', balanced accuracy {r['linear_probe_balanced_accuracy']:.3f}; "
               f"wrote {base}.summary.json")
         return

@@ -2,7 +2,8 @@
 
 At a decision point the chosen continuation either searches (the needed fact is about an entity the
 model never saw) or answers from memory (the fact is known); the rejected one does the opposite: a
-confident wrong recall, or a needless search. The loss, as in the paper's code (docs/paper.md, SFT stage 1):
+confident recall of what it cannot know, or a needless search. On the embedded world the decision is one
+word, where the memory line would state the fact: the value, or "missing" (data/trajectories.py). The loss, as in the paper's code (docs/paper.md, SFT stage 1):
 
     P(x) = mean log-prob of the continuation tokens only (the prompt and prefix are not scored)
     L    = -log sigmoid(P_chosen - P_rejected) + lambda * (-P_chosen)      lambda = 0.2, no reference model
@@ -45,8 +46,8 @@ def mean_logprob(lp, m):
 
 # The paper's settings are the defaults (lr 5e-6, batch 16, 2 epochs: its 1.5k pairs give 188 steps); the
 # embedded world's tiny model uses these instead (common.parse_args: on the world's data): 2 epochs of its
-# pairs at a learning rate that leaves what the base model knows mostly intact.
-EMBEDDED = dict(lr=3e-5, steps=56)
+# pairs at about a third of stage 2's learning rate, enough to teach the decision word (RESULTS.md, stage 1).
+EMBEDDED = dict(lr=3e-4, steps=56)
 
 
 def main():

@@ -348,7 +348,7 @@ def examples(seed=0):
               "".join(s["text"] for s in trajectory(world, comparison, observe)), "```"]
     pair = decision_pair(world, mixed, 0, observe)
     lines += ["The decision pair at its first step (stage1.jsonl, direction search):", "```",
-              f"prefix:   ...{pair['prefix'][-60:]}", f"chosen:   {pair['chosen'].rstrip()}", f"rejected: {pair['rejected'].rstrip()}",
+              f"prefix:   ...{pair['prefix'][pair['prefix'].rindex('I need'):]}", f"chosen:   {pair['chosen'].rstrip()}", f"rejected: {pair['rejected'].rstrip()}",
               "```"]
     return "\n".join(lines)
 

@@ -1,13 +1,16 @@
 """Reasoning text for the embedded world: the agent's trajectories, the workflow's, and stage 1's pairs.
 
-A question is resolved one lookup at a time. Every lookup is one step that opens with a decision point,
-"I need X's <relation>.", and goes on in one of two ways (paper §3.1):
-- X is known (its page was in pretraining): recall the fact,
-      " I remember that X's birthplace is Y.\\n"
-- X is unknown: act, then copy the fact out of the search result,
-      " I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
-      "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"          (tool segment)
+A question is resolved one lookup at a time. Every lookup is one step: "I need X's <relation>.", then the
+model asks its memory, " From memory, X's birthplace is", and the next word is the decision (paper §3.1):
+- X is known (its page was in pretraining): the value, and the step ends,
+      " Y.\\n"
+- X is unknown: "missing", then act, and copy the fact out of the search result,
+      " missing. I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
+      "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"                    (tool segment)
       "The search result says that X's birthplace is Y.\\n"
+The decision word stands where the value would: where a fact is recalled, keyed by its name and relation
+together, so the model decides with what it remembers at hand (a decision before the name and relation are
+written cannot see whether the fact is there).
 A comparison then decides digit by digit, "Is 1850 earlier than 1862? 1 = 1, 8 = 8, 5 < 6: Yes, so it is A.",
 and every response ends "So the answer is \\\\boxed{Y}.\\n</think>\\n\\nThe answer is \\\\boxed{Y}".
 All tags come from env.TAGS.
@@ -15,8 +18,8 @@ All tags come from env.TAGS.
 The paper samples its SFT data from a strong model and keeps the runs whose answer is right. Here the
 teacher is this file: it writes the right trajectory, which recalls exactly the known facts and searches
 every other one, so no fact a trajectory states is made up. Stage 1's pairs are its decisions against
-their opposites at the same decision point (`decision_pair`): a needless search of a known fact, or a recall
-of an unknown one, each cut where it would state the fact. Observations come from the caller's
+their opposites at the same decision point (`decision_pair`): "missing" where the fact is known, or a value
+where it is not. Observations come from the caller's
 `observe(query) -> (observation text, retrieved doc ids)`: the real search tool, so training observations
 are what the sampler injects at run time.
 """
@@ -37,12 +40,25 @@ def stated(name, relation, value):
     return fact_sentence(name, relation, value)
 
 
+MISSING = "missing"  # the decision word for a fact the model does not remember ("whenever a fact is missing")
+
+
+def memory(name, relation):
+    """The decision point: the memory line up to the word that decides, " From memory, X's R is"."""
+    return f" From memory, {phrase(name, relation)} is"
+
+
 def recall(name, relation, value):
-    return f" I remember that {stated(name, relation, value)}\n"
+    return f"{memory(name, relation)} {value}.\n"
 
 
 def act(name, relation):
     return f" I will search for it. {TAGS.search_open} {query_for(name, relation)} {TAGS.search_close}"
+
+
+def miss(name, relation):
+    """The memory line of a fact the model does not have, and the search it leads to."""
+    return f"{memory(name, relation)} {MISSING}.{act(name, relation)}"
 
 
 def read(name, relation, value):
@@ -83,8 +99,9 @@ def steps(world, q):
 def trajectory(world, q, observe, search="unknown"):
     """The response after "<think>\\n", every decision right, as segments [{"text", "tool"}]. search: which
     facts are searched: "unknown" (the agent: every fact of an entity that is not known, the rest recalled),
-    "all" (the base text's tool-use traces: a parallel world, none of whose pages the base model read) or
-    "none" (pure CoT: callers ask for it only where every lookup is known)."""
+    "all" (the base text's tool-use traces: a parallel world, none of whose pages the base model read; they
+    search straight away, without asking memory first, which is what stages 1 and 2 teach) or "none" (pure
+    CoT: callers ask for it only where every lookup is known)."""
     segments, text, values = [], "", []
     for name, rel, value, known in steps(world, q):
         text += need(name, rel)
@@ -93,7 +110,8 @@ def trajectory(world, q, observe, search="unknown"):
             text += recall(name, rel, value)
             continue
         observation, _ = observe(query_for(name, rel))
-        segments += [{"text": text + act(name, rel), "tool": False}, {"text": observation, "tool": True}]
+        way = act(name, rel) if search == "all" else miss(name, rel)
+        segments += [{"text": text + way, "tool": False}, {"text": observation, "tool": True}]
         text = read(name, rel, value)
     segments.append({"text": text + conclusion(q, values), "tool": False})
     return segments
@@ -115,19 +133,17 @@ def workflow_trajectory(world, q, observe):
 
 
 def decision_pair(world, q, k, observe):
-    """Stage 1's pair at lookup k of q: the right trajectory up to that decision point (its observations
-    included) as the prefix, which ends "I need X's R."; then the two ways on, each up to where it would state
-    X's R: the search (" I will search for it. <begin_search> X's R </end_search>") and the recall
-    (" I remember that X's R is"). chosen = the right way: recall where X is known (direction "answer"), search
-    where it is not (direction "search"); rejected = the other. The two differ in the decision alone: a
-    rejected recall that went on to state a made-up value would let the loss fall by making that value
-    unlikely, without moving the decision. -> dict(prefix, chosen, rejected, direction)."""
+    """Stage 1's pair at lookup k of q: the right trajectory up to that step's decision word (its observations
+    included) as the prefix, which ends " From memory, X's R is"; then the two words it can go on with, each
+    to the end of its sentence: the value (" V.") and " missing.". chosen = the right one: the value where X
+    is known (direction "answer"), "missing" where it is not (direction "search"); rejected = the other. The
+    rejected value of an unknown X is its real value, which the model cannot know: nothing is made up, and
+    the pair differs in the decision alone. -> dict(prefix, chosen, rejected, direction)."""
     segments = trajectory(world, q, observe)
     text = "".join(s["text"] for s in segments)
     name, rel, value, known = steps(world, q)[k]
-    cut = text.index(need(name, rel)) + len(need(name, rel))
-    remember = recall(name, rel, value)
-    remember = remember[:remember.rindex(" is ") + len(" is")]  # up to the value
+    cut = text.index(need(name, rel)) + len(need(name, rel) + memory(name, rel))
+    value_way, missing_way = f" {value}.", f" {MISSING}."
     if known:
-        return {"prefix": text[:cut], "chosen": remember, "rejected": act(name, rel), "direction": "answer"}
-    return {"prefix": text[:cut], "chosen": act(name, rel), "rejected": remember, "direction": "search"}
+        return {"prefix": text[:cut], "chosen": value_way, "rejected": missing_way, "direction": "answer"}
+    return {"prefix": text[:cut], "chosen": missing_way, "rejected": value_way, "direction": "search"}

@@ -180,9 +180,9 @@ def word_pool(rng, n):
 
 
 class NameMaker:
-    """Two-word names from the pool, never repeated. `cover()` names walk the pool in a shuffled cycle, so the
-    first len(pool) / 2 of them use every word at least once (the known entities' names: then every word of
-    any later name is a token the base model saw)."""
+    """Two-word names from the pool, never repeated. `pairs()` names walk the pool in a shuffled cycle, so the
+    known entities' names use every word at least once (then every word of any later name is a token the
+    base model saw)."""
 
     def __init__(self, rng, words, taken=()):
         self.rng, self.words, self.used = rng, words, set(taken)
@@ -193,12 +193,21 @@ class NameMaker:
             self.cycle = self.rng.sample(self.words, len(self.words))
         return self.cycle.pop()
 
-    def cover(self):
-        while True:
-            name = f"{self._next_word()} {self._next_word()}"
-            if name not in self.used and name.split()[0] != name.split()[1]:
-                self.used.add(name)
-                return name
+    def pairs(self, k):
+        """k names in which each word stands in the same place in two names: first words F[i], each with the
+        last words L[i] and L[i + 1] around a cycle. One word alone then never tells which entity is meant,
+        only the two together do: a model that keys a fact by one word of the name (cheaper than the pair)
+        recalls the wrong fact for half the names, and recalls confidently for a stranger who shares a word."""
+        m = (k + 1) // 2
+        first, last = [self._next_word() for _ in range(m)], [self._next_word() for _ in range(m)]
+        names = []
+        for i in range(k):
+            a, b = first[i // 2], last[(i // 2 + i % 2) % m]
+            while a == b or f"{a} {b}" in self.used:  # rare: the cycle came round to a word again
+                b = self._next_word()
+            self.used.add(f"{a} {b}")
+            names.append(f"{a} {b}")
+        return names
 
     def random(self):
         while True:
@@ -254,8 +263,11 @@ def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
         raise ValueError(f"{len(words)} name words cannot name {len(plan)} entities (+{len(avoid)} taken): "
                          "more known entities, or fewer entities")
     names = NameMaker(rng, words, avoid)
-    # known names first: they walk the pool, so every word of every name is in the pretraining text
-    named = {i: names.cover() for i, (t, split) in enumerate(plan) if split == "known"}
+    # known names first, type by type: they walk the pool, so every word of every name is in the pretraining text
+    named = {}
+    for t in TYPES:
+        known_of_t = [i for i, (tt, split) in enumerate(plan) if tt == t and split == "known"]
+        named.update(zip(known_of_t, names.pairs(len(known_of_t))))
     named.update({i: names.random() for i, (t, split) in enumerate(plan) if split != "known"})
     entities = [Entity(id=f"e{i:04d}", name=named[i], type=t, split=split) for i, (t, split) in enumerate(plan)]
     missing = sorted(set(words) - {w for e in entities if e.known for w in e.name.split()})

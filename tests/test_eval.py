@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 import env
 import eval as ev
 from data.build import build
-from data.trajectories import act, need, query_for, read, recall, year_check
+from data.trajectories import miss, need, query_for, read, recall, year_check
 from data.trajectories import recall as recall_line
 from data.world import fact_sentence
 from env import TAGS
@@ -177,7 +177,7 @@ def test_when_to_act_by_hand():
     def rec(text, known, name="Lopi Fiben"):
         first = None if known is None else (name, known)
         return ev.record({"question": "q", "answers": ["a"], "hops": 1}, "agent", R(text), first)
-    search = need("Lopi Fiben", "country") + act("Lopi Fiben", "country")
+    search = need("Lopi Fiben", "country") + miss("Lopi Fiben", "country")
     recall = need("Lopi Fiben", "country") + recall_line("Lopi Fiben", "country", "Farut") + f"{env.TAGS.search_open} x"
     records = [rec(search, False), rec(search, False, "Dule Mumo"), rec(recall, False),  # unknown: searched 2 of 3
                rec(recall, True), rec(search, True),                                    # known: searched 1 of 2
@@ -265,7 +265,7 @@ def test_workflow_trigger_matches_a_whole_decision_sentence_only():
     import re
     t = re.compile(ev.WORKFLOW_TRIGGER)
     assert t.search(need("Dorin Kalvet", "birth year")) and t.search(f" {need('Lo Ba', 'mayor')}\n")
-    assert not t.search(need("Lo Ba", "mayor") + " I remember")
+    assert not t.search(need("Lo Ba", "mayor") + " From memory")
     assert not t.search("So " + need("Lo Ba", "mayor")) and not t.search(need("Lo Ba", "mayor")[:-4])
 
 

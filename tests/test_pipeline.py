@@ -71,7 +71,9 @@ def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
     # a whole run: every Table-1 row, every reading check and the probes, each after what it evaluates
     todo = pipeline.jobs(pipeline.Plan(), 0, 64, False)
     keys = [k for k, _, _ in todo]
-    assert len(keys) == len(set(keys)) == 10 + len(pipeline.ROWS) + len(pipeline.CHECKS) + 3
+    assert len(keys) == len(set(keys)) == 10 + len(pipeline.ROWS) + len(pipeline.CHECKS) + 3 + len(pipeline.DECIDERS)
+    decision = next(cmd for k, cmd, needs in todo if k == "decision SFT-1" and needs == ["sft1"])
+    assert decision[decision.index("--out") + 1] == "runs/eval/decision-sft1.jsonl"
     assert all(set(needs) <= set(keys[:keys.index(k)]) for k, _, needs in todo)
     rl = [k for k in keys if k == "rl" or k.startswith("rl2")]  # every RL model is evaluated: no validation run
     assert len(rl) == 4 and all(cmd[cmd.index("--val-prompts") + 1] == "0" for k, cmd, _ in todo if k in rl)
@@ -93,7 +95,11 @@ def test_table_rows_by_hand():
                "layout": "shuffled", "paired": {"n": 4, "diff": -0.25, "ci": [-0.5, 0.0]},
                "reading": {"n": 10, "copied": 0.9}}]
     probe = {"probe": {"questions": 3, "unparsed": 0, "train": {"actions": 4, "right": 1, "wrong": 2, "absent": 1}},
-             "copy": {"split": "test", "values": 8, "copied": 6, "by_relation": {"author": [1, 2], "mayor": [5, 6]}}}
+             "copy": {"split": "test", "values": 8, "copied": 6, "by_relation": {"author": [1, 2], "mayor": [5, 6]}},
+             "decision-sft1": {"known": {"searches": 0.25, "margin": -1.5, "greedy": 0.0, "cases": 4},
+                               "train": {"searches": 1.0, "margin": 2.0, "greedy": 0.5, "cases": 4},
+                               "test": {"searches": 0.75, "margin": 0.5, "greedy": 0.75, "cases": 4},
+                               "linear_probe_balanced_accuracy": 0.875}}
     pairs = [{"a": "SFT-2", "b": "no tool", "n": 4, "diff": 0.25, "ci": [-0.25, 0.5]}]
     sft2 = {**summary("SFT-2", 0.5, w, known=0.5), "comparison_steps": {"n": 8, "years": 1.0, "decision": 0.625,
                                                                         "name": 1.0, "searched": 0.25},
@@ -109,6 +115,7 @@ def test_table_rows_by_hand():
     assert "| SFT-2 | 8 | 100.0 | 62.5 | 100.0 | 25.0 |" in lines  # only rows with comparison steps
     assert ("base model, teacher-forced (probe.py --copy): copies out of a search result (held-out test entities) 6 "
             "of 8 values (75.0%); fewest by relation: author 1/2, mayor 5/6") in lines
+    assert "| SFT-1 | 0.0% / 50.0% / 75.0% | 25.0% / 100.0% / 75.0% | -1.50 / +2.00 / +0.50 | 0.88 |" in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
 
@@ -119,4 +126,4 @@ def test_help_shows_the_defaults_that_will_run(script):
     p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     text = " ".join(p.stdout.split())
-    assert {"pretrain.py": "optimizer steps (default: 1500)", "probe.py": "(default: dev)"}[script] in text
+    assert {"pretrain.py": "optimizer steps (default: 2000)", "probe.py": "(default: dev)"}[script] in text

@@ -134,8 +134,8 @@ def test_linear_probe_finds_a_direction_only_where_there_is_one():
 
 
 def test_decision_probe_margin_is_the_two_ways_first_token(tok, model, world):
-    """One case per split; each margin is the logit of the search's first own token minus the recall's, read
-    off a plain forward pass of the prompt and the decision line; searches is the share with margin > 0."""
+    """One case per split; each margin is the logit of "missing" minus the value's first token, read off a plain
+    forward pass of the prompt and the decision line; searches is the share with margin > 0."""
     import torch
     cases = probe.decision_cases(world, 1)
     assert [c[0] for c in cases] == ["known", "train", "test"]
@@ -143,11 +143,12 @@ def test_decision_probe_margin_is_the_two_ways_first_token(tok, model, world):
     for split, question, prefix, search, remember in cases:
         a, b = tok.encode(prefix + search), tok.encode(prefix + remember)
         cut = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        assert tok.decode(a[cut:]).strip().startswith(("I will", "will")) and tok.decode(b[cut:]).strip()
+        assert tok.decode(a[cut:]).strip() == "missing." and tok.decode(b[cut:]).strip()
         ids = torch.tensor([probe.common.encode_prompt(tok, question) + a[:cut]])
         with torch.no_grad():
             logits = model(ids)[0, -1]
         margin = (logits[a[cut]] - logits[b[cut]]).item()
         assert abs(out[split]["margin"] - margin) < 1e-4 and out[split]["searches"] == float(margin > 0)
+        assert out[split]["greedy"] == float(int(logits.argmax()) == a[cut])
         assert out[split]["cases"] == 4
     assert 0.0 <= out["linear_probe_balanced_accuracy"] <= 1.0
