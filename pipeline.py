@@ -5,8 +5,9 @@ split (greedy, the world's BM25 as the tool), and prints a table shaped like Tab
 interval, on held-out and known-only questions, by hops, comparisons, searches per question, real searches
 in RL); then each agent's first-step decision (eval.when_to_act), the reading checks (every agent again on
 the counterfactual corpus and on the pages laid out otherwise; SFT-1&2&3 with its own observations), where
-comparisons go wrong (eval.comparison_steps), the base model's copying and memory and the world model of RL
-stage 1 (probe.py), and paired comparisons.
+comparisons go wrong (eval.comparison_steps), the decision word at the first step of the base model and each
+SFT stage, the base model's copying and memory and the world model of RL stage 1 (probe.py), and paired
+comparisons.
 
     python pipeline.py                                  # everything, into runs/
     python pipeline.py --skip-train                     # only (re)evaluate existing checkpoints

@@ -203,8 +203,13 @@ class NameMaker:
         names = []
         for i in range(k):
             a, b = first[i // 2], last[(i // 2 + i % 2) % m]
-            while a == b or f"{a} {b}" in self.used:  # rare: the cycle came round to a word again
+            for _ in range(len(self.words)):  # rare: the cycle came round to a word again
+                if a != b and f"{a} {b}" not in self.used:
+                    break
                 b = self._next_word()
+            else:  # every partner of `a` is taken (a small pool): any free name
+                names.append(self.random())
+                continue
             self.used.add(f"{a} {b}")
             names.append(f"{a} {b}")
         return names
