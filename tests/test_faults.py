@@ -290,7 +290,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp, world, sft1, mo
     before = weights(checkpoints.latest_checkpoint(out))
     with pytest.raises(FloatingPointError) as stop:
         main_of(sft_contrastive, monkeypatch, "--data", world, "--out", out, "--resume", "--force-resume", "--steps",
-                40, "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 512, "--save-every", 100)
+                40, "--batch-size", 16, "--lr", 1e30, "--warmup", 0, "--max-len", 768, "--save-every", 100)
     good, msg = os.path.join(out, "step_000020"), str(stop.value)
     assert re.search(r"non-finite (loss|gradient norm) \S+ at step 21;", msg), msg
     assert f"Last good checkpoint: {good}" in msg

@@ -409,7 +409,7 @@ def test_a_missing_file_names_the_command_that_makes_it(script, args, file, how,
                                            (eval_script, ["test.jsonl", "<split>.jsonl"])])
 def test_help_names_the_files_and_shows_the_defaults_that_run(script, names, r1, real, monkeypatch, capsys):
     """--help says which files a stage reads, and its defaults are the ones that will run for the --data and --init
-    given: the embedded world's (lr 3e-05 for SFT-1) without them, the paper's (5e-06) with real data."""
+    given: the embedded world's (lr 0.0003 for SFT-1) without them, the paper's (5e-06) with real data."""
     monkeypatch.chdir(ROOT)
 
     def helptext(*args):
@@ -422,7 +422,7 @@ def test_help_names_the_files_and_shows_the_defaults_that_run(script, names, r1,
     text = helptext()
     assert all(n in text for n in names), names
     if script is sft_contrastive:
-        assert "--lr LR peak learning rate (default: 3e-05)" in text and "(default: 56)" in text
+        assert "--lr LR peak learning rate (default: 0.0003)" in text and "(default: 56)" in text
         text = helptext("--data", real, "--init", r1)
         assert "--lr LR peak learning rate (default: 5e-06)" in text
         assert "--steps STEPS optimizer steps (None: from --epochs) (default: None)" in text

@@ -295,7 +295,7 @@ def test_sft_contrastive_micro_batches_give_the_same_step(tmp, world, base):
     so the micro-batches keep each pair's chosen and rejected rows together and weight every pair alike."""
     runs = {mt: str(tmp / f"sft1_micro{mt}") for mt in (2, 100_000)}
     run_scripts(*[("sft_contrastive.py", "--data", world, "--init", base, "--out", out, "--steps", 4, "--batch-size", 8,
-                   "--lr", 1e-2, "--warmup", 0, "--max-len", 512, "--micro-tokens", mt) for mt, out in runs.items()])
+                   "--lr", 1e-2, "--warmup", 0, "--max-len", 768, "--micro-tokens", mt) for mt, out in runs.items()])
     one, many = metrics(runs[100_000]), metrics(runs[2])
     for r1, r2 in zip(one, many, strict=True):
         # step 0 from the same weights: only summation order differs; after it, Adam's division by the
