@@ -197,7 +197,8 @@ def when_to_act(records):
 
 # a line of the embedded world's reasoning that states a fact (data/trajectories.read or recall), read out of
 # a result or recalled, around the fact sentence itself (data/world.parse_facts reads it)
-STATED = re.compile(r"(The search result says that|From memory,) (.+?\.)\n")
+READ = "The search result says that"  # data/trajectories.read; data/trajectories.recall opens "From memory,"
+STATED = re.compile(rf"({READ}|From memory,) (.+?\.)\n")
 # a comparison of the embedded world (data/trajectories.py): the question, and its decision line (year_check,
 # then the name)
 COMPARISON_QUESTION = re.compile(r"earlier, (.+) or (.+)\?$")
@@ -223,7 +224,7 @@ def comparison_steps(records):
         for m in STATED.finditer(r["text"][:line.start()]):
             for _, subject, value in parse_facts(m.group(2)):
                 if value.isdigit():
-                    stated[subject] = (value, m.group(1) == "The search result says that")
+                    stated[subject] = (value, m.group(1) == READ)
         counts["years"] += stated.get(a, ("",))[0] == ya and stated.get(b, ("",))[0] == yb
         counts["decision"] += (yes == "Yes") == (int(ya) < int(yb))
         counts["name"] += name == (a if yes == "Yes" else b)
@@ -240,7 +241,7 @@ def reading(records):
     for r in records:
         text = r.get("text", "")
         for m in STATED.finditer(text):
-            if m.group(1) != "The search result says that":
+            if m.group(1) != READ:
                 continue  # recalled, not read
             start = text.rfind(env.TAGS.result_open, 0, m.start())
             close = text.find(env.TAGS.result_close, start) if start >= 0 else -1
