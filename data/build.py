@@ -35,8 +35,8 @@ import re
 
 import env
 from data.trajectories import decision_pair, query_for, trajectory, workflow_trajectory
-from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, answer_with, fact_sentence,
-                        make_questions, make_world, page, parse_facts, unknown_lookups)
+from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, answer_with, composition_text,
+                        fact_sentence, make_questions, make_world, page, parse_facts, unknown_lookups)
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
@@ -192,6 +192,15 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
     return rows
 
 
+def restated(world, q):
+    """The questions a trajectory of q restates on its way (data/trajectories.restate): each tail of its
+    chain, from the value a lookup found."""
+    if q.type != "composition":
+        return set()
+    return {composition_text(world.fact(*q.lookups[k]), [r for _, r in q.lookups[k + 1:]])
+            for k in range(len(q.lookups) - 1)}
+
+
 def held_out_leaks(world, files):
     """{file: [held-out names found in it]}: the static check that no training file mentions a dev or test
     entity (by name; its facts cannot appear without its name)."""
@@ -232,7 +241,11 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
         n_known = round(known_share * n)
         splits[name] = draw(by_split[name], n - n_known) + draw(all_known, n_known)
     splits["rl"] = draw({k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in by_split["train"].items()}, n_rl)
-    pool = {k: [q for q in v if q.question not in taken] for k, v in by_split["train"].items()}  # trains the rest
+    # the rest trains, but for a chain that restates a dev or test question on its way (its tail from a
+    # known entity: data/trajectories.restate), so that no dev or test question is a training text
+    held = {q.question for name in ("test", "dev") for q in splits[name]}
+    pool = {k: [q for q in v if q.question not in taken and not restated(world, q) & held]
+            for k, v in by_split["train"].items()}
     tool_pool = {k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in pool.items()}
     known_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}
 

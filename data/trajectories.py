@@ -8,6 +8,9 @@ model asks its memory, " From memory, X's birthplace is", and the next word is t
       " missing. I will search for it. <begin_search> X's birthplace </end_search>"   (model segment ends here)
       "\\n\\n<search_result> result 1: ... </search_result>\\n\\n"                    (tool segment)
       "The search result says that X's birthplace is Y.\\n"
+In a chain, each step that leaves lookups to do ends by restating what is left, the value found in place of
+what it resolved, "Now the question is: What is Y's country?\\n", so the next step's relation is the one
+right after "Y's" on that line: copied, not counted from the start of the question.
 The decision word stands where the value would: where a fact is recalled, keyed by its name and relation
 together, so the model decides with what it remembers at hand (a decision before the name and relation are
 written cannot see whether the fact is there).
@@ -23,7 +26,7 @@ where it is not. Observations come from the caller's
 `observe(query) -> (observation text, retrieved doc ids)`: the real search tool, so training observations
 are what the sampler injects at run time.
 """
-from data.world import fact_sentence, phrase
+from data.world import composition_text, fact_sentence, phrase
 from env import TAGS
 
 
@@ -91,6 +94,15 @@ def conclusion(q, values):
     return text + f"So the answer is \\boxed{{{answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{answer}}}"
 
 
+def restate(q, k, value):
+    """After lookup k of a chain, the question that is left, with the value found in place of what the lookup
+    resolved: "Now the question is: What is Y's country?\\n". The next lookup is then the relation right after
+    "Y's" on the line just written: a copy, however long the chain, not a count of how far it has got. ""
+    after the chain's last lookup, and in a comparison (its two lookups do not chain)."""
+    rest = [rel for _, rel in q.lookups[k + 1:]]
+    return f"Now the question is: {composition_text(value, rest)}\n" if q.type == "composition" and rest else ""
+
+
 def steps(world, q):
     """[(name, relation, value, known)] in lookup order."""
     return [(n, r, world.fact(n, r), world.by_name[n].known) for n, r in q.lookups]
@@ -103,16 +115,16 @@ def trajectory(world, q, observe, search="unknown"):
     search straight away, without asking memory first, which is what stages 1 and 2 teach) or "none" (pure
     CoT: callers ask for it only where every lookup is known)."""
     segments, text, values = [], "", []
-    for name, rel, value, known in steps(world, q):
+    for k, (name, rel, value, known) in enumerate(steps(world, q)):
         text += need(name, rel)
         values.append(value)
         if search == "none" or (search == "unknown" and known):
-            text += recall(name, rel, value)
+            text += recall(name, rel, value) + restate(q, k, value)
             continue
         observation, _ = observe(query_for(name, rel))
         way = act(name, rel) if search == "all" else miss(name, rel)
         segments += [{"text": text + way, "tool": False}, {"text": observation, "tool": True}]
-        text = read(name, rel, value)
+        text = read(name, rel, value) + restate(q, k, value)
     segments.append({"text": text + conclusion(q, values), "tool": False})
     return segments
 
@@ -123,10 +135,10 @@ def workflow_trajectory(world, q, observe):
     known facts are looked up too), then the fact is read out of it. The workflow model's fine-tuning file
     (workflow.jsonl) has this form; eval.py --policy workflow runs it."""
     segments, text, values = [], "", []
-    for name, rel, value, _ in steps(world, q):
+    for k, (name, rel, value, _) in enumerate(steps(world, q)):
         observation, _ = observe(need(name, rel))
         segments += [{"text": text + need(name, rel), "tool": False}, {"text": observation, "tool": True}]
-        text = read(name, rel, value)
+        text = read(name, rel, value) + restate(q, k, value)
         values.append(value)
     segments.append({"text": text + conclusion(q, values), "tool": False})
     return segments
