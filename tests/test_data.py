@@ -271,6 +271,29 @@ def test_stage2_is_right_at_every_step(files):
     assert lookups > len(files["stage2"])
 
 
+def test_chains_restate_the_question_that_is_left(files):
+    """In stage 2's and the workflow's trajectories of a chain, each lookup but the last is followed by the
+    question that is left, the value found in place of what the lookup resolved, and the next lookup is that
+    line's first relation; comparisons restate nothing."""
+    by_name, n = files["by_name"], 0
+    for r in files["stage2"] + files["workflow"]:
+        text = response(r)
+        restated = re.findall(r"\nNow the question is: (.+)\n", text)
+        if r["type"] == "comparison":
+            assert not restated
+            continue
+        m = re.fullmatch(rf"What is ({NAME})((?:'s [a-z]+(?: year)?)+)\?", r["question"])
+        subject, relations = m.group(1), re.findall(r"'s ([a-z]+(?: year)?)", m.group(2))
+        needs = re.findall(rf"I need ({NAME})'s ([a-z ]+?)\.", text)
+        assert needs[0] == (subject, relations[0]) and len(needs) == len(relations) == len(restated) + 1
+        for k, line in enumerate(restated):
+            subject = str(by_name[subject]["facts"][relations[k]])
+            assert line == f"What is {subject}" + "".join(f"'s {rel}" for rel in relations[k + 1:]) + "?"
+            assert needs[k + 1] == (subject, relations[k + 1])
+            n += 1
+    assert n > len(files["stage2"])
+
+
 def test_workflow_file_is_stage2_in_the_controllers_format(files):
     """workflow.jsonl: stage 2's questions; every decision sentence is followed by the tool's result for that
     very sentence as the query (what eval.py's workflow controller injects), then the fact read out of it;
