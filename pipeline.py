@@ -25,7 +25,6 @@ Rows (-> the checkpoint each is evaluated from, under --runs):
     SFT-1&2&3 + RL-1   rl/rl1    (the 5:1 run after its simulated steps)
     SFT-1&2&3 + RL-1&2 rl        (the 5:1 run, simulated then real)
     SFT-1&2 + RL-2     rl2_sft12 (GRPO, all real, from SFT-1&2: the paper's comparison for 5:1)
-    SFT-1&2&3 + RL-2   rl2_sft3  (all real from the same start as the 5:1 run)
 The workflow model is the base model fine-tuned like SFT-2 on the same questions in the workflow's format
 (data/build.py's workflow.jsonl), so that it can read what the controller retrieves. Each stage is skipped
 when its output already has a checkpoint, so an interrupted pipeline resumes.
@@ -60,7 +59,6 @@ STAGES = {
     "sft2": (["sft_coa.py", "--mask-obs"], "sft1"),
     "sft3": (["sft_coa.py"], "sft2"),
     "rl": (["grpo.py", "--sim-ratio", "5"], "sft3"),
-    "rl2_sft3": (["grpo.py", "--sim-ratio", "0"], "sft3"),
     "sft2_only": (["sft_coa.py", "--mask-obs"], "base"),
     "rl2_sft12": (["grpo.py", "--sim-ratio", "0"], "sft2"),
     "rl2_only": (["grpo.py", "--sim-ratio", "0"], "base"),
@@ -80,32 +78,31 @@ ROWS = [  # (name, checkpoint, eval policy, the stage that makes the checkpoint 
     ("SFT-1&2&3 + RL-1", "rl/rl1", "agent", "rl"),
     ("SFT-1&2&3 + RL-1&2", "rl", "agent", "rl"),
     ("SFT-1&2 + RL-2", "rl2_sft12", "agent", "rl2_sft12"),
-    ("SFT-1&2&3 + RL-2", "rl2_sft3", "agent", "rl2_sft3"),
 ]
 # Does a model read the tool? Every agent from SFT-2 on, and the workflow, again on copies of the corpus
 # (data/build.py): the counterfactual one (held-out facts changed: does it follow the corpus or its memory?)
 # and the other layouts (every fact kept, pages laid out otherwise: does it find a fact by its relation and
 # subject, or by where it stands?); and SFT-1&2&3 with its own observations in place of the tool.
-READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1",
-                                              "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", "SFT-1&2&3 + RL-2")]
-LAYOUT_LIMIT = 200  # test questions per layout (evenly spaced over the strata), paired with the same ones on the real corpus
+# (The 5:1 run's model after its simulated steps, SFT-1&2&3 + RL-1, is checked as the 5:1 run's final model.)
+READERS = [row for row in ROWS if row[0] in ("workflow", "SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1&2",
+                                              "SFT-1&2 + RL-2")]
+CHECK_LIMIT = 200  # questions per reading check (evenly spaced over the strata), paired with the same ones on the real corpus
 CHECKS = [(f"{name}, counterfactual corpus", ckpt, policy, made_by,
-           ["--split", "test_cf", "--search", "corpus_cf", "--limit", str(2 * LAYOUT_LIMIT)])
+           ["--split", "test_cf", "--search", "corpus_cf", "--limit", str(CHECK_LIMIT)])
           for name, ckpt, policy, made_by in READERS]
-CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(LAYOUT_LIMIT)])
+CHECKS += [(f"{name}, {layout} pages", ckpt, policy, made_by, ["--search", f"corpus_{layout}", "--limit", str(CHECK_LIMIT)])
            for layout in PERTURBATIONS for name, ckpt, policy, made_by in READERS]
 CHECKS += [("SFT-1&2&3, own observations", "sft3", "agent", "sft3", ["--mode", "sim"])]
 DECIDERS = [("base", "base"), ("SFT-1", "sft1"), ("SFT-2", "sft2_only"), ("SFT-1&2", "sft2"), ("SFT-1&2&3", "sft3")]
 # Paired comparisons on the same test questions (per-question EM difference, 95% bootstrap interval)
 PAIRS = [("SFT-1", "no tool"), ("SFT-2", "SFT-1"), ("SFT-1&2", "SFT-2"), ("SFT-1&2&3", "SFT-1&2"),
-         ("SFT-1&2&3 + RL-1", "SFT-1&2&3"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"), ("SFT-1&2&3 + RL-2", "SFT-1&2&3"),
+         ("SFT-1&2&3 + RL-1", "SFT-1&2&3"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3"),
          ("SFT-1&2 + RL-2", "SFT-1&2"), ("SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2"),
-         ("SFT-1&2&3 + RL-1&2", "SFT-1&2&3 + RL-2"), ("SFT-1&2&3", "workflow"), ("SFT-1&2 + RL-2", "workflow"),
-         ("SFT-1&2&3 + RL-2", "workflow")]
+         ("SFT-1&2&3", "workflow"), ("SFT-1&2&3 + RL-1&2", "workflow"), ("SFT-1&2 + RL-2", "workflow")]
 # Priority when several jobs are ready: the longest remaining chain first (world -> ... -> sft3 -> rl), then
 # the longest side job (GRPO from the base model), so that the last minutes are filled by short
 # evaluations instead of one long job alone on a core.
-ORDER = ["world", "base", "sft1", "sft2", "sft3", "rl", "rl2_only", "rl2_sft3", "sft2_only", "workflow", "rl2_sft12"]
+ORDER = ["world", "base", "sft1", "sft2", "sft3", "rl", "rl2_only", "sft2_only", "workflow", "rl2_sft12"]
 
 
 class Plan:
@@ -408,7 +405,7 @@ def main():
                                    "runs/base, for another --seed on the same base)")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate existing checkpoints")
     ap.add_argument("--limit", type=int, default=0, help="evaluate on this many test questions (0 = all)")
-    ap.add_argument("--batch-size", type=int, default=64, help="questions decoded together at evaluation")
+    ap.add_argument("--batch-size", type=int, default=200, help="questions decoded together at evaluation")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
     ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in RUNS/eval")

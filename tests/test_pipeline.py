@@ -68,15 +68,16 @@ def test_build_runs_only_what_the_target_needs(tmp_path, monkeypatch):
     todo = pipeline.jobs(pipeline.Plan(), 0, 0, False, only=pipeline.needed("sft1"))
     assert [(k, needs) for k, _, needs in todo] == [("base", []), ("sft1", ["base"])]
     assert all("--overwrite" in cmd for _, cmd, _ in todo)
-    # a whole run: every Table-1 row, every reading check and the probes, each after what it evaluates
+    # a whole run: every stage but the world (it exists), every Table-1 row, every reading check and the probes,
+    # each after what it evaluates
     todo = pipeline.jobs(pipeline.Plan(), 0, 64, False)
     keys = [k for k, _, _ in todo]
-    assert len(keys) == len(set(keys)) == 10 + len(pipeline.ROWS) + len(pipeline.CHECKS) + 3 + len(pipeline.DECIDERS)
+    assert len(keys) == len(set(keys)) == len(pipeline.STAGES) - 1 + len(pipeline.ROWS) + len(pipeline.CHECKS) + 3 + len(pipeline.DECIDERS)
     decision = next(cmd for k, cmd, needs in todo if k == "decision SFT-1" and needs == ["sft1"])
     assert decision[decision.index("--out") + 1] == "runs/eval/decision-sft1.jsonl"
     assert all(set(needs) <= set(keys[:keys.index(k)]) for k, _, needs in todo)
     rl = [k for k in keys if k == "rl" or k.startswith("rl2")]  # every RL model is evaluated: no validation run
-    assert len(rl) == 4 and all(cmd[cmd.index("--val-prompts") + 1] == "0" for k, cmd, _ in todo if k in rl)
+    assert len(rl) == 3 and all(cmd[cmd.index("--val-prompts") + 1] == "0" for k, cmd, _ in todo if k in rl)
     layout = next(cmd for k, cmd, _ in todo if k == "eval SFT-2, split pages")
     assert layout[layout.index("--search") + 1] == "runs/world/corpus_split.jsonl" and "--limit" in layout
 
