@@ -33,7 +33,9 @@ Budgets: --max-new-tokens counts everything after the prompt, observations inclu
 Metrics: EM / F1 of env.extract_answer(completion) (no answer scores 0), mean actions (retrieval steps,
 whoever drove them; the agent's refused ones too) and mean real search calls, overall, by hops and by
 question type. On the embedded world, also stage 1's "when to act" for the agent: at its first step, how
-often it searches when the question's first entity is known vs unknown to it (world.json `known`).
+often it searches when the question's first entity is known vs unknown to it (world.json `known`); and, from
+the trajectories, where comparisons (`comparison_steps`) and chains (`chain_steps`) go wrong, and how often
+the reading lines copy the result (`reading`).
 
 The world-model probe (the model's own observations against the tool's) is probe.py; the trajectory
 viewer (--html) is viewer.py.
@@ -232,6 +234,40 @@ def comparison_steps(records):
     return {"n": n, **{k: v / n for k, v in counts.items()}} if n else None
 
 
+# a chain of the embedded world (data/world.composition_text): the question, and each step's need line
+CHAIN_QUESTION = re.compile(r"^What is ([A-Z][a-z]+ [A-Z][a-z]+)((?:'s [a-z]+(?: [a-z]+)?)+)\?$")
+NEED = re.compile(r"I need ([A-Z][a-z]+ [A-Z][a-z]+)'s ([a-z]+(?: [a-z]+)?)\.")
+
+
+def chain_steps(records):
+    """Where the embedded world's chains go wrong, as shares of the compositions of two or more hops:
+    `relations`, the need lines ask for the question's relations, in its order, and no more; `subjects`, the
+    first need is about the question's entity and each later one about the value the reasoning stated for
+    the need before it (recalled or read). Both right and the answer still wrong: a stated value was wrong.
+    None when no record is such a chain."""
+    n = relations = subjects = 0
+    for r in records:
+        q = CHAIN_QUESTION.match(r.get("question", "")) if r.get("type") == "composition" else None
+        rels = re.findall(r"'s ([a-z]+(?: [a-z]+)?)", q.group(2)) if q else []
+        if len(rels) < 2:
+            continue
+        n += 1
+        text = r.get("text", "")
+        needs = list(NEED.finditer(text))
+        relations += [m.group(2) for m in needs] == rels
+        subject, follows = q.group(1), True
+        for k, m in enumerate(needs):
+            if m.group(1) != subject:
+                follows = False
+                break
+            end = needs[k + 1].start() if k + 1 < len(needs) else len(text)
+            stated = [v for line in STATED.finditer(text, m.end(), end) for rel, subj, v in parse_facts(line.group(2))
+                      if (subj, rel) == m.groups()]
+            subject = stated[0] if stated else None
+        subjects += follows and bool(needs)
+    return {"n": n, "relations": relations / n, "subjects": subjects / n} if n else None
+
+
 def reading(records):
     """How faithfully the reasoning copies what it reads: of the lines "The search result says that X's R is
     V." that follow a result stating X's R, the share whose V is the result's value (a model
@@ -270,6 +306,7 @@ def score(records, name=""):
             "by_type": {t: bucket([r for r in records if str(r["type"]) == t]) for t in types},
             "by_held_out": {k: bucket(v) for k, v in held.items() if v},
             "when_to_act": when_to_act(records), "comparison_steps": comparison_steps(records),
+            "chain_steps": chain_steps(records),
             "reading": reading(records)}
 
 

@@ -5,9 +5,9 @@ split (greedy, the world's BM25 as the tool), and prints a table shaped like Tab
 interval, on held-out and known-only questions, by hops, comparisons, searches per question, real searches
 in RL); then each agent's first-step decision (eval.when_to_act), the reading checks (every agent again on
 the counterfactual corpus and on the pages laid out otherwise; SFT-1&2&3 with its own observations), where
-comparisons go wrong (eval.comparison_steps), the decision word at the first step of the base model and each
-SFT stage, the base model's copying and memory and the world model of RL stage 1 (probe.py), and paired
-comparisons.
+comparisons go wrong (eval.comparison_steps), whether chains ask for the right lookups (eval.chain_steps),
+the decision word at the first step of the base model and each SFT stage, the base model's copying and
+memory and the world model of RL stage 1 (probe.py), and paired comparisons.
 
     python pipeline.py                                  # everything, into runs/
     python pipeline.py --skip-train                     # only (re)evaluate existing checkpoints
@@ -255,6 +255,7 @@ def collect(plan):
             continue
         summary, records[name] = loaded
         summary["comparison_steps"] = eval_lib.comparison_steps(records[name])  # from the trajectories
+        summary["chain_steps"] = eval_lib.chain_steps(records[name])
         summary["reading"] = eval_lib.reading(records[name])
         summary["rl_real_search_calls"] = rl_real_calls(plan.path(ckpt)) if made_by.startswith("rl") else 0
         results.append(summary)
@@ -376,6 +377,13 @@ def table(results, checks=(), pairs=(), probe=None):
             c = s["comparison_steps"]
             lines.append(f"| {s['name']} | {c['n']} | " + " | ".join(
                 pct(c[k]) for k in ("years", "decision", "name", "searched")) + " |")
+    chains = [s for s in results if s.get("chain_steps")]
+    if chains:  # eval.chain_steps: does each step of a chain ask for the right relation of the right entity?
+        lines += ["", "| chains of 2-4 hops: need lines (eval.chain_steps) | n | the question's relations, in order "
+                  "| each about the value stated before |", "|---|---|---|---|"]
+        for s in chains:
+            c = s["chain_steps"]
+            lines.append(f"| {s['name']} | {c['n']} | {pct(c['relations'])} | {pct(c['subjects'])} |")
     for key, what in (("copy", "copies out of a search result (held-out test entities)"),
                       ("recall", "remembers (known entities, asked without the tool)")):
         if probe.get(key):  # probe.py --copy / --recall: {values, copied, by_relation}

@@ -224,6 +224,30 @@ def test_comparison_steps_by_hand():
     assert ev.comparison_steps(records[3:4]) == {"n": 1, "years": 1.0, "decision": 1.0, "name": 0.0, "searched": 1.0}
 
 
+def test_chain_steps_by_hand():
+    """eval.chain_steps on hand-written chains in data/trajectories.py's format: the need lines' relations
+    against the question's, and each need's subject against the value stated for the need before."""
+    q = "What is Lopi Fiben's birthplace's mayor's birth year?"
+    first = need("Lopi Fiben", "birthplace") + recall("Lopi Fiben", "birthplace", "Dule Mumo")
+    mayor = need("Dule Mumo", "mayor") + read("Dule Mumo", "mayor", "Tazik Kunos")
+    year = need("Tazik Kunos", "birth year") + read("Tazik Kunos", "birth year", 1850)
+
+    def rec(text, question=q, type_="composition"):
+        return {"question": question, "type": type_, "text": text}
+    records = [
+        rec(first + mayor + year),                                                       # right
+        rec(first + need("Dule Mumo", "country") + read("Dule Mumo", "country", "Tapin Lifar")),  # wrong relation
+        rec(first + need("Tapin Lifar", "mayor") + read("Tapin Lifar", "mayor", "Tazik Kunos") + year),  # other subject
+        rec(first + mayor + year + need("Tazik Kunos", "employer")),  # one lookup too many, not about 1850 either
+        rec(first, "What is Lopi Fiben's birthplace?"),                                  # one hop: not counted
+        rec(first, "Who was born earlier, Lopi Fiben or Dule Mumo?", "comparison"),       # not counted
+    ]
+    assert ev.chain_steps(records) == {"n": 4, "relations": 0.5, "subjects": 0.5}
+    assert ev.chain_steps(records[:1]) == {"n": 1, "relations": 1.0, "subjects": 1.0}
+    assert ev.chain_steps(records[2:3]) == {"n": 1, "relations": 1.0, "subjects": 0.0}
+    assert ev.chain_steps(records[4:]) is None
+
+
 def test_reading_by_hand():
     """eval.reading: a reading line counts when the whole result above it states its entity's relation; it
     copies when the value is the result's."""
