@@ -3,7 +3,8 @@
 At a decision point the chosen continuation either searches (the needed fact is about an entity the
 model never saw) or answers from memory (the fact is known); the rejected one does the opposite: a
 confident recall of what it cannot know, or a needless search. On the embedded world the decision is one
-word, where the memory line would state the fact: the value, or "missing" (data/trajectories.py). The loss, as in the paper's code (docs/paper.md, SFT stage 1):
+word, where the memory line would state the fact: the value, or "missing" (data/trajectories.py). The loss,
+as in the paper's code (docs/paper.md, SFT stage 1):
 
     P(x) = mean log-prob of the continuation tokens only (the prompt and prefix are not scored)
     L    = -log sigmoid(P_chosen - P_rejected) + lambda * (-P_chosen)      lambda = 0.2, no reference model

@@ -34,9 +34,9 @@ import random
 import re
 
 import env
-from data.trajectories import decision_pair, query_for, trajectory, workflow_trajectory
-from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, answer_with, composition_text,
-                        fact_sentence, make_questions, make_world, page, parse_facts, unknown_lookups)
+from data.trajectories import decision_pair, query_for, question_left, trajectory, workflow_trajectory
+from data.world import (DEFAULT_SIZES, DEFAULT_SPLIT_FRACTIONS, RELATIONS, SPLITS, TYPES, answer_with, fact_sentence,
+                        make_questions, make_world, page, parse_facts, unknown_lookups)
 
 PLURALS = {"person": "people", "org": "orgs", "city": "cities", "country": "countries", "book": "books"}
 TRAINING_FILES = ("base", "stage1", "stage2", "workflow", "rl")
@@ -193,12 +193,8 @@ def reading_traces(world, world_seed, n, rng, sizes, topk):
 
 
 def restated(world, q):
-    """The questions a trajectory of q restates on its way (data/trajectories.restate): each tail of its
-    chain, from the value a lookup found."""
-    if q.type != "composition":
-        return set()
-    return {composition_text(world.fact(*q.lookups[k]), [r for _, r in q.lookups[k + 1:]])
-            for k in range(len(q.lookups) - 1)}
+    """The questions a trajectory of q restates on its way (data/trajectories.restate)."""
+    return {question_left(q, k, world.fact(*lookup)) for k, lookup in enumerate(q.lookups)} - {None}
 
 
 def held_out_leaks(world, files):

@@ -94,13 +94,20 @@ def conclusion(q, values):
     return text + f"So the answer is \\boxed{{{answer}}}.\n{TAGS.think_close}\n\nThe answer is \\boxed{{{answer}}}"
 
 
-def restate(q, k, value):
+def question_left(q, k, value):
     """After lookup k of a chain, the question that is left, with the value found in place of what the lookup
-    resolved: "Now the question is: What is Y's country?\\n". The next lookup is then the relation right after
-    "Y's" on the line just written: a copy, however long the chain, not a count of how far it has got. ""
-    after the chain's last lookup, and in a comparison (its two lookups do not chain)."""
+    resolved ("What is Y's country?"); None after the chain's last lookup, and in a comparison (its two
+    lookups do not chain)."""
     rest = [rel for _, rel in q.lookups[k + 1:]]
-    return f"Now the question is: {composition_text(value, rest)}\n" if q.type == "composition" and rest else ""
+    return composition_text(value, rest) if q.type == "composition" and rest else None
+
+
+def restate(q, k, value):
+    """The line that ends step k of a chain, "Now the question is: What is Y's country?\\n" (question_left; ""
+    where nothing is left). The next lookup is then the relation right after "Y's" on the line just written:
+    a copy, however long the chain, not a count of how far it has got."""
+    left = question_left(q, k, value)
+    return f"Now the question is: {left}\n" if left else ""
 
 
 def steps(world, q):
