@@ -180,13 +180,17 @@ def word_pool(rng, n):
 
 
 class NameMaker:
-    """Two-word names from the pool, never repeated. `pairs()` names walk the pool in a shuffled cycle, so the
-    known entities' names use every word at least once (then every word of any later name is a token the
-    base model saw)."""
+    """Two-word names from the pool, never repeated, nor the same two words in the other order (the search
+    tool, BM25, weighs words and not their order, so it could not tell "A B" from "B A": a search for one would
+    return the other's page). `pairs()` names walk the pool in a shuffled cycle, so the known entities' names
+    use every word at least once (then every word of any later name is a token the base model saw)."""
 
     def __init__(self, rng, words, taken=()):
-        self.rng, self.words, self.used = rng, words, set(taken)
+        self.rng, self.words, self.taken, self.used = rng, words, set(taken), set()  # taken: another world's
         self.cycle = []
+
+    def free(self, a, b):
+        return a != b and frozenset((a, b)) not in self.used and f"{a} {b}" not in self.taken
 
     def _next_word(self):
         if not self.cycle:
@@ -204,23 +208,22 @@ class NameMaker:
         for i in range(k):
             a, b = first[i // 2], last[(i // 2 + i % 2) % m]
             for _ in range(len(self.words)):  # rare: the cycle came round to a word again
-                if a != b and f"{a} {b}" not in self.used:
+                if self.free(a, b):
                     break
                 b = self._next_word()
             else:  # every partner of `a` is taken (a small pool): any free name
                 names.append(self.random())
                 continue
-            self.used.add(f"{a} {b}")
+            self.used.add(frozenset((a, b)))
             names.append(f"{a} {b}")
         return names
 
     def random(self):
         while True:
             a, b = self.rng.sample(self.words, 2)
-            name = f"{a} {b}"
-            if name not in self.used:
-                self.used.add(name)
-                return name
+            if self.free(a, b):
+                self.used.add(frozenset((a, b)))
+                return f"{a} {b}"
 
 
 # ----------------------------------------------------------------------------- world
@@ -264,7 +267,7 @@ def make_world(seed=0, sizes=None, fractions=None, words=None, avoid=()):
     # as many words as known entities, or enough for three worlds' names if that is more (never more than the
     # known names can cover)
     words = list(words or word_pool(rng, min(2 * n_known, max(n_known, math.isqrt(3 * len(plan)) + 2))))
-    if len(words) * (len(words) - 1) < len(plan) + len(avoid):
+    if len(words) * (len(words) - 1) // 2 < len(plan) or len(words) * (len(words) - 1) < len(plan) + len(avoid):
         raise ValueError(f"{len(words)} name words cannot name {len(plan)} entities (+{len(avoid)} taken): "
                          "more known entities, or fewer entities")
     names = NameMaker(rng, words, avoid)

@@ -100,6 +100,13 @@ def test_no_single_word_names_a_known_entity():
         assert len(names) < 2 or len(alone) <= len(names) % 2, (t, alone)
 
 
+def test_no_name_is_another_in_the_other_order():
+    """The search tool weighs words, not their order: "A B" and "B A" would find each other's pages."""
+    from data.world import make_world
+    names = [e.name for e in make_world(0).entities]
+    assert len({frozenset(n.split()) for n in names}) == len(names)
+
+
 def test_held_out_questions_and_names_never_trained_on(files):
     """No dev/test question text and no dev/test entity's name occurs in a training file (its facts cannot
     occur without it); every word of every held-out name occurs in the base text (it can be copied, not
@@ -249,6 +256,8 @@ def test_stage2_is_right_at_every_step(files):
             if seg["tool"]:
                 assert prev["text"].endswith(T.search_close)
                 assert seg["text"] == env.format_observation(search.search([env.extract_query(prev["text"])], topk)[0])
+            else:  # a value read is one the result states: nothing read is made up
+                assert not prev["tool"] or parse_facts(seg["text"].split("\n")[0])[0] in parse_facts(prev["text"])
         reasoning = "".join(s["text"] for s in segs if not s["tool"])
         assert assert_true_facts(reasoning, by_name) >= 1
         for subject, rel in re.findall(rf"I need ({NAME})'s ([a-z ]+?)\.", text):
@@ -308,6 +317,8 @@ def test_workflow_file_is_stage2_in_the_controllers_format(files):
             query = decision["text"].split("\n")[-1]
             assert re.fullmatch(rf"I need {NAME}'s [a-z ]+\.", query), query
             assert obs["text"] == env.format_observation(search.search([query], topk)[0])
+        for obs, after in zip(segs[1::2], segs[2::2]):  # each value read is one the result states
+            assert parse_facts(after["text"].split("\n")[0])[0] in parse_facts(obs["text"])
         text = response(r)
         assert T.search_open not in text and "From memory" not in text and "missing" not in text
         assert text.count("The search result says that") == len(segs) // 2
