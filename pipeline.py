@@ -14,6 +14,7 @@ memory and the world model of RL stage 1 (probe.py), and paired comparisons.
     python pipeline.py --limit 100                      # evaluate on 100 test questions (evenly spaced over the strata)
     python pipeline.py --runs runs/s1 --seed 1 --base runs/base     # another training seed on the same base
     python pipeline.py --runs runs/b1 --base-seed 1                 # another base model
+    python pipeline.py --across runs runs/s1 runs/b1                # one row per finished run: each claim, every seed
 
 Rows (-> the checkpoint each is evaluated from, under --runs):
     no tool            base, no tool in the prompt    base, with the tool   base, as an agent
@@ -404,6 +405,55 @@ def table(results, checks=(), pairs=(), probe=None):
     return "\n".join(lines)
 
 
+AGENTS = ["SFT-2", "SFT-1&2", "SFT-1&2&3", "SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2"]  # every agent from SFT-2 on
+
+
+def across(runs):
+    """Markdown: one row per run (each RUN/eval/summaries.json, written at the end of a full pipeline run) with
+    what the README claims, so that a claim can be checked on every seed: the best agent against the workflow,
+    the paper's RL comparison, each SFT stage's EM, when to act, comparisons, the reading checks and the base
+    model's copying."""
+    lines = ["| run | base / training seed | workflow EM | best agent: EM, searches | best agent - workflow "
+             "| 5:1 - SFT-1&2 + RL-2 (real searches) | SFT-1&2 - SFT-2 | SFT-1&2&3 - SFT-1&2 "
+             "| SFT-1&2 first step searches: known / unknown | comparisons, agents from SFT-2 on "
+             "| counterfactual followed | each layout - real corpus, worst agent | base copies, worst relation "
+             "| minutes |", "|" + "---|" * 14]
+    for run in runs:
+        with open(os.path.join(ROOT, run, "eval", "summaries.json")) as f:
+            d = json.load(f)
+        rows = {s["name"]: s for s in d["summaries"]}
+        pairs = {(p["a"], p["b"]): p for p in d["pairs"]}
+        agents = [a for a in AGENTS if a in rows]
+        best = max(agents, key=lambda a: rows[a]["overall"]["em"])
+        records = {n: jsonl.read(os.path.join(ROOT, Plan(run).eval_file(n))) for n in (best, "workflow")}
+        best_vs_workflow = eval_lib.paired(records[best], records["workflow"])
+        span = lambda xs: f"{min(xs):.1f}-{max(xs):.1f}"  # noqa: E731
+        w = rows["SFT-1&2"]["when_to_act"]
+        layouts = {}
+        for c in d["checks"]:
+            if c.get("layout") and c["model"] in agents:
+                layouts[c["layout"]] = min(layouts.get(c["layout"], 1.0), c["paired"]["diff"])
+        follows = [c["follows"]["follows_corpus"] for c in d["checks"] if c.get("follows") and c["model"] in agents]
+        copy = d["probe"]["copy"]
+        worst = min(copy["by_relation"].items(), key=lambda x: x[1][0] / x[1][1])
+        base = f"{d['base']}" if d.get("base") else f"seed {d['base_seed']}"
+        lines.append(
+            f"| {run} | {base} / {d['seed']} | {pct(rows['workflow']['overall']['em'])} "
+            f"| {best} {pct(rows[best]['overall']['em'])}, {rows[best]['overall']['searches']:.2f} "
+            f"(workflow {rows['workflow']['overall']['searches']:.2f}) "
+            f"| {diff_ci(best_vs_workflow)} "
+            f"| {diff_ci(pairs[('SFT-1&2&3 + RL-1&2', 'SFT-1&2 + RL-2')])} ({rows['SFT-1&2&3 + RL-1&2']['rl_real_search_calls']} "
+            f"/ {rows['SFT-1&2 + RL-2']['rl_real_search_calls']}) "
+            f"| {diff_ci(pairs[('SFT-1&2', 'SFT-2')])} | {diff_ci(pairs[('SFT-1&2&3', 'SFT-1&2')])} "
+            f"| {pct(w['search_known'])}% / {pct(w['search_unknown'])}% "
+            f"| {span([100 * rows[a]['by_type']['comparison']['em'] for a in agents])} "
+            f"| {span([100 * x for x in follows])}% "
+            f"| " + ", ".join(f"{k} {100 * v:+.1f}" for k, v in layouts.items())
+            + f" | {copy['copied']}/{copy['values']}, {worst[0]} {worst[1][0]}/{worst[1][1]} "
+            f"| {d['wall_seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     ap.add_argument("--runs", default="runs", help="where every output goes: RUNS/world, RUNS/base, ..., RUNS/eval")
@@ -417,6 +467,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
     ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in RUNS/eval")
+    ap.add_argument("--across", nargs="+", metavar="RUNS", help="only print one row per finished run (its "
+                    "RUNS/eval/summaries.json) with what the README claims, to check each claim on every seed")
     ap.add_argument("--build", metavar="OUT", help="only make this stage's output and what it needs (e.g. runs/sft3; "
                     "what a stage script runs when its default input is missing)")
     args = ap.parse_args()
@@ -427,6 +479,9 @@ def main():
             ap.error(f"--build {args.build}: not one of the pipeline's outputs ({', '.join(STAGES)}, under a --runs)")
         plan.runs = runs or "."
         run_jobs(jobs(plan, 0, 0, False, only=needed(name)), max(1, args.jobs), {}, os.path.join(plan.runs, "logs"))
+        return
+    if args.across:
+        print(across(args.across))
         return
     if args.table:  # from the evaluations' files in RUNS/eval, as the end of a full run does
         print(table(*collect(plan)))

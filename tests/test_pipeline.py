@@ -121,6 +121,42 @@ def test_table_rows_by_hand():
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
 
 
+def test_across_runs_by_hand(tmp_path, monkeypatch):
+    """`pipeline.py --across RUNS...`: one row per run from its summaries.json, the best agent (highest EM from
+    SFT-2 on) paired with the workflow from the two evaluations' records."""
+    import json
+    monkeypatch.setattr(pipeline, "ROOT", str(tmp_path))
+    (tmp_path / "r/eval").mkdir(parents=True)
+    ems = {"workflow": 1.0, "SFT-2": 0.5, "SFT-1&2": 0.5, "SFT-1&2&3": 0.25, "SFT-1&2&3 + RL-1&2": 0.5,
+           "SFT-1&2 + RL-2": 0.75}
+    calls = {"SFT-1&2&3 + RL-1&2": 7, "SFT-1&2 + RL-2": 40}
+    rows = [{"name": n, "overall": {"em": em, "searches": 1.5}, "by_type": {"comparison": {"em": em}},
+             "rl_real_search_calls": calls.get(n, 0),
+             "when_to_act": {"search_known": 0.125, "search_unknown": 1.0}} for n, em in ems.items()]
+    pair = lambda a, b, d: {"a": a, "b": b, "n": 4, "diff": d, "ci": [d, d]}  # noqa: E731
+    checks = [{"name": f"{n}, split pages", "model": n, "layout": "split", "paired": {"diff": d}}
+              for n, d in (("SFT-2", -0.05), ("SFT-1&2", -0.2), ("workflow", -0.5))]
+    checks += [{"name": f"{n}, counterfactual corpus", "model": n, "follows": {"follows_corpus": f}}
+               for n, f in (("SFT-2", 0.9), ("SFT-1&2", 1.0))]
+    summaries = {"summaries": rows, "checks": checks, "seed": 1, "base_seed": 0, "base": "runs/b", "wall_seconds": 90,
+                 "pairs": [pair("SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", -0.25), pair("SFT-1&2", "SFT-2", 0.0),
+                           pair("SFT-1&2&3", "SFT-1&2", -0.25)],
+                 "probe": {"copy": {"values": 8, "copied": 6, "by_relation": {"author": [1, 2], "mayor": [5, 6]}}}}
+    (tmp_path / "r/eval/summaries.json").write_text(json.dumps(summaries))
+    for name, em in (("workflow", [1, 1, 1, 1]), ("SFT-1&2 + RL-2", [1, 1, 0, 1])):
+        with open(tmp_path / pipeline.Plan("r").eval_file(name), "w") as f:
+            f.writelines(json.dumps({"id": i, "em": e}) + "\n" for i, e in enumerate(em))
+    lines = pipeline.across(["r"]).split("\n")
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 15
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:3] == ["r", "runs/b / 1", "100.0"]
+    assert cells[3] == "SFT-1&2 + RL-2 75.0, 1.50 (workflow 1.50)"
+    assert cells[4].startswith("-25.0 [")  # paired on the records: one question of four lost
+    assert cells[5:9] == ["-25.0 [-25.0, -25.0] (7 / 40)", "+0.0 [+0.0, +0.0]", "-25.0 [-25.0, -25.0]",
+                          "12.5% / 100.0%"]
+    assert cells[9:] == ["25.0-75.0", "90.0-100.0%", "split -20.0", "6/8, author 1/2", "1.5"]  # workflow left out
+
+
 @pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])
 def test_help_shows_the_defaults_that_will_run(script):
     """--help works with nothing else given (probe.py's required --ckpt included) and shows each default."""
