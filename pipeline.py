@@ -48,6 +48,7 @@ import checkpoints
 import common
 import eval as eval_lib
 import jsonl
+import probe as probe_lib
 from data.build import PERTURBATIONS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -335,12 +336,15 @@ def table(results, checks=(), pairs=(), probe=None):
     if decisions:  # probe.py --decision: teacher-forced at the first step's decision word
         lines += ["", "| decision word at the first step (probe.py --decision 300) | greedy writes 'missing': known "
                   "/ train / test entities | 'missing' over the fact's value | mean logit margin, missing - value "
-                  "| linear probe for 'known' |", "|---|---|---|---|---|"]
+                  "| linear probe for 'known' | known facts that no SFT text recalls: greedy 'missing' |",
+                  "|---|---|---|---|---|---|"]
         for name, d in decisions:
+            unrehearsed = d.get(probe_lib.NOT_IN_SFT)
             lines.append(f"| {name} | " + " / ".join(f"{pct(d[g]['greedy'])}%" for g in ("known", "train", "test"))
                          + " | " + " / ".join(f"{pct(d[g]['searches'])}%" for g in ("known", "train", "test"))
                          + " | " + " / ".join(f"{d[g]['margin']:+.2f}" for g in ("known", "train", "test"))
-                         + f" | {d['linear_probe_balanced_accuracy']:.2f} |")
+                         + f" | {d['linear_probe_balanced_accuracy']:.2f} | "
+                         + (f"{pct(unrehearsed['greedy'])}% of {unrehearsed['cases']}" if unrehearsed else "-") + " |")
     layouts = [c for c in checks if c.get("layout")]
     if layouts:  # does the model find a fact by its relation and subject? the same questions, pages laid out otherwise
         names = list(dict.fromkeys(c["model"] for c in layouts))
@@ -415,9 +419,11 @@ def across(runs):
     model's copying."""
     lines = ["| run | base / training seed | workflow EM | best agent: EM, searches | best agent - workflow "
              "| 5:1 - SFT-1&2 + RL-2 (real searches) | SFT-1&2 - SFT-2 | SFT-1&2&3 - SFT-1&2 "
-             "| SFT-1&2 first step searches: known / unknown | comparisons, agents from SFT-2 on "
+             "| SFT-1&2 first step searches: known / unknown "
+             "| SFT-1&2 writes 'missing' (probe.py --decision): known facts / those no SFT text recalls "
+             "| comparisons, agents from SFT-2 on "
              "| counterfactual followed | each layout - real corpus, worst agent | base copies, worst relation "
-             "| minutes |", "|" + "---|" * 14]
+             "| minutes |", "|" + "---|" * 15]
     for run in runs:
         with open(os.path.join(ROOT, run, "eval", "summaries.json")) as f:
             d = json.load(f)
@@ -427,6 +433,8 @@ def across(runs):
         best = max(agents, key=lambda a: rows[a]["overall"]["em"])
         records = {n: jsonl.read(os.path.join(ROOT, Plan(run).eval_file(n))) for n in (best, "workflow")}
         best_vs_workflow = eval_lib.paired(records[best], records["workflow"])
+        decided = lambda p: (f"{pct(p['known']['greedy'])}% / " + (  # noqa: E731
+            f"{pct(p[probe_lib.NOT_IN_SFT]['greedy'])}%" if probe_lib.NOT_IN_SFT in p else "-")) if p else "-"
         span = lambda xs: f"{min(xs):.1f}-{max(xs):.1f}"  # noqa: E731
         w = rows["SFT-1&2"]["when_to_act"]
         layouts = {}
@@ -446,6 +454,7 @@ def across(runs):
             f"/ {rows['SFT-1&2 + RL-2']['rl_real_search_calls']}) "
             f"| {diff_ci(pairs[('SFT-1&2', 'SFT-2')])} | {diff_ci(pairs[('SFT-1&2&3', 'SFT-1&2')])} "
             f"| {pct(w['search_known'])}% / {pct(w['search_unknown'])}% "
+            f"| {decided(d['probe'].get('decision-sft2'))} "
             f"| {span([100 * rows[a]['by_type']['comparison']['em'] for a in agents])} "
             f"| {span([100 * x for x in follows])}% "
             f"| " + ", ".join(f"{k} {100 * v:+.1f}" for k, v in layouts.items())
@@ -466,7 +475,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=200, help="questions decoded together at evaluation")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="jobs run at once, one CPU thread each (default: 2, the embedded setup's cores)")
-    ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in RUNS/eval")
+    ap.add_argument("--table", action="store_true", help="only print the tables, from the evaluations in RUNS/eval "
+                    "(and refresh RUNS/eval/summaries.json with them)")
     ap.add_argument("--across", nargs="+", metavar="RUNS", help="only print one row per finished run (its "
                     "RUNS/eval/summaries.json) with what the README claims, to check each claim on every seed")
     ap.add_argument("--build", metavar="OUT", help="only make this stage's output and what it needs (e.g. runs/sft3; "
@@ -484,7 +494,14 @@ def main():
         print(across(args.across))
         return
     if args.table:  # from the evaluations' files in RUNS/eval, as the end of a full run does
-        print(table(*collect(plan)))
+        results, checks, pairs, probe = collect(plan)
+        print(table(results, checks, pairs, probe))
+        saved = os.path.join(ROOT, args.runs, "eval", "summaries.json")
+        if os.path.isfile(saved):  # a finished run's: refreshed, for a check or probe rerun by hand since
+            with open(saved) as f:
+                run = json.load(f)
+            with open(saved, "w") as f:
+                json.dump({**run, "summaries": results, "checks": checks, "pairs": pairs, "probe": probe}, f, indent=1)
         return
     t0, times = time.time(), {}
     run_jobs(jobs(plan, args.limit, args.batch_size, args.skip_train), max(1, args.jobs), times,

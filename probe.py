@@ -181,17 +181,41 @@ def copy_probe(model, tok, cases, batch_size=64, tool=True):
     return {"values": len(cases), "copied": copied, "by_relation": dict(sorted(by_relation.items()))}
 
 
-def decision_cases(world, n):
-    """Up to n (split, question, prefix text, search text, recall text) per entity split (known, train, test),
+def decision_cases(world, n, rehearsed=None):
+    """Up to n (group, question, prefix text, search text, recall text) per entity split (known, train, test),
     evenly spaced over its entities' facts: a one-hop question under the tool's instruction and its first
     decision point "I need X's R. From memory, X's R is", with the two words on, " missing." and the value
-    (data/trajectories.py)."""
+    (data/trajectories.py). rehearsed: the known facts (name, relation) that the SFT data recalls (sft_recalls);
+    then up to n more cases, group "known, not in SFT", of the known facts it does not: the base model
+    remembers them, but no SFT text taught recalling them, so a decision right on the known facts and wrong on
+    these is a list of facts learned in SFT, not read from memory."""
     cases = []
     for split in ("known", "train", "test"):
         facts = [(e, rel, v) for e in world["entities"] if group_of(e) == split for rel, v in e["facts"].items()]
         cases += [(split, composition_text(e["name"], [rel]), need(e["name"], rel) + memory(e["name"], rel),
                    f" {MISSING}.", f" {v}.") for e, rel, v in common.evenly_spaced(facts, n)]
+    if rehearsed is not None:
+        facts = [(e, rel, v) for e in world["entities"] if group_of(e) == "known" for rel, v in e["facts"].items()
+                 if (e["name"], rel) not in rehearsed]
+        cases += [(NOT_IN_SFT, composition_text(e["name"], [rel]), need(e["name"], rel) + memory(e["name"], rel),
+                   f" {MISSING}.", f" {v}.") for e, rel, v in common.evenly_spaced(facts, n)]
     return cases
+
+
+NOT_IN_SFT = "known, not in SFT"
+
+
+def sft_recalls(data_dir, world):
+    """The known facts (name, relation) that the world's SFT files recall: stage2.jsonl's recall lines ("From
+    memory, X's R is V.") and stage1.jsonl's pairs whose right word is the value."""
+    texts = []
+    with open(os.path.join(data_dir, "stage2.jsonl"), encoding="utf-8") as f:
+        texts += ["".join(s["text"] for s in json.loads(line)["segments"]) for line in f]
+    with open(os.path.join(data_dir, "stage1.jsonl"), encoding="utf-8") as f:
+        texts += [r["prefix"] + r["chosen"] for r in map(json.loads, f)]
+    text = "\n".join(texts)
+    return {(e["name"], rel) for e in world["entities"] if group_of(e) == "known" for rel, v in e["facts"].items()
+            if recall(e["name"], rel, v).rstrip("\n") in text}
 
 
 def linear_probe(x, labels, steps=300):
@@ -236,7 +260,9 @@ def decision_probe(model, tok, cases, steps=300):
     mean = lambda xs, s: sum(v for v, x in zip(xs, splits) if x == s) / splits.count(s)  # noqa: E731
     out = {s: {"cases": splits.count(s), "searches": mean([m > 0 for m in margins], s), "margin": mean(margins, s),
                "greedy": mean(greedy, s)} for s in dict.fromkeys(splits)}
-    out["linear_probe_balanced_accuracy"] = linear_probe(torch.stack(states), [s == "known" for s in splits], steps)
+    split_cases = [i for i, s in enumerate(splits) if s != NOT_IN_SFT]  # the probe: known against train and test
+    out["linear_probe_balanced_accuracy"] = linear_probe(torch.stack(states)[split_cases],
+                                                         [splits[i] == "known" for i in split_cases], steps)
     return out
 
 
@@ -290,12 +316,14 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     if args.decision:
         model = Qwen2.from_pretrained(ckpt, device=args.device, dtype=getattr(torch, args.dtype or "float32")).eval()
-        r = decision_probe(model, Tokenizer.from_pretrained(ckpt), decision_cases(world, args.decision))
+        sft = all(os.path.isfile(os.path.join(args.data, f)) for f in ("stage1.jsonl", "stage2.jsonl"))
+        rehearsed = sft_recalls(args.data, world) if sft else None
+        r = decision_probe(model, Tokenizer.from_pretrained(ckpt), decision_cases(world, args.decision, rehearsed))
         with open(base + ".summary.json", "w") as f:
             json.dump({"args": vars(args), "checkpoint": ckpt, "decision": r}, f, indent=1)
         print(f"[probe] {ckpt}: first decision, 'missing' / mean margin (missing - value): "
               + ", ".join(f"{s} {100 * v['searches']:.1f}% / {v['margin']:+.2f} (greedy 'missing' {100 * v['greedy']:.1f}%)"
-                          for s, v in r.items() if s in GROUPS)
+                          for s, v in r.items() if s in GROUPS + (NOT_IN_SFT,))
               + f"; linear probe for 'known', balanced accuracy {r['linear_probe_balanced_accuracy']:.3f}; "
               f"wrote {base}.summary.json")
         return

@@ -100,6 +100,7 @@ def test_table_rows_by_hand():
              "decision-sft1": {"known": {"searches": 0.25, "margin": -1.5, "greedy": 0.0, "cases": 4},
                                "train": {"searches": 1.0, "margin": 2.0, "greedy": 0.5, "cases": 4},
                                "test": {"searches": 0.75, "margin": 0.5, "greedy": 0.75, "cases": 4},
+                               "known, not in SFT": {"searches": 0.5, "margin": 0.0, "greedy": 0.5, "cases": 2},
                                "linear_probe_balanced_accuracy": 0.875}}
     pairs = [{"a": "SFT-2", "b": "no tool", "n": 4, "diff": 0.25, "ci": [-0.25, 0.5]}]
     sft2 = {**summary("SFT-2", 0.5, w, known=0.5), "comparison_steps": {"n": 8, "years": 1.0, "decision": 0.625,
@@ -116,7 +117,7 @@ def test_table_rows_by_hand():
     assert "| SFT-2 | 8 | 100.0 | 62.5 | 100.0 | 25.0 |" in lines  # only rows with comparison steps
     assert ("base model, teacher-forced (probe.py --copy): copies out of a search result (held-out test entities) 6 "
             "of 8 values (75.0%); fewest by relation: author 1/2, mayor 5/6") in lines
-    assert "| SFT-1 | 0.0% / 50.0% / 75.0% | 25.0% / 100.0% / 75.0% | -1.50 / +2.00 / +0.50 | 0.88 |" in lines
+    assert "| SFT-1 | 0.0% / 50.0% / 75.0% | 25.0% / 100.0% / 75.0% | -1.50 / +2.00 / +0.50 | 0.88 | 50.0% of 2 |" in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
 
@@ -141,20 +142,21 @@ def test_across_runs_by_hand(tmp_path, monkeypatch):
     summaries = {"summaries": rows, "checks": checks, "seed": 1, "base_seed": 0, "base": "runs/b", "wall_seconds": 90,
                  "pairs": [pair("SFT-1&2&3 + RL-1&2", "SFT-1&2 + RL-2", -0.25), pair("SFT-1&2", "SFT-2", 0.0),
                            pair("SFT-1&2&3", "SFT-1&2", -0.25)],
-                 "probe": {"copy": {"values": 8, "copied": 6, "by_relation": {"author": [1, 2], "mayor": [5, 6]}}}}
+                 "probe": {"copy": {"values": 8, "copied": 6, "by_relation": {"author": [1, 2], "mayor": [5, 6]}},
+                           "decision-sft2": {"known": {"greedy": 0.125}, "known, not in SFT": {"greedy": 0.5}}}}
     (tmp_path / "r/eval/summaries.json").write_text(json.dumps(summaries))
     for name, em in (("workflow", [1, 1, 1, 1]), ("SFT-1&2 + RL-2", [1, 1, 0, 1])):
         with open(tmp_path / pipeline.Plan("r").eval_file(name), "w") as f:
             f.writelines(json.dumps({"id": i, "em": e}) + "\n" for i, e in enumerate(em))
     lines = pipeline.across(["r"]).split("\n")
-    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 15
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 16
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[:3] == ["r", "runs/b / 1", "100.0"]
     assert cells[3] == "SFT-1&2 + RL-2 75.0, 1.50 (workflow 1.50)"
     assert cells[4].startswith("-25.0 [")  # paired on the records: one question of four lost
-    assert cells[5:9] == ["-25.0 [-25.0, -25.0] (7 / 40)", "+0.0 [+0.0, +0.0]", "-25.0 [-25.0, -25.0]",
-                          "12.5% / 100.0%"]
-    assert cells[9:] == ["25.0-75.0", "90.0-100.0%", "split -20.0", "6/8, author 1/2", "1.5"]  # workflow left out
+    assert cells[5:10] == ["-25.0 [-25.0, -25.0] (7 / 40)", "+0.0 [+0.0, +0.0]", "-25.0 [-25.0, -25.0]",
+                          "12.5% / 100.0%", "12.5% / 50.0%"]
+    assert cells[10:] == ["25.0-75.0", "90.0-100.0%", "split -20.0", "6/8, author 1/2", "1.5"]  # workflow left out
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])

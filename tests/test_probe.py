@@ -152,3 +152,24 @@ def test_decision_probe_margin_is_the_two_ways_first_token(tok, model, world):
         assert out[split]["greedy"] == float(int(logits.argmax()) == a[cut])
         assert out[split]["cases"] == 4
     assert 0.0 <= out["linear_probe_balanced_accuracy"] <= 1.0
+
+
+def test_sft_recalls_are_the_known_facts_an_sft_file_recalls(tmp_path):
+    """A known fact is rehearsed when stage2.jsonl recalls it or a stage-1 pair's right word is its value; a
+    "missing" line, a read line or another entity's recall does not count. decision_cases then adds the known
+    facts that are not rehearsed, and only those, as their own group."""
+    people = {"Ab Cd": {"birth year": 1500, "employer": "Ef Gh"}, "Ij Kl": {"birth year": 1600}}
+    world = {"entities": [{"name": n, "type": "person", "split": "known", "known": True, "facts": f}
+                          for n, f in people.items()]
+             + [{"name": "Mn Op", "type": "person", "split": "train", "known": False, "facts": {"birth year": 1700}}]}
+    lines = [recall("Ab Cd", "birth year", 1500), " From memory, Ij Kl's birth year is missing.\n",
+             read("Ij Kl", "birth year", 1600), recall("Mn Op", "birth year", 1700)]
+    (tmp_path / "stage2.jsonl").write_text(json.dumps({"segments": [{"text": t, "tool": False} for t in lines]}) + "\n")
+    pair = {"prefix": "I need Ab Cd's employer." + probe.memory("Ab Cd", "employer"), "chosen": " Ef Gh.",
+            "rejected": " missing.", "direction": "answer"}
+    (tmp_path / "stage1.jsonl").write_text(json.dumps(pair) + "\n")
+    rehearsed = probe.sft_recalls(str(tmp_path), world)
+    assert rehearsed == {("Ab Cd", "birth year"), ("Ab Cd", "employer")}
+    cases = probe.decision_cases(world, 10, rehearsed)
+    assert [c[0] for c in cases] == ["known"] * 3 + ["train", probe.NOT_IN_SFT]
+    assert cases[-1][2].endswith(probe.memory("Ij Kl", "birth year")) and cases[-1][4] == " 1600."
