@@ -244,12 +244,27 @@ def load_eval(plan, name):
     return summary, records
 
 
+def unrehearsed_questions(plan):
+    """The ids of the test questions whose first lookup is a known fact that no SFT text recalls
+    (probe.sft_recalls), or None without the world's files."""
+    world_dir = os.path.join(ROOT, plan.path("world"))
+    if not all(os.path.isfile(os.path.join(world_dir, f)) for f in ("world.json", "stage1.jsonl", "stage2.jsonl")):
+        return None
+    with open(os.path.join(world_dir, "world.json")) as f:
+        world = json.load(f)
+    rehearsed = probe_lib.sft_recalls(world_dir, world)
+    known = {e["name"] for e in world["entities"] if e.get("known")}
+    return {q for q, lookups in world["question_lookups"].items()
+            if lookups and lookups[0][0] in known and tuple(lookups[0]) not in rehearsed}
+
+
 def collect(plan):
     """Each row's summary (written by its eval job) with the real search calls of its RL training; the reading
     checks (counterfactual corpus: of the questions solved with the real one, how often the answer follows the
     changed corpus; layouts: EM, its paired difference to the same questions on the real corpus, and the
     reading lines' copy rate; own observations: EM without the real tool); the probes; the paired comparisons."""
     results, records = [], {}
+    unrehearsed = unrehearsed_questions(plan)
     for name, ckpt, policy, made_by in ROWS:
         loaded = load_eval(plan, name)
         if loaded is None:
@@ -260,6 +275,10 @@ def collect(plan):
         summary["chain_steps"] = eval_lib.chain_steps(records[name])
         summary["reading"] = eval_lib.reading(records[name])
         summary["rl_real_search_calls"] = rl_real_calls(plan.path(ckpt)) if made_by.startswith("rl") else 0
+        if summary.get("when_to_act") and unrehearsed:  # the known first steps whose fact no SFT text recalls
+            first = [r["first_step_search"] for r in records[name] if r.get("first_known") and r["id"] in unrehearsed]
+            summary["when_to_act"]["n_known_not_in_sft"] = len(first)
+            summary["when_to_act"]["search_known_not_in_sft"] = sum(first) / len(first) if first else None
         results.append(summary)
     checks = []
     for name, ckpt, policy, made_by, extra in CHECKS:
@@ -326,12 +345,16 @@ def table(results, checks=(), pairs=(), probe=None):
     acts = [s for s in results if s.get("when_to_act")]
     if acts:  # eval.when_to_act: the first step's decision, by whether the model knows the entity
         lines += ["", "| when to act (eval.when_to_act) | first step searches: known entity | unknown entity "
-                  "| searches / question, known-only questions |", "|---|---|---|---|"]
+                  "| searches / question, known-only questions | known facts that no SFT text recalls |",
+                  "|---|---|---|---|---|"]
         for s in acts:
             w = s["when_to_act"]
             known = s.get("by_held_out", {}).get("known only")
             searches = f"{known['searches']:.2f}" if known else "-"
-            lines.append(f"| {s['name']} | {pct(w['search_known'])}% | {pct(w['search_unknown'])}% | {searches} |")
+            unseen = (f"{pct(w['search_known_not_in_sft'])}% of {w['n_known_not_in_sft']}"
+                      if w.get("n_known_not_in_sft") else "-")
+            lines.append(f"| {s['name']} | {pct(w['search_known'])}% | {pct(w['search_unknown'])}% | {searches} "
+                         f"| {unseen} |")
     decisions = [(name, probe[f"decision-{ckpt}"]) for name, ckpt in DECIDERS if probe.get(f"decision-{ckpt}")]
     if decisions:  # probe.py --decision: teacher-forced at the first step's decision word
         lines += ["", "| decision word at the first step (probe.py --decision 300) | greedy writes 'missing': known "
@@ -419,7 +442,7 @@ def across(runs):
     model's copying."""
     lines = ["| run | base / training seed | workflow EM | best agent: EM, searches | best agent - workflow "
              "| 5:1 - SFT-1&2 + RL-2 (real searches) | SFT-1&2 - SFT-2 | SFT-1&2&3 - SFT-1&2 "
-             "| SFT-1&2 first step searches: known / unknown "
+             "| SFT-1&2 first step searches: known / unknown (known, no SFT text recalls the fact) "
              "| SFT-1&2 writes 'missing' (probe.py --decision): known facts / those no SFT text recalls "
              "| comparisons, agents from SFT-2 on "
              "| counterfactual followed | each layout - real corpus, worst agent | base copies, worst relation "
@@ -453,7 +476,9 @@ def across(runs):
             f"| {diff_ci(pairs[('SFT-1&2&3 + RL-1&2', 'SFT-1&2 + RL-2')])} ({rows['SFT-1&2&3 + RL-1&2']['rl_real_search_calls']} "
             f"/ {rows['SFT-1&2 + RL-2']['rl_real_search_calls']}) "
             f"| {diff_ci(pairs[('SFT-1&2', 'SFT-2')])} | {diff_ci(pairs[('SFT-1&2&3', 'SFT-1&2')])} "
-            f"| {pct(w['search_known'])}% / {pct(w['search_unknown'])}% "
+            f"| {pct(w['search_known'])}% / {pct(w['search_unknown'])}% ("
+            + (f"{pct(w['search_known_not_in_sft'])}% of {w['n_known_not_in_sft']}" if w.get("n_known_not_in_sft") else "-")
+            + f") "
             f"| {decided(d['probe'].get('decision-sft2'))} "
             f"| {span([100 * rows[a]['by_type']['comparison']['em'] for a in agents])} "
             f"| {span([100 * x for x in follows])}% "

@@ -88,7 +88,8 @@ def test_table_rows_by_hand():
         held = {"held-out": b, **({"known only": {**b, "searches": known}} if known is not None else {})}
         return {"name": name, "overall": b, "by_hops": {"1": b, "2": {"n": 0}}, "when_to_act": w,
                 "by_type": {"comparison": {"n": 0}}, "by_held_out": held, "rl_real_search_calls": rl_calls}
-    w = {"search_known": 0.01, "search_unknown": 0.984, "accuracy": 0.99}
+    w = {"search_known": 0.01, "search_unknown": 0.984, "accuracy": 0.99, "n_known_not_in_sft": 2,
+         "search_known_not_in_sft": 0.5}
     follows = {"n_solved": 10, "follows_corpus": 0.9, "follows_memory": 0.05}
     checks = [{"name": "SFT-2, counterfactual corpus", "model": "SFT-2", "overall": summary("x", 0.5)["overall"],
                "follows": follows, "reading": None},
@@ -110,7 +111,7 @@ def test_table_rows_by_hand():
     assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 13
     assert lines[2] == "| SFT-2 | 50.0 [25.0, 75.0] | 50.0 | 50.0 | 50.0 | - | - | - | - | 1.25 | 0 | 29.5 |"
     assert lines[3] == "| no tool | 25.0 [0.0, 50.0] | 25.0 | - | 25.0 | - | - | - | - | 1.25 | 0 | 11.8 |"
-    assert "| SFT-2 | 1.0% | 98.4% | 0.50 |" in lines  # when to act: only rows that have it
+    assert "| SFT-2 | 1.0% | 98.4% | 0.50 | 50.0% of 2 |" in lines  # when to act: only rows that have it
     assert "| SFT-2 | 75.0 (-25.0 [-50.0, +0.0]) | 75.0% / 90.0% |" in lines
     assert "| SFT-2 | 4 | 50.0 [25.0, 75.0] | 90.0% / 5.0% (of 10) |" in lines
     assert "| train entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
@@ -133,7 +134,8 @@ def test_across_runs_by_hand(tmp_path, monkeypatch):
     calls = {"SFT-1&2&3 + RL-1&2": 7, "SFT-1&2 + RL-2": 40}
     rows = [{"name": n, "overall": {"em": em, "searches": 1.5}, "by_type": {"comparison": {"em": em}},
              "rl_real_search_calls": calls.get(n, 0),
-             "when_to_act": {"search_known": 0.125, "search_unknown": 1.0}} for n, em in ems.items()]
+             "when_to_act": {"search_known": 0.125, "search_unknown": 1.0, "n_known_not_in_sft": 4,
+                             "search_known_not_in_sft": 0.75}} for n, em in ems.items()]
     pair = lambda a, b, d: {"a": a, "b": b, "n": 4, "diff": d, "ci": [d, d]}  # noqa: E731
     checks = [{"name": f"{n}, split pages", "model": n, "layout": "split", "paired": {"diff": d}}
               for n, d in (("SFT-2", -0.05), ("SFT-1&2", -0.2), ("workflow", -0.5))]
@@ -155,8 +157,26 @@ def test_across_runs_by_hand(tmp_path, monkeypatch):
     assert cells[3] == "SFT-1&2 + RL-2 75.0, 1.50 (workflow 1.50)"
     assert cells[4].startswith("-25.0 [")  # paired on the records: one question of four lost
     assert cells[5:10] == ["-25.0 [-25.0, -25.0] (7 / 40)", "+0.0 [+0.0, +0.0]", "-25.0 [-25.0, -25.0]",
-                          "12.5% / 100.0%", "12.5% / 50.0%"]
+                          "12.5% / 100.0% (75.0% of 4)", "12.5% / 50.0%"]
     assert cells[10:] == ["25.0-75.0", "90.0-100.0%", "split -20.0", "6/8, author 1/2", "1.5"]  # workflow left out
+
+
+def test_unrehearsed_questions_start_from_a_known_fact_no_sft_text_recalls(tmp_path, monkeypatch):
+    import json
+    from data.trajectories import recall
+    monkeypatch.setattr(pipeline, "ROOT", str(tmp_path))
+    world_dir = tmp_path / "runs/world"
+    world_dir.mkdir(parents=True)
+    entities = [{"name": "Ab Cd", "known": True, "split": "known", "facts": {"birth year": 1500, "employer": "Ef Gh"}},
+                {"name": "Ef Gh", "known": False, "split": "test", "facts": {"founder": "Ab Cd"}}]
+    lookups = {"test-0": [["Ab Cd", "birth year"]], "test-1": [["Ab Cd", "employer"], ["Ef Gh", "founder"]],
+               "test-2": [["Ef Gh", "founder"]]}
+    (world_dir / "world.json").write_text(json.dumps({"entities": entities, "question_lookups": lookups}))
+    (world_dir / "stage2.jsonl").write_text(json.dumps({"segments": [{"text": recall("Ab Cd", "birth year", 1500)}]}))
+    (world_dir / "stage1.jsonl").write_text("")
+    assert pipeline.unrehearsed_questions(pipeline.Plan()) == {"test-1"}  # test-2 starts from an unknown entity
+    (world_dir / "stage1.jsonl").unlink()
+    assert pipeline.unrehearsed_questions(pipeline.Plan()) is None
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "probe.py"])
