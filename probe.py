@@ -17,7 +17,8 @@ Greedy throughout (the model's best guess, as eval.py). Simplified: only templat
     python probe.py --ckpt runs/sft3                       # dev split of runs/world, its corpus
     python probe.py --ckpt runs/rl --split test --limit 100
     python probe.py --ckpt runs/base --copy 1000 --split test   # copying a value out of a held-out page
-    python probe.py --ckpt runs/sft2 --decision 300        # does the first decision depend on the entity?
+    python probe.py --ckpt runs/sft2 --decision 300        # does the first decision depend on the entity, or on
+                                                           # which known facts the SFT files recall?
     python -m pytest -q tests/test_probe.py
 Outputs (--out FILE.jsonl): FILE.jsonl (one record per action) and FILE.summary.json.
 """
