@@ -190,17 +190,13 @@ def decision_cases(world, n, rehearsed=None):
     then up to n more cases, group "known, not in SFT", of the known facts it does not: the base model
     remembers them, but no SFT text taught recalling them, so a decision right on the known facts and wrong on
     these is a list of facts learned in SFT, not read from memory."""
-    cases = []
-    for split in ("known", "train", "test"):
-        facts = [(e, rel, v) for e in world["entities"] if group_of(e) == split for rel, v in e["facts"].items()]
-        cases += [(split, composition_text(e["name"], [rel]), need(e["name"], rel) + memory(e["name"], rel),
-                   f" {MISSING}.", f" {v}.") for e, rel, v in common.evenly_spaced(facts, n)]
+    facts = lambda split: [(e["name"], rel, v) for e in world["entities"] if group_of(e) == split  # noqa: E731
+                           for rel, v in e["facts"].items()]
+    groups = [(split, facts(split)) for split in ("known", "train", "test")]
     if rehearsed is not None:
-        facts = [(e, rel, v) for e in world["entities"] if group_of(e) == "known" for rel, v in e["facts"].items()
-                 if (e["name"], rel) not in rehearsed]
-        cases += [(NOT_IN_SFT, composition_text(e["name"], [rel]), need(e["name"], rel) + memory(e["name"], rel),
-                   f" {MISSING}.", f" {v}.") for e, rel, v in common.evenly_spaced(facts, n)]
-    return cases
+        groups.append((NOT_IN_SFT, [f for f in facts("known") if f[:2] not in rehearsed]))
+    return [(group, composition_text(name, [rel]), need(name, rel) + memory(name, rel), f" {MISSING}.", f" {v}.")
+            for group, fs in groups for name, rel, v in common.evenly_spaced(fs, n)]
 
 
 NOT_IN_SFT = "known, not in SFT"
