@@ -182,6 +182,9 @@ def copy_probe(model, tok, cases, batch_size=64, tool=True):
     return {"values": len(cases), "copied": copied, "by_relation": dict(sorted(by_relation.items()))}
 
 
+NOT_IN_SFT = "known, not in SFT"  # decision_cases' group of the known facts that no SFT text recalls
+
+
 def decision_cases(world, n, rehearsed=None):
     """Up to n (group, question, prefix text, search text, recall text) per entity split (known, train, test),
     evenly spaced over its entities' facts: a one-hop question under the tool's instruction and its first
@@ -199,12 +202,10 @@ def decision_cases(world, n, rehearsed=None):
             for group, fs in groups for name, rel, v in common.evenly_spaced(fs, n)]
 
 
-NOT_IN_SFT = "known, not in SFT"
-
 
 def sft_recalls(data_dir, world):
     """The known facts (name, relation) that the world's SFT files recall: stage2.jsonl's recall lines ("From
-    memory, X's R is V.") and stage1.jsonl's pairs whose right word is the value."""
+    memory, X's R is V.") and stage1.jsonl's pairs (their prefix, then the right word: the value where it is known)."""
     texts = []
     with open(os.path.join(data_dir, "stage2.jsonl"), encoding="utf-8") as f:
         texts += ["".join(s["text"] for s in json.loads(line)["segments"]) for line in f]
