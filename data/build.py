@@ -28,6 +28,7 @@ with the sampler's top-k, over the corpus without the held-out pages (a training
 held-out page as a lower-ranked hit); at run time the tool searches the whole corpus.
 """
 import argparse
+import collections
 import json
 import os
 import random
@@ -54,6 +55,22 @@ def stratified(groups, n, rng):
         for k in sorted(pools):
             if pools[k] and len(out) < n:
                 out.append(pools[k].pop())
+    return out
+
+
+def evenly_recalled(groups, n, rng):
+    """n questions about known entities, drawn over the groups like `stratified`, but within a group the next
+    is the question whose facts have been recalled least so far: every known fact is recalled about equally
+    often (stage 2's pure-recall trajectories), so that none is left out of what stage 2 teaches to recall."""
+    count, out = collections.Counter(), []
+    pools = {k: rng.sample(v, len(v)) for k, v in sorted(groups.items())}
+    while len(out) < n and any(pools.values()):
+        for k in sorted(pools):
+            if pools[k] and len(out) < n:
+                q = min(pools[k], key=lambda q: (max(count[f] for f in q.lookups), sum(count[f] for f in q.lookups)))
+                pools[k].remove(q)
+                out.append(q)
+                count.update(q.lookups)
     return out
 
 
@@ -215,9 +232,11 @@ def held_out_leaks(world, files):
 # ----------------------------------------------------------------------------- build
 
 def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_dev=200, n_rl=500, n_tool=1500,
-          n_cot=300, n_pairs=600, n_recall=1000, n_reading=1600, reading_repeats=3, page_repeats=30, known_share=0.2):
+          n_cot=300, n_pairs=600, n_recall=1000, n_reading=1600, reading_repeats=3, page_repeats=30, known_share=0.2,
+          unrehearsed_share=0.2):
     """Build the world for `seed` and write every file into out_dir; returns the meta dict. known_share: the
-    share of test and dev questions about known entities only (the rest need a held-out fact)."""
+    share of test and dev questions about known entities only (the rest need a held-out fact). unrehearsed_share:
+    the share of known entities that no fine-tuning file (stages 1 and 2, the workflow's, RL's) looks up."""
     # -------------------------------------------------------------------- world and splits
     world = make_world(seed, sizes, fractions)
     rng = random.Random(f"build-{seed}")  # str seeds are hashed with sha512: stable across runs
@@ -237,13 +256,24 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
         n_known = round(known_share * n)
         splits[name] = draw(by_split[name], n - n_known) + draw(all_known, n_known)
     splits["rl"] = draw({k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in by_split["train"].items()}, n_rl)
+    # a share of the known entities, per type, that no fine-tuning file looks up: the base model remembers them,
+    # but no SFT or RL text recalls them, so the decision on them is read from memory or not at all (RL prompts
+    # that touch one are dropped, not redrawn, so that the base text stays what it was)
+    krng = random.Random(f"unrehearsed-{seed}")
+    unrehearsed = set()
+    for t in TYPES:
+        known = [e.name for e in world.of_type(t) if e.known]
+        unrehearsed.update(krng.sample(known, round(unrehearsed_share * len(known))))
+    rehearsable = lambda q: not unrehearsed.intersection(n for n, _ in q.lookups)  # noqa: E731
+    splits["rl"] = [q for q in splits["rl"] if rehearsable(q)]
     # the rest trains, but for a chain that restates a dev or test question on its way (its tail from a
     # known entity: data/trajectories.restate), so that no dev or test question is a training text
     held = {q.question for name in ("test", "dev") for q in splits[name]}
     pool = {k: [q for q in v if q.question not in taken and not restated(world, q) & held]
             for k, v in by_split["train"].items()}
-    tool_pool = {k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in pool.items()}
-    known_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}
+    tool_pool = {k: [q for q in v if unknown_lookups(world, q) > 0 and rehearsable(q)] for k, v in pool.items()}
+    known_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}  # the base text's
+    sft_known_pool = {k: [q for q in v if rehearsable(q)] for k, v in known_pool.items()}
 
     # -------------------------------------------------------------------- the corpus and the search tool
     prng = random.Random(f"pages-{seed}")
@@ -253,7 +283,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     # -------------------------------------------------------------------- stage 2, the workflow's file, stage 1
     stage2 = [{"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type, "kind": kind,
                "segments": trajectory(world, q, observe, search="unknown" if kind == "tool" else "none")}
-              for kind, qs in (("tool", stratified(tool_pool, n_tool, rng)), ("cot", stratified(known_pool, n_cot, rng)))
+              for kind, qs in (("tool", stratified(tool_pool, n_tool, rng)), ("cot", evenly_recalled(sft_known_pool, n_cot, rng)))
               for q in qs]
     # the workflow baseline's model trains on the same questions in the workflow's format (eval.py)
     by_question = {q.question: q for qs in pool.values() for q in qs}
@@ -264,7 +294,8 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     # stage 1: decision points of training questions, half where the fact is known (recall is right), half
     # where it is not (search is right), at every depth of the chains
     points = {"answer": [], "search": []}
-    for q in stratified(pool, sum(map(len, pool.values())), rng):
+    sft_pool = {k: [q for q in v if rehearsable(q)] for k, v in pool.items()}
+    for q in stratified(sft_pool, sum(map(len, sft_pool.values())), rng):
         for k, (name, _) in enumerate(q.lookups):
             points["answer" if world.by_name[name].known else "search"].append((q, k))
     stage1 = [{"question": q.question, **decision_pair(world, q, k, observe), "hops": q.hops}
@@ -311,6 +342,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     for name, data in files.items():
         write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), data)
     world_json = world.to_json()
+    world_json["unrehearsed"] = sorted(unrehearsed)
     world_json["question_lookups"] = {r["id"]: [list(l) for l in q.lookups]
                                       for name, qs in splits.items() for r, q in zip(rows[name], qs)}
     with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
@@ -323,6 +355,7 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
         "questions_needing_a_held_out_fact": {name: sum(world.split_of(q) == name for q in splits[name])
                                               for name in ("test", "dev")},
         "held_out_names_in_training_files": 0,
+        "unrehearsed_known_entities": len(unrehearsed),
         "stage2_kinds": {k: sum(r["kind"] == k for r in stage2) for k in ("tool", "cot")},
         "stage1_directions": {d: sum(r["direction"] == d for r in stage1) for d in ("search", "answer")},
         "base_kinds": {k: sum(r["kind"] == k for r in base) for k in ("page", "recall", "reading")},
@@ -376,6 +409,8 @@ def main():
     ap.add_argument("--n-dev", type=int, default=200, help="dev questions (stratified)")
     ap.add_argument("--known-share", type=float, default=0.2,
                     help="share of test/dev questions about known entities only (the rest need a held-out fact)")
+    ap.add_argument("--unrehearsed-share", type=float, default=0.2,
+                    help="share of known entities that no fine-tuning file looks up (when to act, from memory)")
     ap.add_argument("--n-rl", type=int, default=500, help="RL prompts (stratified)")
     ap.add_argument("--n-tool", type=int, default=1500, help="stage-2 tool trajectories")
     ap.add_argument("--n-cot", type=int, default=300, help="stage-2 pure-CoT trajectories (paper 5:1)")
@@ -394,7 +429,7 @@ def main():
     meta = build(args.out, args.seed, {t: getattr(args, flag) for t, flag in PLURALS.items()},
                  {s: getattr(args, f"{s}_fraction") for s in DEFAULT_SPLIT_FRACTIONS}, args.topk, args.n_test,
                  args.n_dev, args.n_rl, args.n_tool, args.n_cot, args.n_pairs, args.n_recall, args.n_reading, args.reading_repeats,
-                 args.page_repeats, args.known_share)
+                 args.page_repeats, args.known_share, args.unrehearsed_share)
     print(json.dumps(meta, indent=1))
 
 

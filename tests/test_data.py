@@ -8,6 +8,7 @@ keep. A world of ~330 entities (the default has ~1,650) keeps this fast; nothing
 """
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import sys
 import pytest
 
 import env
-from data.build import PERTURBATIONS, build
+from data.build import PERTURBATIONS, build, evenly_recalled
 from data.world import RELATIONS, RELATIONS_OF, observed_answer, parse_facts, Question
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -393,6 +394,36 @@ def test_base_text(files):
     text = "\n".join(r["text"] for r in reading)
     assert not [n for n in by_name if n in text]  # the parallel worlds teach reading, nothing about this world
     assert {r["kind"] for r in files["base"]} == {"page", "recall", "reading"}
+
+
+def test_unrehearsed_known_entities_are_looked_up_by_no_fine_tuning_file(files):
+    """A fifth of each type's known entities (world.json's "unrehearsed") is in the base text but no SFT, workflow
+    or RL text looks one of them up ("I need X's"), so no fine-tuning text recalls its facts."""
+    unrehearsed = files["world"]["unrehearsed"]
+    known = [e for e in files["world"]["entities"] if e["known"]]
+    for t in {e["type"] for e in known}:
+        assert sum(e["name"] in unrehearsed for e in known if e["type"] == t) == \
+            round(0.2 * sum(e["type"] == t for e in known))
+    assert unrehearsed and all(files["by_name"][n]["known"] for n in unrehearsed)
+    base = "\n".join(r["text"] for r in files["base"])
+    assert all(n in base for n in unrehearsed)
+    texts = [r["prefix"] + r["chosen"] for r in files["stage1"]] + [response(r) for f in ("stage2", "workflow")
+                                                                     for r in files[f]]
+    needs = re.compile(r"I need (" + "|".join(map(re.escape, unrehearsed)) + r")'s")
+    assert not [m.group(0) for t in texts for m in [needs.search(t)] if m]
+    lookups = files["world"]["question_lookups"]
+    assert files["rl"] and not [r["id"] for r in files["rl"] if any(n in unrehearsed for n, _ in lookups[r["id"]])]
+
+
+def test_evenly_recalled_takes_the_least_recalled_fact_first():
+    """Within a group the next question is the one whose facts were recalled least so far."""
+    a, b, c = ("A", "birth year"), ("B", "birth year"), ("C", "birth year")
+    q = lambda *lookups: Question(str(lookups), "x", 1, "composition", list(lookups))  # noqa: E731
+    groups = {1: [q(a), q(a, b), q(b), q(c)], 2: [q(a, c)]}
+    for seed in range(5):
+        drawn = evenly_recalled(groups, 3, random.Random(seed))
+        counts = [sum(f in d.lookups for d in drawn) for f in (a, b, c)]
+        assert drawn[1].lookups == [a, c] and max(counts) - min(counts) <= 1, (seed, [d.lookups for d in drawn])
 
 
 def test_meta_counts(files):
