@@ -258,6 +258,17 @@ def unrehearsed_questions(plan):
             if lookups and lookups[0][0] in known and tuple(lookups[0]) not in rehearsed}
 
 
+def known_first_steps(records, unrehearsed):
+    """The first step's decision on the questions that start from a known fact, split by whether SFT recalls
+    that fact (unrehearsed: the ids of those it does not, unrehearsed_questions) -> {n_known_in_sft,
+    search_known_in_sft, n_known_not_in_sft, search_known_not_in_sft} (a share of searches; None where n is 0)."""
+    out = {}
+    for key, want in (("in_sft", False), ("not_in_sft", True)):
+        first = [r["first_step_search"] for r in records if r.get("first_known") and (r["id"] in unrehearsed) == want]
+        out[f"n_known_{key}"], out[f"search_known_{key}"] = len(first), sum(first) / len(first) if first else None
+    return out
+
+
 def collect(plan):
     """Each row's summary (written by its eval job) with the real search calls of its RL training; the reading
     checks (counterfactual corpus: of the questions solved with the real one, how often the answer follows the
@@ -275,10 +286,8 @@ def collect(plan):
         summary["chain_steps"] = eval_lib.chain_steps(records[name])
         summary["reading"] = eval_lib.reading(records[name])
         summary["rl_real_search_calls"] = rl_real_calls(plan.path(ckpt)) if made_by.startswith("rl") else 0
-        if summary.get("when_to_act") and unrehearsed:  # the known first steps whose fact no SFT text recalls
-            first = [r["first_step_search"] for r in records[name] if r.get("first_known") and r["id"] in unrehearsed]
-            summary["when_to_act"]["n_known_not_in_sft"] = len(first)
-            summary["when_to_act"]["search_known_not_in_sft"] = sum(first) / len(first) if first else None
+        if summary.get("when_to_act") and unrehearsed:
+            summary["when_to_act"].update(known_first_steps(records[name], unrehearsed))
         results.append(summary)
     checks = []
     for name, ckpt, policy, made_by, extra in CHECKS:
@@ -345,16 +354,16 @@ def table(results, checks=(), pairs=(), probe=None):
     acts = [s for s in results if s.get("when_to_act")]
     if acts:  # eval.when_to_act: the first step's decision, by whether the model knows the entity
         lines += ["", "| when to act (eval.when_to_act) | first step searches: known entity | unknown entity "
-                  "| searches / question, known-only questions | known facts that no SFT text recalls |",
-                  "|---|---|---|---|---|"]
+                  "| searches / question, known-only questions | known facts that SFT recalls "
+                  "| known facts that no SFT text recalls |", "|---|---|---|---|---|---|"]
         for s in acts:
             w = s["when_to_act"]
             known = s.get("by_held_out", {}).get("known only")
             searches = f"{known['searches']:.2f}" if known else "-"
-            unseen = (f"{pct(w['search_known_not_in_sft'])}% of {w['n_known_not_in_sft']}"
-                      if w.get("n_known_not_in_sft") else "-")
+            by_sft = [f"{pct(w[f'search_known_{k}'])}% of {w[f'n_known_{k}']}" if w.get(f"n_known_{k}") else "-"
+                      for k in ("in_sft", "not_in_sft")]
             lines.append(f"| {s['name']} | {pct(w['search_known'])}% | {pct(w['search_unknown'])}% | {searches} "
-                         f"| {unseen} |")
+                         f"| {' | '.join(by_sft)} |")
     decisions = [(name, probe[f"decision-{ckpt}"]) for name, ckpt in DECIDERS if probe.get(f"decision-{ckpt}")]
     if decisions:  # probe.py --decision: teacher-forced at the first step's decision word
         lines += ["", "| decision word at the first step (probe.py --decision 300) | greedy writes 'missing': known "
@@ -442,7 +451,7 @@ def across(runs):
     model's copying."""
     lines = ["| run | base / training seed | workflow EM | best agent: EM, searches | best agent - workflow "
              "| 5:1 - SFT-1&2 + RL-2 (real searches) | SFT-1&2 - SFT-2 | SFT-1&2&3 - SFT-1&2 "
-             "| SFT-1&2 first step searches: known / unknown (known, no SFT text recalls the fact) "
+             "| SFT-1&2 first step searches: known / unknown (known: SFT recalls the fact / no SFT text does) "
              "| SFT-1&2 writes 'missing' (probe.py --decision): known facts / those no SFT text recalls "
              "| comparisons, agents from SFT-2 on "
              "| counterfactual followed | each layout - real corpus, worst agent | base copies, worst relation "
@@ -477,8 +486,9 @@ def across(runs):
             f"/ {rows['SFT-1&2 + RL-2']['rl_real_search_calls']}) "
             f"| {diff_ci(pairs[('SFT-1&2', 'SFT-2')])} | {diff_ci(pairs[('SFT-1&2&3', 'SFT-1&2')])} "
             f"| {pct(w['search_known'])}% / {pct(w['search_unknown'])}% ("
-            + (f"{pct(w['search_known_not_in_sft'])}% of {w['n_known_not_in_sft']}" if w.get("n_known_not_in_sft") else "-")
-            + f") "
+            + " / ".join(f"{pct(w[f'search_known_{k}'])}% of {w[f'n_known_{k}']}" if w.get(f"n_known_{k}") else "-"
+                         for k in ("in_sft", "not_in_sft"))
+            + ") "
             f"| {decided(d['probe'].get('decision-sft2'))} "
             f"| {span([100 * rows[a]['by_type']['comparison']['em'] for a in agents])} "
             f"| {span([100 * x for x in follows])}% "

@@ -89,7 +89,7 @@ def test_table_rows_by_hand():
         return {"name": name, "overall": b, "by_hops": {"1": b, "2": {"n": 0}}, "when_to_act": w,
                 "by_type": {"comparison": {"n": 0}}, "by_held_out": held, "rl_real_search_calls": rl_calls}
     w = {"search_known": 0.01, "search_unknown": 0.984, "accuracy": 0.99, "n_known_not_in_sft": 2,
-         "search_known_not_in_sft": 0.5}
+         "search_known_not_in_sft": 0.5, "n_known_in_sft": 6, "search_known_in_sft": 0.0}
     follows = {"n_solved": 10, "follows_corpus": 0.9, "follows_memory": 0.05}
     checks = [{"name": "SFT-2, counterfactual corpus", "model": "SFT-2", "overall": summary("x", 0.5)["overall"],
                "follows": follows, "reading": None},
@@ -111,7 +111,7 @@ def test_table_rows_by_hand():
     assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == 13
     assert lines[2] == "| SFT-2 | 50.0 [25.0, 75.0] | 50.0 | 50.0 | 50.0 | - | - | - | - | 1.25 | 0 | 29.5 |"
     assert lines[3] == "| no tool | 25.0 [0.0, 50.0] | 25.0 | - | 25.0 | - | - | - | - | 1.25 | 0 | 11.8 |"
-    assert "| SFT-2 | 1.0% | 98.4% | 0.50 | 50.0% of 2 |" in lines  # when to act: only rows that have it
+    assert "| SFT-2 | 1.0% | 98.4% | 0.50 | 0.0% of 6 | 50.0% of 2 |" in lines  # when to act: only rows that have it
     assert "| SFT-2 | 75.0 (-25.0 [-50.0, +0.0]) | 75.0% / 90.0% |" in lines
     assert "| SFT-2 | 4 | 50.0 [25.0, 75.0] | 90.0% / 5.0% (of 10) |" in lines
     assert "| train entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
@@ -121,6 +121,17 @@ def test_table_rows_by_hand():
     assert "| SFT-1 | 0.0% / 50.0% / 75.0% | 25.0% / 100.0% / 75.0% | -1.50 / +2.00 / +0.50 | 0.88 | 50.0% of 2 |" in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
+
+
+def test_known_first_steps_by_hand():
+    records = [{"id": "a", "first_known": True, "first_step_search": True},
+               {"id": "b", "first_known": True, "first_step_search": False},
+               {"id": "c", "first_known": True, "first_step_search": False},
+               {"id": "d", "first_known": False, "first_step_search": True},
+               {"id": "e", "first_known": None, "first_step_search": True}]
+    assert pipeline.known_first_steps(records, {"a", "d"}) == {"n_known_in_sft": 2, "search_known_in_sft": 0.0,
+                                                               "n_known_not_in_sft": 1, "search_known_not_in_sft": 1.0}
+    assert pipeline.known_first_steps(records, set())["search_known_not_in_sft"] is None
 
 
 def test_across_runs_by_hand(tmp_path, monkeypatch):
@@ -135,7 +146,7 @@ def test_across_runs_by_hand(tmp_path, monkeypatch):
     rows = [{"name": n, "overall": {"em": em, "searches": 1.5}, "by_type": {"comparison": {"em": em}},
              "rl_real_search_calls": calls.get(n, 0),
              "when_to_act": {"search_known": 0.125, "search_unknown": 1.0, "n_known_not_in_sft": 4,
-                             "search_known_not_in_sft": 0.75}} for n, em in ems.items()]
+                             "search_known_not_in_sft": 0.75, "n_known_in_sft": 0}} for n, em in ems.items()]
     pair = lambda a, b, d: {"a": a, "b": b, "n": 4, "diff": d, "ci": [d, d]}  # noqa: E731
     checks = [{"name": f"{n}, split pages", "model": n, "layout": "split", "paired": {"diff": d}}
               for n, d in (("SFT-2", -0.05), ("SFT-1&2", -0.2), ("workflow", -0.5))]
@@ -157,7 +168,7 @@ def test_across_runs_by_hand(tmp_path, monkeypatch):
     assert cells[3] == "SFT-1&2 + RL-2 75.0, 1.50 (workflow 1.50)"
     assert cells[4].startswith("-25.0 [")  # paired on the records: one question of four lost
     assert cells[5:10] == ["-25.0 [-25.0, -25.0] (7 / 40)", "+0.0 [+0.0, +0.0]", "-25.0 [-25.0, -25.0]",
-                          "12.5% / 100.0% (75.0% of 4)", "12.5% / 50.0%"]
+                          "12.5% / 100.0% (- / 75.0% of 4)", "12.5% / 50.0%"]
     assert cells[10:] == ["25.0-75.0", "90.0-100.0%", "split -20.0", "6/8, author 1/2", "1.5"]  # workflow left out
 
 
