@@ -271,9 +271,10 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     held = {q.question for name in ("test", "dev") for q in splits[name]}
     pool = {k: [q for q in v if q.question not in taken and not restated(world, q) & held]
             for k, v in by_split["train"].items()}
-    tool_pool = {k: [q for q in v if unknown_lookups(world, q) > 0 and rehearsable(q)] for k, v in pool.items()}
     known_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in pool.items()}  # the base text's
-    sft_known_pool = {k: [q for q in v if rehearsable(q)] for k, v in known_pool.items()}
+    sft_pool = {k: [q for q in v if rehearsable(q)] for k, v in pool.items()}  # the fine-tuning files'
+    tool_pool = {k: [q for q in v if unknown_lookups(world, q) > 0] for k, v in sft_pool.items()}
+    recall_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in sft_pool.items()}
 
     # -------------------------------------------------------------------- the corpus and the search tool
     prng = random.Random(f"pages-{seed}")
@@ -283,7 +284,8 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     # -------------------------------------------------------------------- stage 2, the workflow's file, stage 1
     stage2 = [{"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type, "kind": kind,
                "segments": trajectory(world, q, observe, search="unknown" if kind == "tool" else "none")}
-              for kind, qs in (("tool", stratified(tool_pool, n_tool, rng)), ("cot", evenly_recalled(sft_known_pool, n_cot, rng)))
+              for kind, qs in (("tool", stratified(tool_pool, n_tool, rng)),
+                               ("cot", evenly_recalled(recall_pool, n_cot, rng)))
               for q in qs]
     # the workflow baseline's model trains on the same questions in the workflow's format (eval.py)
     by_question = {q.question: q for qs in pool.values() for q in qs}
@@ -294,7 +296,6 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     # stage 1: decision points of training questions, half where the fact is known (recall is right), half
     # where it is not (search is right), at every depth of the chains
     points = {"answer": [], "search": []}
-    sft_pool = {k: [q for q in v if rehearsable(q)] for k, v in pool.items()}
     for q in stratified(sft_pool, sum(map(len, sft_pool.values())), rng):
         for k, (name, _) in enumerate(q.lookups):
             points["answer" if world.by_name[name].known else "search"].append((q, k))
