@@ -95,24 +95,16 @@ def conclusion(q, values):
 
 
 def question_left(q, k, value):
-    """After lookup k, the question that is left: in a chain, with the value found in place of what the lookup
-    resolved ("What is Y's country?"); in a comparison, after its first year, with that year beside its name
-    ("Who was born earlier, A (1850) or B?"), so that the next need line copies B, and the decision line A
-    and its year, from the line just written. None after the last lookup."""
-    if k + 1 >= len(q.lookups):
-        return None
-    if q.type == "comparison":
-        a = q.lookups[0][0]
-        left = q.question.replace(f"earlier, {a} or ", f"earlier, {a} ({value}) or ", 1)
-        if left == q.question:
-            raise ValueError(f"comparison {q.question!r}: no 'earlier, {a} or ' to put its year beside")
-        return left
-    return composition_text(value, [rel for _, rel in q.lookups[k + 1:]])
+    """After lookup k of a chain, the question that is left, with the value found in place of what the lookup
+    resolved ("What is Y's country?"); None after the chain's last lookup, and in a comparison (its two
+    lookups do not chain)."""
+    rest = [rel for _, rel in q.lookups[k + 1:]]
+    return composition_text(value, rest) if q.type == "composition" and rest else None
 
 
 def restate(q, k, value):
-    """The line that ends step k, "Now the question is: What is Y's country?\\n" (question_left; "" where nothing
-    is left). The next lookup is then the relation right after "Y's" on the line just written:
+    """The line that ends step k of a chain, "Now the question is: What is Y's country?\\n" (question_left; ""
+    where nothing is left). The next lookup is then the relation right after "Y's" on the line just written:
     a copy, however long the chain, not a count of how far it has got."""
     left = question_left(q, k, value)
     return f"Now the question is: {left}\n" if left else ""
