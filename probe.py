@@ -202,7 +202,6 @@ def decision_cases(world, n, rehearsed=None):
             for group, fs in groups for name, rel, v in common.evenly_spaced(fs, n)]
 
 
-
 def sft_recalls(data_dir, world):
     """The known facts (name, relation) that the world's SFT files recall: stage2.jsonl's recall lines ("From
     memory, X's R is V.") and stage1.jsonl's pairs (their prefix, then the right word: the value where it is known)."""

@@ -15,7 +15,8 @@ One seed -> one world -> byte-identical files:
                                       changes with them (does the model follow the corpus or its memory?)
     corpus_<layout>.jsonl             every fact kept, the pages laid out otherwise (PERTURBATIONS): does the
                                       model find a fact by its relation and subject, not by where it stands?
-    world.json    entities with their split, facts, and the lookups behind every rl/dev/test question
+    world.json    entities with their split, facts, and the lookups behind every rl/dev/test question; the
+                  `unrehearsed` known entities, which no fine-tuning file looks up (when to act from memory)
     meta.json     seed, arguments, counts per file, retrieval hit rates and the held-out leak check
 
 Held out by entity, not only by question (data/world.py): dev and test questions need facts of dev and test
