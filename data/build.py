@@ -3,7 +3,7 @@
     python -m data.build --out runs/world --seed 0
 
 One seed -> one world -> byte-identical files:
-    corpus.jsonl  the search tool's corpus: every entity's page, held-out ones included
+    corpus.jsonl  the search tool's corpus: every entity's page, held-out ones included, written in a way drawn for it
     base.jsonl    pretraining text for the tiny base model (it stands in for R1-Distill): the KNOWN entities'
                   pages, questions about them answered from memory, and tool-use traces from parallel worlds
     stage1.jsonl  decision pairs: the right step against its opposite ("when to act", SFT stage 1)
@@ -118,7 +118,7 @@ def counterfactual(world, rng):
     return facts
 
 
-def perturbed(world, corpus, kind, rng):
+def perturbed(world, kind, rng):
     """The corpus with every fact kept and the pages laid out another way (a model that finds a fact by its
     relation and subject answers as before):
       shuffled  each page's facts in a new order;
@@ -126,7 +126,6 @@ def perturbed(world, corpus, kind, rng):
       split     each page cut in two documents with the same title, its facts dealt between them;
       foreign   two true facts of other entities of the same type inserted in each page at random places;
       merged    the pages of two entities of a type in one document, titled with the first one's name."""
-    by_id = {e.id: e for e in world.entities}
     out = []
     if kind == "merged":  # pages of two entities of a type in one document, under the first one's title
         for t in TYPES:
@@ -136,20 +135,19 @@ def perturbed(world, corpus, kind, rng):
                 rng.shuffle(sentences)
                 out.append({"id": a.id, "contents": f'"{a.name}"\n' + " ".join(sentences)})
         return out
-    for row in corpus:
-        e = by_id[row["id"]]
+    for e in world.entities:
         texts = written(e, world, rng, mentions=2 * (kind == "foreign"), parts=1 + (kind == "split"),
                         prose=kind == "prose")
-        out += [{"id": row["id"] + ("ab"[k] if len(texts) > 1 else ""), "contents": t} for k, t in enumerate(texts)]
+        out += [{"id": e.id + ("ab"[k] if len(texts) > 1 else ""), "contents": t} for k, t in enumerate(texts)]
     return out
 
 
-def written(e, world, rng, mentions=0, parts=1, prose=False):
+def written(e, world, rng, mentions=0, parts=1, prose=False, facts=None):
     """Entity e's page as a writer might lay it out -> the contents of 1 or `parts` documents titled with its
-    name: its facts in a drawn order, `mentions` facts of other entities of its type at drawn places, dealt
-    over `parts` documents at a drawn cut, the sentences of each run together ("X's R is V; X's S is W,
-    and ...") where prose. Every fact is kept."""
-    sentences = [fact_sentence(e.name, r, v) for r, v in e.facts.items()]
+    name: its facts (e.facts, or `facts`) in a drawn order, `mentions` facts of other entities of its type at
+    drawn places, dealt over `parts` documents at a drawn cut, the sentences of each run together ("X's R is
+    V; X's S is W, and ...") where prose. Every fact is kept."""
+    sentences = [fact_sentence(e.name, r, v) for r, v in (e.facts if facts is None else facts).items()]
     rng.shuffle(sentences)
     for other in rng.sample([x for x in world.of_type(e.type) if x is not e], mentions):
         r = rng.choice(sorted(other.facts))
@@ -159,6 +157,20 @@ def written(e, world, rng, mentions=0, parts=1, prose=False):
     if prose:
         docs = [["".join(s[:-1] + rng.choice(("; ", ", and ", ", ")) for s in d[:-1]) + d[-1]] for d in docs]
     return [f'"{e.name}"\n' + " ".join(d) for d in docs]
+
+
+def corpus_pages(world, rng, facts=None):
+    """The search tool's corpus: each entity's page written in a way drawn for it, as the parallel worlds'
+    pages of the base text are (`written`): a third of them dealt over two documents with the same title
+    (ids e0012a, e0012b), half of them run together; the facts in a drawn order. No page states another
+    entity's fact. facts: {name: facts} to state instead of the world's (the counterfactual corpus, laid out
+    the same with the same rng seed) -> [(entity, {"id", "contents"})]."""
+    out = []
+    for e in world.entities:
+        texts = written(e, world, rng, parts=rng.choice((1, 1, 2)), prose=rng.random() < 0.5,
+                        facts=None if facts is None else facts[e.name])
+        out += [(e, {"id": e.id + ("ab"[k] if len(texts) > 1 else ""), "contents": t}) for k, t in enumerate(texts)]
+    return out
 
 
 def retrieval_hits(rows, world, lookups):
@@ -278,9 +290,9 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
     recall_pool = {k: [q for q in v if unknown_lookups(world, q) == 0] for k, v in sft_pool.items()}
 
     # -------------------------------------------------------------------- the corpus and the search tool
-    prng = random.Random(f"pages-{seed}")
-    corpus = [{"id": e.id, "contents": page(e.name, e.facts, prng)} for e in world.entities]
-    observe = searcher([row for row, e in zip(corpus, world.entities) if not e.held_out], topk)  # training side
+    pages = corpus_pages(world, random.Random(f"pages-{seed}"))
+    corpus = [row for _, row in pages]
+    observe = searcher([row for e, row in pages if not e.held_out], topk)  # training side
 
     # -------------------------------------------------------------------- stage 2, the workflow's file, stage 1
     stage2 = [{"question": q.question, "answers": [q.answer], "hops": q.hops, "type": q.type, "kind": kind,
@@ -326,12 +338,12 @@ def build(out_dir, seed=0, sizes=None, fractions=None, topk=TOPK, n_test=800, n_
 
     # -------------------------------------------------------------------- the reading checks
     cf_facts = counterfactual(world, random.Random(f"counterfactual-{seed}"))
-    crng = random.Random(f"pages-{seed}")  # the same layouts as the corpus: only the values change
-    corpus_cf = [{"id": e.id, "contents": page(e.name, cf_facts[e.name], crng)} for e in world.entities]
+    # the same layouts as the corpus (the same rng seed): only the values change
+    corpus_cf = [row for _, row in corpus_pages(world, random.Random(f"pages-{seed}"), cf_facts)]
     test_rows = [question_row(f"test-{i:05d}", q, world) for i, q in enumerate(splits["test"])]
     test_cf = [{**row, "answers": [new], "original_answers": [q.answer]} for row, q in zip(test_rows, splits["test"])
                if (new := answer_with(cf_facts, q)) is not None and new != q.answer]
-    layouts = {kind: perturbed(world, corpus, kind, random.Random(f"{kind}-{seed}")) for kind in PERTURBATIONS}
+    layouts = {kind: perturbed(world, kind, random.Random(f"{kind}-{seed}")) for kind in PERTURBATIONS}
 
     # -------------------------------------------------------------------- write
     os.makedirs(out_dir, exist_ok=True)
@@ -376,14 +388,14 @@ def examples(seed=0):
     decision pair at its first step."""
     world = make_world(seed)
     strata = make_questions(world, random.Random(f"build-{seed}"))
-    prng = random.Random(f"pages-{seed}")
-    corpus = [{"id": e.id, "contents": page(e.name, e.facts, prng)} for e in world.entities]
-    observe = searcher([row for row, e in zip(corpus, world.entities) if not e.held_out], TOPK)
+    pages = corpus_pages(world, random.Random(f"pages-{seed}"))
+    observe = searcher([row for e, row in pages if not e.held_out], TOPK)
     mixed, comparison = (next(q for q in strata[k] if world.split_of(q) == "train"  # what stage 2 trains on
                               and [world.by_name[n].known for n, _ in q.lookups] == pattern)
                          for k, pattern in ((("composition", 2), [False, True]), (("comparison", 2), [True, False])))
     first = world.by_name[mixed.lookups[0][0]]
-    lines = ["A page (corpus.jsonl's `contents`):", "```", corpus[world.entities.index(first)]["contents"], "```",
+    lines = ["An entity's page (corpus.jsonl's `contents`: one document, or two with the same title):", "```",
+             *(row["contents"] for e, row in pages if e is first), "```",
              "Questions, one per stratum, with their answers:", "```"]
     lines += [f"{strata[k][0].question}  ->  {strata[k][0].answer}" for k in sorted(strata)]
     lines += ["```", "The right trajectory (stage2.jsonl; tool segments are the lines between the result tags):",
