@@ -178,7 +178,7 @@ def jobs(plan, limit, batch_size, skip_train, only=None):
     world = ["--data", plan.path("world")]
     probes = [("probe SFT-1&2&3", ["probe.py", "--ckpt", plan.path("sft3"), "--split", "rl", "--batch-size",
                                    str(batch_size)] + (["--limit", str(limit)] if limit else []), "sft3", "probe"),
-              ("copy base", ["probe.py", "--ckpt", plan.path("base"), "--copy", "1000", "--split", "test"], "base", "copy"),
+              ("copy base", ["probe.py", "--ckpt", plan.path("base"), "--copy", "3000", "--split", "train"], "base", "copy"),
               ("recall base", ["probe.py", "--ckpt", plan.path("base"), "--recall", "1000"], "base", "recall")]
     # the decision word at the first step, teacher-forced: stage 1's contribution to "when to act", and each
     # later stage's (probe.py --decision)
@@ -421,7 +421,7 @@ def table(results, checks=(), pairs=(), probe=None):
         for s in chains:
             c = s["chain_steps"]
             lines.append(f"| {s['name']} | {c['n']} | {pct(c['relations'])} | {pct(c['subjects'])} |")
-    for key, what in (("copy", "copies out of a search result (held-out test entities)"),
+    for key, what in (("copy", "copies out of a search result (train entities, whose pages no base text holds)"),
                       ("recall", "remembers (known entities, asked without the tool)")):
         if probe.get(key):  # probe.py --copy / --recall: {values, copied, by_relation}
             c = probe[key]

@@ -116,8 +116,8 @@ def test_table_rows_by_hand():
     assert "| SFT-2 | 4 | 50.0 [25.0, 75.0] | 90.0% / 5.0% (of 10) |" in lines
     assert "| train entities | 4 | 25.0% / 50.0% / 25.0% |" in lines
     assert "| SFT-2 | 8 | 100.0 | 62.5 | 100.0 | 25.0 |" in lines  # only rows with comparison steps
-    assert ("base model, teacher-forced (probe.py --copy): copies out of a search result (held-out test entities) 6 "
-            "of 8 values (75.0%); fewest by relation: author 1/2, mayor 5/6") in lines
+    assert ("base model, teacher-forced (probe.py --copy): copies out of a search result (train entities, whose pages "
+            "no base text holds) 6 of 8 values (75.0%); fewest by relation: author 1/2, mayor 5/6") in lines
     assert "| SFT-1 | 0.0% / 50.0% / 75.0% | 25.0% / 100.0% / 75.0% | -1.50 / +2.00 / +0.50 | 0.88 | 50.0% of 2 |" in lines
     assert sum(line.startswith("| no tool |") for line in lines) == 1
     assert lines[-1] == "| SFT-2 - no tool | +25.0 [-25.0, +50.0] |"
