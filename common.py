@@ -330,10 +330,13 @@ def make_optimizer(model, args):
 
 
 def lr_at(step, args):
-    """Linear warm-up then cosine decay to 10% of the peak (the paper's code uses cosine; docs/paper.md)."""
+    """Linear warm-up, then cosine decay to 10% of the peak (the paper's code uses cosine; docs/paper.md). With
+    args.decay < 1 (pretrain.py) the peak holds until the last `decay` share of the steps, and the cosine runs
+    over those only ("warm-up, stable, decay")."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    start = max(args.warmup, args.steps - round(getattr(args, "decay", 1.0) * args.steps))
+    frac = max(0, step - start) / max(1, args.steps - start)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 

@@ -97,6 +97,9 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=384, help="MLP hidden size")
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per training window (whole texts packed into it)")
+    ap.add_argument("--decay", type=float, default=0.2,
+                    help="share of the steps, at the end, over which the lr decays (cosine, to 10%%); until then it "
+                         "holds at the peak (1: cosine over the whole run)")
     ap.set_defaults(warmup=30, weight_decay=0.1, save_every=250)
     args = ap.parse_args()
 

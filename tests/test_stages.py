@@ -256,6 +256,20 @@ def test_policy_loss_ignores_masked_tokens():
     assert (a.grad[~m] == 0).all() and (a.grad[m] != 0).any()
 
 
+def test_lr_schedule_by_hand():
+    """common.lr_at: linear warm-up to the peak, then cosine to 10% of it over the whole run (decay 1, every
+    stage but pretrain.py), or holding the peak until the last `decay` share of the steps."""
+    import argparse
+    cosine = argparse.Namespace(lr=1.0, warmup=10, steps=110)
+    assert common.lr_at(0, cosine) == pytest.approx(0.1) and common.lr_at(9, cosine) == pytest.approx(1.0)
+    assert common.lr_at(60, cosine) == pytest.approx(0.55) and common.lr_at(110, cosine) == pytest.approx(0.1)
+    wsd = argparse.Namespace(lr=1.0, warmup=10, steps=110, decay=0.2)  # decays over steps 88-110
+    assert [common.lr_at(s, wsd) for s in (10, 50, 88)] == [1.0, 1.0, 1.0]
+    assert common.lr_at(99, wsd) == pytest.approx(0.55) and common.lr_at(110, wsd) == pytest.approx(0.1)
+    assert all(common.lr_at(s, argparse.Namespace(**vars(cosine), decay=1.0)) == common.lr_at(s, cosine)
+               for s in range(111))
+
+
 def test_pack_keeps_texts_whole_by_hand():
     # texts of 5, 3, 4, 2, 7 and 10 tokens in windows of 8, first fit in decreasing length: the 10 is cut
     # into 8 + 2; pieces 8, 7, 5, 4, 3, 2, 2 -> [8] [7] [5 3] [4 2 2]
