@@ -136,10 +136,14 @@ def perturbed(world, kind, rng):
                 out.append({"id": a.id, "contents": f'"{a.name}"\n' + " ".join(sentences)})
         return out
     for e in world.entities:
-        texts = written(e, world, rng, mentions=2 * (kind == "foreign"), parts=1 + (kind == "split"),
-                        prose=kind == "prose")
-        out += [{"id": e.id + ("ab"[k] if len(texts) > 1 else ""), "contents": t} for k, t in enumerate(texts)]
+        out += documents(e, written(e, world, rng, mentions=2 * (kind == "foreign"), parts=1 + (kind == "split"),
+                                    prose=kind == "prose"))
     return out
+
+
+def documents(e, texts):
+    """Corpus rows for entity e's page written as texts: id e0012 for one document, e0012a and e0012b for two."""
+    return [{"id": e.id + ("ab"[k] if len(texts) > 1 else ""), "contents": t} for k, t in enumerate(texts)]
 
 
 def written(e, world, rng, mentions=0, parts=1, prose=False, facts=None):
@@ -165,12 +169,9 @@ def corpus_pages(world, rng, facts=None):
     (ids e0012a, e0012b), half of them run together; the facts in a drawn order. No page states another
     entity's fact. facts: {name: facts} to state instead of the world's (the counterfactual corpus, laid out
     the same with the same rng seed) -> [(entity, {"id", "contents"})]."""
-    out = []
-    for e in world.entities:
-        texts = written(e, world, rng, parts=rng.choice((1, 1, 2)), prose=rng.random() < 0.5,
-                        facts=None if facts is None else facts[e.name])
-        out += [(e, {"id": e.id + ("ab"[k] if len(texts) > 1 else ""), "contents": t}) for k, t in enumerate(texts)]
-    return out
+    return [(e, row) for e in world.entities
+            for row in documents(e, written(e, world, rng, parts=rng.choice((1, 1, 2)), prose=rng.random() < 0.5,
+                                            facts=None if facts is None else facts[e.name]))]
 
 
 def retrieval_hits(rows, world, lookups):
